@@ -1,0 +1,225 @@
+"""KFP component declarations: thin bodies that call clip_index, one per pipeline step.
+
+The functions below are plain Python; `make_components` turns them into KFP components bound to
+the given container images. Bodies are shipped to the worker as source, so each imports what it
+uses inside; they hold no logic beyond building a config and recording artifact metadata.
+(No `from __future__ import annotations` here: KFP reads these annotations at runtime.)
+"""
+
+from dataclasses import dataclass
+from typing import Any, List
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
+
+
+def load_dataset(
+    dataset: str,
+    urls: Output[Dataset],
+    id_column: str = "uid",
+    url_column: str = "url",
+    caption_column: str = "text",
+    limit: int = 0,
+    shard_size: int = 10000,
+) -> None:
+    """Read an image-URL dataset and write it as URL shards.
+
+    Args:
+        dataset: Hugging Face dataset id (org/name) or parquet/csv/jsonl file or folder (gs:// ok).
+        urls: Output folder of part-NNNNN.parquet (uid, url, caption) and manifest.json.
+        id_column: Column holding a stable row id ("" = use the row number).
+        url_column: Column holding the image URL.
+        caption_column: Column holding the caption ("" = none).
+        limit: Keep the first N rows (0 = all).
+        shard_size: Rows per shard, the unit of parallelism and resume.
+    """
+    from clip_index.config import LoadConfig
+    from clip_index.dataset import run_load
+
+    config = LoadConfig(dataset=dataset, id_column=id_column, url_column=url_column,
+                        caption_column=caption_column, limit=limit, shard_size=shard_size)
+    urls.metadata.update(run_load(config, urls.path).as_metadata())
+
+
+def plan_shards(urls: Input[Dataset]) -> list[int]:
+    """List the shard numbers of a loaded dataset (the fan-out of the download/embed loop).
+
+    Args:
+        urls: The load step's output folder.
+    """
+    from clip_index.dataset import plan_shards as plan
+
+    return plan(urls.path)
+
+
+def download_images(
+    urls: Input[Dataset],
+    shard: int,
+    images: Output[Dataset],
+    image_size: int = 256,
+    resize_mode: str = "keep_ratio",
+    timeout_s: float = 20.0,
+    retries: int = 2,
+    concurrency: int = 128,
+    min_image_size: int = 0,
+    max_aspect_ratio: float = 0.0,
+    allow_private_networks: bool = False,
+    max_failure_rate: float = 1.0,
+) -> None:
+    """Download, verify, resize and re-encode the images of one URL shard.
+
+    Args:
+        urls: The load step's output folder.
+        shard: Shard number to download.
+        images: Output folder: part-NNNNN.parquet (every row, with status and error) + stats.
+        image_size: Target size in pixels (shorter side for keep_ratio); never upscaled.
+        resize_mode: keep_ratio, center_crop, border or no.
+        timeout_s: Total deadline per request attempt, seconds.
+        retries: Extra attempts after a retryable failure (timeouts, 429, 5xx).
+        concurrency: Requests in flight.
+        min_image_size: Images with a shorter side below this are filtered (pixels).
+        max_aspect_ratio: Images more elongated than this are filtered (0 = off).
+        allow_private_networks: Allow private/loopback addresses (off on cloud workers).
+        max_failure_rate: Fail the task when the shard's failure share passes this.
+    """
+    from clip_index.config import DownloadConfig
+    from clip_index.download import run_download
+
+    config = DownloadConfig(image_size=image_size, resize_mode=resize_mode, timeout_s=timeout_s,
+                            retries=retries, concurrency=concurrency,
+                            min_image_size=min_image_size, max_aspect_ratio=max_aspect_ratio,
+                            allow_private_networks=allow_private_networks,
+                            max_failure_rate=max_failure_rate)
+    images.metadata.update(run_download(urls.path, int(shard), images.path, config).as_metadata())
+
+
+def embed_images(
+    images: Input[Dataset],
+    shard: int,
+    embeddings: Output[Dataset],
+    model: str = "ViT-B-32",
+    pretrained: str = "laion2b_s34b_b79k",
+    batch_size: int = 0,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> None:
+    """Embed the downloaded images of one shard with an open_clip model (GPU when present).
+
+    Args:
+        images: The download step's output folder.
+        shard: Shard number to embed.
+        embeddings: Output folder: part-NNNNN.parquet (every row; L2-normalised embedding) + stats.
+        model: open_clip model name.
+        pretrained: Pretrained tag, checkpoint path, 'bundled' (tiny-clip) or 'none'.
+        batch_size: Images per forward pass (0 = 256 on GPU, 64 on CPU).
+        dtype: Stored embedding type, float32 or float16.
+        seed: Seed for random weights (pretrained='none').
+    """
+    from clip_index.config import EmbedConfig
+    from clip_index.embed import run_embed
+
+    config = EmbedConfig(model=model, pretrained=pretrained, batch_size=batch_size, dtype=dtype,
+                         seed=seed)
+    embeddings.metadata.update(
+        run_embed(images.path, int(shard), embeddings.path, config).as_metadata())
+
+
+def write_embeddings(
+    embeddings: Input[list[Dataset]],
+    output_dir: str,
+    data: Output[Dataset],
+) -> None:
+    """Collect the embedding shards into the published output folder.
+
+    Args:
+        embeddings: Every embed task's output folder.
+        output_dir: The published folder (local or gs://): data/, failed/, manifest.json.
+        data: Records what was written (metadata: rows, successes, model, dim).
+    """
+    from clip_index.write import run_write
+
+    result = run_write([e.path for e in embeddings], output_dir)
+    data.metadata.update(result.as_metadata())
+
+
+def build_index(
+    data: Input[Dataset],
+    output_dir: str,
+    index: Output[Artifact],
+    metrics: Output[Metrics],
+    max_index_memory_usage: str = "4G",
+    current_memory_available: str = "16G",
+    max_index_query_time_ms: float = 10.0,
+    index_key: str = "",
+) -> None:
+    """Build the faiss index (autofaiss) and the id mapping; measure recall and latency.
+
+    Args:
+        data: The write step's record (ties the index to the data in lineage).
+        output_dir: The published folder: faiss/knn.index, id_mapping/, index_infos.json.
+        index: Records the index (metadata: key, vectors, dim, size, recall).
+        metrics: recall@1/@10 and latency, shown by Vertex.
+        max_index_memory_usage: autofaiss memory budget for the index ("4G").
+        current_memory_available: autofaiss memory budget for building ("16G").
+        max_index_query_time_ms: autofaiss target per query, milliseconds.
+        index_key: faiss factory string to force ("" = autofaiss chooses).
+    """
+    from clip_index.config import IndexConfig
+    from clip_index.index import run_index
+
+    config = IndexConfig(max_index_memory_usage=max_index_memory_usage,
+                         current_memory_available=current_memory_available,
+                         max_index_query_time_ms=max_index_query_time_ms, index_key=index_key)
+    result = run_index(output_dir, config)
+    index.metadata.update({k: v for k, v in result.infos.items() if k != "autofaiss"})
+    for name, value in result.as_metrics().items():
+        metrics.log_metric(name, value)
+
+
+def report(
+    output_dir: str,
+    index: Input[Artifact],
+    report: Output[Markdown],
+) -> None:
+    """Write the run report: counts, failures by reason, index quality, sample queries.
+
+    Args:
+        output_dir: The published folder.
+        index: The index step's record (orders the report after it).
+        report: Markdown report, shown in the Vertex UI.
+    """
+    from clip_index.report import run_report
+
+    text = run_report(output_dir)
+    with open(report.path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+@dataclass(frozen=True)
+class Components:
+    """The pipeline's components, bound to container images."""
+
+    load_dataset: Any
+    plan_shards: Any
+    download_images: Any
+    embed_images: Any
+    write_embeddings: Any
+    build_index: Any
+    report: Any
+
+
+def make_components(cpu_image: str, gpu_image: str) -> Components:
+    """KFP components for every step: the embed step on `gpu_image`, the rest on `cpu_image`."""
+
+    def on(image: str, func: Any) -> Any:
+        return dsl.component(func, base_image=image, install_kfp_package=False)
+
+    return Components(
+        load_dataset=on(cpu_image, load_dataset),
+        plan_shards=on(cpu_image, plan_shards),
+        download_images=on(cpu_image, download_images),
+        embed_images=on(gpu_image, embed_images),
+        write_embeddings=on(cpu_image, write_embeddings),
+        build_index=on(cpu_image, build_index),
+        report=on(cpu_image, report),
+    )

@@ -1,0 +1,191 @@
+"""Frozen configuration per step; `validate()` checks every value before any I/O starts.
+
+The same parameter names are used from pipeline to component to config to CLI flag.
+The library never reads environment variables: everything comes in through these classes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
+ENCODE_FORMATS = ("jpeg", "png", "webp")
+EMBED_DTYPES = ("float32", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_MEMORY = re.compile(r"^\d+(\.\d+)?[KMGT]B?$", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the value and what was expected."""
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: expected {expected}")
+
+
+class _Config:
+    """Shared helpers: dict round trip (for KFP metadata and the CLI) and validation hook."""
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LoadConfig(_Config):
+    """Load step: read an image-URL dataset and write it as URL shards.
+
+    dataset: a Hugging Face dataset id (``org/name``) or a parquet/csv/jsonl file or folder,
+        local, ``gs://`` or any fsspec URL.
+    limit: keep the first N rows (0 = all); hub datasets are streamed, so a limit reads only N rows.
+    shard_size: rows per URL shard (the unit of parallelism and of resume).
+    """
+
+    dataset: str
+    id_column: str = "uid"
+    url_column: str = "url"
+    caption_column: str = "text"
+    limit: int = 0
+    shard_size: int = 10_000
+    split: str = "train"
+
+    def validate(self) -> None:
+        _check(bool(self.dataset.strip()), "dataset", self.dataset, "a hub id, file or folder")
+        _check(bool(self.url_column), "url_column", self.url_column, "a column name")
+        _check(self.limit >= 0, "limit", self.limit, "an integer >= 0 (0 = all rows)")
+        _check(self.shard_size >= 1, "shard_size", self.shard_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class DownloadConfig(_Config):
+    """Download step: fetch, verify, resize and re-encode every URL of a shard.
+
+    timeout_s: total deadline per request (connect + headers + body), seconds.
+    retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets).
+    concurrency: requests in flight per process; per_host_concurrency caps one host.
+    image_size: target size in pixels (the shorter side for keep_ratio, the square side for
+        center_crop and border); images are never upscaled.
+    min_image_size: rows whose original shorter side is below this are `filtered`.
+    max_aspect_ratio: rows whose long/short side ratio passes this are `filtered` (0 = off).
+    max_image_bytes: bodies larger than this are refused; max_image_pixels guards against
+        decompression bombs (width × height of the original).
+    allow_private_networks: allow loopback/private/link-local addresses (tests, the demo).
+    respect_opt_out: honour ``X-Robots-Tag: noai / noimageai`` (status `opted_out`).
+    max_failure_rate: the step fails when the share of non-successes passes this.
+    """
+
+    timeout_s: float = 20.0
+    retries: int = 2
+    concurrency: int = 128
+    per_host_concurrency: int = 16
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"
+    min_image_size: int = 0
+    max_aspect_ratio: float = 0.0
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+    encode_format: str = "jpeg"
+    encode_quality: int = 95
+    allow_private_networks: bool = False
+    respect_opt_out: bool = True
+    max_redirects: int = 5
+    decode_workers: int = 0
+    user_agent: str = "clip-index/0.1 (+https://github.com/clip-index/clip-index)"
+    max_failure_rate: float = 1.0
+
+    def validate(self) -> None:
+        _check(self.timeout_s > 0, "timeout_s", self.timeout_s, "seconds > 0")
+        _check(self.retries >= 0, "retries", self.retries, "an integer >= 0")
+        _check(self.concurrency >= 1, "concurrency", self.concurrency, "an integer >= 1")
+        _check(
+            self.per_host_concurrency >= 1,
+            "per_host_concurrency",
+            self.per_host_concurrency,
+            "an integer >= 1",
+        )
+        _check(self.image_size >= 8, "image_size", self.image_size, "pixels >= 8")
+        _check(self.resize_mode in RESIZE_MODES, "resize_mode", self.resize_mode,
+               f"one of {RESIZE_MODES}")
+        _check(self.min_image_size >= 0, "min_image_size", self.min_image_size, "pixels >= 0")
+        _check(self.max_aspect_ratio == 0 or self.max_aspect_ratio >= 1, "max_aspect_ratio",
+               self.max_aspect_ratio, "0 (off) or a ratio >= 1")
+        _check(self.max_image_bytes > 0, "max_image_bytes", self.max_image_bytes, "bytes > 0")
+        _check(self.max_image_pixels > 0, "max_image_pixels", self.max_image_pixels, "> 0")
+        _check(self.encode_format in ENCODE_FORMATS, "encode_format", self.encode_format,
+               f"one of {ENCODE_FORMATS}")
+        _check(1 <= self.encode_quality <= 100, "encode_quality", self.encode_quality, "1..100")
+        _check(self.max_redirects >= 0, "max_redirects", self.max_redirects, ">= 0")
+        _check(self.decode_workers >= 0, "decode_workers", self.decode_workers,
+               "0 (one per core) or a process count")
+        _check(0 <= self.max_failure_rate <= 1, "max_failure_rate", self.max_failure_rate,
+               "a fraction in [0, 1]")
+
+
+@dataclass(frozen=True)
+class EmbedConfig(_Config):
+    """Embed step: CLIP image embeddings of every successfully downloaded image.
+
+    model: an open_clip model name (``open_clip.list_models()``) or a custom config name.
+    pretrained: an open_clip pretrained tag, a local checkpoint path, ``bundled`` (the tiny CLIP
+        shipped with clip-index, for the `tiny-clip` model) or ``none`` (random weights, seeded).
+    batch_size: images per forward pass (0 = pick for the device: 256 on CUDA, 64 on CPU).
+    num_workers: DataLoader processes decoding and preprocessing (-1 = one per core, max 8).
+    dtype: the stored embedding type; float16 halves the disk.
+    """
+
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    batch_size: int = 0
+    num_workers: int = -1
+    device: str = "auto"
+    precision: str = "auto"
+    dtype: str = "float32"
+    seed: int = 0
+    max_failure_rate: float = 1.0
+
+    def validate(self) -> None:
+        _check(bool(self.model.strip()), "model", self.model, "an open_clip model name")
+        _check(bool(self.pretrained.strip()), "pretrained", self.pretrained,
+               "a pretrained tag, a checkpoint path, 'bundled' or 'none'")
+        _check(self.batch_size >= 0, "batch_size", self.batch_size, "0 (auto) or an integer >= 1")
+        _check(self.num_workers >= -1, "num_workers", self.num_workers, "-1 (auto) or >= 0")
+        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
+        _check(self.dtype in EMBED_DTYPES, "dtype", self.dtype, f"one of {EMBED_DTYPES}")
+        _check(0 <= self.max_failure_rate <= 1, "max_failure_rate", self.max_failure_rate,
+               "a fraction in [0, 1]")
+
+
+@dataclass(frozen=True)
+class IndexConfig(_Config):
+    """Index step: an autofaiss index over the normalised embeddings (inner product = cosine).
+
+    max_index_memory_usage / current_memory_available: autofaiss's budgets ("4G", "512M").
+    max_index_query_time_ms: autofaiss's target per query.
+    index_key: a faiss factory string that overrides autofaiss's choice ("" = let it choose).
+    recall_queries: held-out queries for recall@k against exact search (0 = skip).
+    """
+
+    max_index_memory_usage: str = "4G"
+    current_memory_available: str = "16G"
+    max_index_query_time_ms: float = 10.0
+    index_key: str = ""
+    recall_queries: int = 1000
+
+    def validate(self) -> None:
+        for name in ("max_index_memory_usage", "current_memory_available"):
+            value = getattr(self, name)
+            _check(bool(_MEMORY.match(value)), name, value, 'a size like "4G" or "512M"')
+        _check(self.max_index_query_time_ms > 0, "max_index_query_time_ms",
+               self.max_index_query_time_ms, "milliseconds > 0")
+        _check(self.recall_queries >= 0, "recall_queries", self.recall_queries, ">= 0")

@@ -1,0 +1,203 @@
+"""Embed step: CLIP image embeddings for one image shard.
+
+Images are decoded and preprocessed in DataLoader workers (row groups are split between them),
+undecodable images are dropped in `collate` and counted, the forward pass runs batched (autocast
+on CUDA), embeddings are L2-normalised, and every input row leaves with a status.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from clip_index import io, schema
+from clip_index.config import EmbedConfig
+from clip_index.models import ClipModel, load_model
+from clip_index.schema import Status
+from clip_index.stats import Progress, ShardStats, check_failure_rate
+
+log = logging.getLogger(__name__)
+
+_META_COLUMNS = [schema.UID, schema.URL, schema.CAPTION, schema.STATUS, schema.ERROR]
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """The embedding shard written for one image shard, and the model that made it."""
+
+    output_dir: str
+    shard: int
+    stats: ShardStats
+    model: dict[str, Any]
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {**self.stats.as_dict(), **self.model}
+
+
+def default_batch_size(device: str) -> int:
+    return 256 if device == "cuda" else 64
+
+
+def default_num_workers(device: str) -> int:
+    # on CPU the forward pass needs the cores; one decoder keeps it fed (REFERENCES §5)
+    return min(8, os.cpu_count() or 1) if device == "cuda" else 1
+
+
+def run_embed(images_dir: str, shard: int, output_dir: str, config: EmbedConfig) -> EmbedResult:
+    """Embed image shard `shard` of `images_dir` into ``output_dir/part-NNNNN.parquet``;
+    skipped when its stats file (written last) already exists."""
+    config.validate()
+    stats_path = io.join(output_dir, io.stats_name(shard))
+    if io.exists(stats_path):
+        done = io.read_json(stats_path)
+        stats = ShardStats.from_dict(done)
+        stats.skipped = True
+        log.info("embed: shard %d already complete, skipped", shard)
+        return EmbedResult(output_dir, shard, stats, done["model"])
+    clip = load_model(config.model, config.pretrained, config.device, config.seed)
+    stats = embed_shard(io.join(images_dir, io.shard_name(shard)),
+                        io.join(output_dir, io.shard_name(shard)), clip, config, shard=shard)
+    model = {**clip.describe(), "dtype": config.dtype, "normalised": True}
+    io.write_json(stats_path, {**stats.as_dict(), "model": model})
+    check_failure_rate(stats, config.max_failure_rate, "embed")
+    return EmbedResult(output_dir, shard, stats, model)
+
+
+def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: EmbedConfig,
+                shard: int = 0) -> ShardStats:
+    """Embed every successful row of one image parquet; pass the other rows through."""
+    start = time.monotonic()
+    stats = ShardStats(shard=shard)
+    out_schema = schema.embeddings_schema(clip.dim, config.dtype)
+    meta = io.read_parquet(input_path, columns=_META_COLUMNS)
+    ok = pc.equal(meta.column(schema.STATUS), Status.SUCCESS.value)
+    failed = meta.filter(pc.invert(ok))
+    n_ok = meta.num_rows - failed.num_rows
+    batch_size = config.batch_size or default_batch_size(clip.device)
+    workers = default_num_workers(clip.device) if config.num_workers < 0 else config.num_workers
+    progress = Progress(f"embed shard {shard}", meta.num_rows)
+    with io.AtomicParquetWriter(output_path, out_schema) as writer:
+        if failed.num_rows:  # failures of earlier steps stay in the data, with their reasons
+            writer.write(failed.append_column(
+                schema.EMBEDDING, pa.nulls(failed.num_rows, out_schema.field(schema.EMBEDDING).type)
+            ))
+            for status, error in zip(failed.column(schema.STATUS).to_pylist(),
+                                     failed.column(schema.ERROR).to_pylist()):
+                stats.count(status, error)
+            progress.update(failed.num_rows)
+        if n_ok:
+            loader = torch.utils.data.DataLoader(
+                ImageRows(input_path, clip.preprocess), batch_size=batch_size,
+                num_workers=workers, collate_fn=collate, pin_memory=clip.device == "cuda",
+                persistent_workers=False,
+            )
+            encoder = BatchEncoder(clip)
+            for batch in loader:
+                rows = _embedded_rows(batch, encoder, config.dtype, out_schema)
+                writer.write(rows)
+                for status, error in zip(rows.column(schema.STATUS).to_pylist(),
+                                         rows.column(schema.ERROR).to_pylist()):
+                    stats.count(status, error)
+                progress.update(rows.num_rows)
+    stats.seconds = progress.close()
+    log.info("embed: shard %d: %d rows, %d embedded in %.1fs (%.1f img/s)", shard, stats.rows,
+             stats.successes, time.monotonic() - start,
+             stats.successes / max(stats.seconds, 1e-9))
+    return stats
+
+
+class ImageRows(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Successful rows of an image parquet, decoded and preprocessed; row groups are divided
+    among DataLoader workers. Yields dicts; undecodable images carry an error instead."""
+
+    def __init__(self, path: str, preprocess: Any) -> None:
+        self.path = path
+        self.preprocess = preprocess
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from PIL import Image
+
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        fs, fs_path = io.filesystem(self.path)
+        with fs.open(fs_path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            for group in range(worker, parquet.num_row_groups, workers):
+                table = parquet.read_row_group(group, columns=[*_META_COLUMNS, schema.IMAGE])
+                for row in table.to_pylist():
+                    if row[schema.STATUS] != Status.SUCCESS.value:
+                        continue
+                    image = row.pop(schema.IMAGE)
+                    try:
+                        with Image.open(_io.BytesIO(image)) as img:
+                            row["pixels"] = self.preprocess(img.convert("RGB"))
+                    except Exception as exc:  # counted in collate, never a crash
+                        row["pixels"] = None
+                        row[schema.STATUS] = Status.FAILED_TO_DECODE.value
+                        row[schema.ERROR] = f"embed_decode_error: {exc}"[:300]
+                    yield row
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the decodable images; keep the undecodable rows aside so they are written too."""
+    good = [r for r in rows if r["pixels"] is not None]
+    bad = [r for r in rows if r["pixels"] is None]
+    return {
+        "pixels": torch.stack([r.pop("pixels") for r in good]) if good else None,
+        "good": good,
+        "bad": [{k: v for k, v in r.items() if k != "pixels"} for r in bad],
+    }
+
+
+class BatchEncoder:
+    """Encodes image batches; on CUDA out-of-memory it halves the batch and goes on."""
+
+    def __init__(self, clip: ClipModel) -> None:
+        self.clip = clip
+        self.max_batch: int | None = None
+
+    def __call__(self, pixels: Any) -> np.ndarray:
+        step = self.max_batch or len(pixels)
+        parts = []
+        start = 0
+        while start < len(pixels):
+            try:
+                parts.append(self.clip.encode_images(pixels[start:start + step]))
+                start += step
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if step == 1:
+                    raise
+                step = max(1, step // 2)
+                self.max_batch = step
+                log.warning("embed: CUDA out of memory, batch size now %d", step)
+        return np.concatenate(parts) if parts else np.zeros((0, self.clip.dim), np.float32)
+
+
+def _embedded_rows(batch: dict[str, Any], encoder: BatchEncoder, dtype: str,
+                   out_schema: pa.Schema) -> pa.Table:
+    """One table for a batch: the embedded rows, then the rows that failed to decode."""
+    parts = []
+    vector_type = out_schema.field(schema.EMBEDDING).type
+    meta_schema = out_schema.remove(out_schema.get_field_index(schema.EMBEDDING))
+    if batch["good"]:
+        embeddings = encoder(batch["pixels"]).astype(dtype)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)),
+                                                    embeddings.shape[1])
+        good = pa.Table.from_pylist(batch["good"], schema=meta_schema)
+        parts.append(good.append_column(schema.EMBEDDING, vectors.cast(vector_type)))
+    if batch["bad"]:
+        bad = pa.Table.from_pylist(batch["bad"], schema=meta_schema)
+        parts.append(bad.append_column(schema.EMBEDDING, pa.nulls(len(bad), vector_type)))
+    return pa.concat_tables(parts)

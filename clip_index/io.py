@@ -1,0 +1,175 @@
+"""Storage helpers over fsspec (local paths, ``gs://``, Vertex's ``/gcs/`` mounts): shard names,
+atomic writes, JSON and parquet I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import tempfile
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+_SHARD = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+def filesystem(path: str) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem for `path` and the path as that filesystem names it."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    return fs, fs_path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts, keeping a URL scheme (``gs://b/x`` + ``y`` → ``gs://b/x/y``)."""
+    return posixpath.join(base.rstrip("/"), *parts)
+
+
+def shard_name(index: int) -> str:
+    """``part-00042.parquet`` for shard 42."""
+    return f"part-{index:05d}.parquet"
+
+
+def stats_name(index: int) -> str:
+    """``part-00042_stats.json``: the shard's stats, written last, so it marks the shard done."""
+    return f"part-{index:05d}_stats.json"
+
+
+def shard_index(name: str) -> int:
+    """The shard number in a ``part-NNNNN.parquet`` file name."""
+    match = _SHARD.match(posixpath.basename(name))
+    if not match:
+        raise ValueError(f"{name!r} is not a shard file name: expected part-NNNNN.parquet")
+    return int(match.group(1))
+
+
+def list_shards(directory: str) -> list[str]:
+    """The ``part-NNNNN.parquet`` files of a folder, in shard order (full paths)."""
+    fs, fs_dir = filesystem(directory)
+    if not fs.isdir(fs_dir):
+        return []
+    names = [posixpath.basename(p) for p in fs.ls(fs_dir, detail=False)]
+    shards = sorted((shard_index(n), n) for n in names if _SHARD.match(n))
+    return [join(directory, n) for _, n in shards]
+
+
+def exists(path: str) -> bool:
+    fs, fs_path = filesystem(path)
+    return bool(fs.exists(fs_path))
+
+
+def makedirs(path: str) -> None:
+    fs, fs_path = filesystem(path)
+    fs.makedirs(fs_path, exist_ok=True)
+
+
+def _temp_name(path: str) -> str:
+    head, tail = posixpath.split(path)
+    return posixpath.join(head, f".{tail}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write to a temporary name beside `path`, then rename: readers never see half a file."""
+    fs, fs_path = filesystem(path)
+    fs.makedirs(posixpath.dirname(fs_path), exist_ok=True)
+    tmp = _temp_name(fs_path)
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, fs_path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(path: str) -> Any:
+    fs, fs_path = filesystem(path)
+    with fs.open(fs_path, "rb") as f:
+        return json.loads(f.read())
+
+
+class AtomicParquetWriter:
+    """A parquet writer that streams row groups to a temporary file and renames it on close.
+
+    Use as a context manager; on an exception the temporary file is removed and `path` is left
+    untouched, so a crashed step never leaves a shard that looks complete.
+    """
+
+    def __init__(self, path: str, schema: pa.Schema) -> None:
+        self.path = path
+        self.schema = schema
+        self._fs, fs_path = filesystem(path)
+        self._fs.makedirs(posixpath.dirname(fs_path), exist_ok=True)
+        self._final = fs_path
+        self._tmp = _temp_name(fs_path)
+        self._file = self._fs.open(self._tmp, "wb")
+        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        self._writer.write_table(table.cast(self.schema))
+        self.rows += table.num_rows
+
+    def __enter__(self) -> AtomicParquetWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._writer.close()
+        self._file.close()
+        if exc_type is None:
+            self._fs.mv(self._tmp, self._final)
+        else:
+            self._fs.rm(self._tmp)
+
+
+def write_parquet_atomic(path: str, table: pa.Table) -> None:
+    """Write one table as a parquet file, atomically."""
+    with AtomicParquetWriter(path, table.schema) as writer:
+        writer.write(table)
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, fs_path = filesystem(path)
+    return pq.read_table(fs_path, columns=columns, filesystem=fs)
+
+
+def check_writable(directory: str) -> None:
+    """Fail early, naming the folder, when `directory` cannot be created or written."""
+    try:
+        makedirs(directory)
+        probe = join(directory, f".clip-index-write-test-{uuid.uuid4().hex[:8]}")
+        fs, fs_path = filesystem(probe)
+        with fs.open(fs_path, "wb") as f:
+            f.write(b"ok")
+        fs.rm(fs_path)
+    except Exception as exc:  # any backend error means the same thing to the user
+        raise PermissionError(
+            f"output folder {directory!r} cannot be written: {exc}. "
+            "Expected a writable local folder or a gs:// path you have write access to."
+        ) from exc
+
+
+def directory_size_bytes(directory: str) -> int:
+    """Total size of the files under `directory`."""
+    fs, fs_path = filesystem(directory)
+    return int(sum(fs.du(fs_path, total=False).values())) if fs.exists(fs_path) else 0
+
+
+def local_path(path: str) -> str:
+    """A local path for `path`: itself when local, else a downloaded temporary copy (for faiss,
+    which reads only local files)."""
+    fs, fs_path = filesystem(path)
+    if isinstance(fs, LocalFileSystem):
+        return str(fs_path)
+    local = os.path.join(tempfile.mkdtemp(prefix="clip-index-"), posixpath.basename(fs_path))
+    fs.get_file(fs_path, local)
+    return local

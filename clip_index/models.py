@@ -1,0 +1,182 @@
+"""CLIP model loader: open_clip models by name with a pretrained tag, a local checkpoint, the
+bundled tiny CLIP, or seeded random weights; built once per process and shared by embed and
+search, so index-time and query-time embeddings come from the same weights."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BUNDLED = "bundled"
+NO_WEIGHTS = "none"
+
+
+@dataclass
+class ClipModel:
+    """A loaded open_clip model with its image preprocess, tokenizer and embedding size."""
+
+    name: str
+    pretrained: str
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    dim: int
+    device: str
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        """What the embed manifest records about the model (and a query must match); the seed
+        rebuilds random weights (pretrained 'none')."""
+        return {"model": self.name, "pretrained": self.pretrained, "dim": self.dim,
+                "seed": self.seed}
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised text embeddings, float32, shape (len(texts), dim)."""
+        import torch
+
+        tokens = self.tokenizer(texts).to(self.device)
+        with torch.inference_mode(), autocast(self.device, "auto"):
+            features = self.model.encode_text(tokens).float()
+        return normalise(features.cpu().numpy())
+
+    def encode_images(self, pixels: Any) -> np.ndarray:
+        """L2-normalised image embeddings of a preprocessed (N, 3, H, W) tensor, float32."""
+        import torch
+
+        with torch.inference_mode(), autocast(self.device, "auto"):
+            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return normalise(features.float().cpu().numpy())
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'cuda' when asked for or available under 'auto', else 'cpu'."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA GPU")
+    return device
+
+
+def autocast(device: str, precision: str) -> Any:
+    """An autocast context: bf16 on CUDA for 'auto' (fp16 when asked), none on CPU for 'auto'."""
+    import contextlib
+
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=dtypes[precision])
+
+
+def register_bundled_configs() -> None:
+    """Make the model configs shipped with clip-index (e.g. `tiny-clip`) known to open_clip."""
+    from clip_index.assets import register_model_configs
+
+    register_model_configs()
+
+
+def check_model_name(name: str) -> None:
+    """Raise with the closest known names when open_clip has no config called `name`."""
+    import open_clip
+
+    register_bundled_configs()
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
+        raise ValueError(f"model={name!r} is not an open_clip model: closest known names {close} "
+                         "(see open_clip.list_models())")
+
+
+def check_pretrained(name: str, pretrained: str) -> None:
+    """Raise when `pretrained` is neither a known tag for `name`, a file, 'bundled' nor 'none'."""
+    import open_clip
+
+    if pretrained in (NO_WEIGHTS, BUNDLED) or name.startswith(("hf-hub:", "local-dir:")):
+        return
+    if os.path.exists(pretrained) or "://" in pretrained:
+        return
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise ValueError(
+            f"pretrained={pretrained!r} is not a file nor a pretrained tag of model {name!r}: "
+            f"expected one of {tags or '(no published weights)'}, a local checkpoint path, "
+            f"'{BUNDLED}' (model tiny-clip) or '{NO_WEIGHTS}' (random weights)"
+        )
+
+
+def load_model(name: str, pretrained: str, device: str = "auto", seed: int = 0) -> ClipModel:
+    """Load (once per process) an open_clip model; see EmbedConfig for the `pretrained` forms."""
+    return _load(name, pretrained, resolve_device(device), seed)
+
+
+@lru_cache(maxsize=4)
+def _load(name: str, pretrained: str, device: str, seed: int) -> ClipModel:
+    import open_clip
+    import torch
+
+    check_model_name(name)
+    check_pretrained(name, pretrained)
+    weights: str | None = pretrained
+    if pretrained == NO_WEIGHTS:
+        weights = None
+        torch.manual_seed(seed)  # random weights are reproducible, so queries can rebuild them
+        log.warning("model %s with random weights (seed %d): the index will be meaningless",
+                    name, seed)
+    elif pretrained == BUNDLED:
+        from clip_index.assets import TINY_CLIP_WEIGHTS
+
+        weights = str(TINY_CLIP_WEIGHTS)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=weights, device=device
+        )
+    except Exception as exc:
+        if weights and not os.path.exists(weights):
+            raise RuntimeError(
+                f"could not fetch pretrained weights {pretrained!r} for model {name!r} ({exc}). "
+                "Without network access, download the checkpoint elsewhere and pass its local "
+                "path: --pretrained /path/to/open_clip_model.safetensors"
+            ) from exc
+        raise
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    dim = int(model.text_projection.shape[1]) if _has_text_projection(model) else _probe_dim(model)
+    log.info("loaded %s (%s) on %s, dim %d", name, pretrained, device, dim)
+    return ClipModel(name, pretrained, model, preprocess, tokenizer, dim, device, seed)
+
+
+def _has_text_projection(model: Any) -> bool:
+    proj = getattr(model, "text_projection", None)
+    return proj is not None and hasattr(proj, "shape") and len(proj.shape) == 2
+
+
+def _probe_dim(model: Any) -> int:
+    import torch
+
+    size = model.visual.image_size
+    size = size if isinstance(size, tuple) else (size, size)
+    with torch.inference_mode():
+        out = model.encode_image(torch.zeros(1, 3, *size, device=next(model.parameters()).device))
+    return int(out.shape[-1])

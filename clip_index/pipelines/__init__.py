@@ -1,0 +1,145 @@
+"""KFP pipeline definitions and the registry used by compile.py, the CLI and the tests.
+
+A pipeline is built by a factory from `PipelineSettings` (images, GPU, parallelism), since KFP
+fixes those at compile time; run-time choices are pipeline parameters.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+from kfp import dsl
+
+from clip_index.components import make_components
+
+# Vertex AI accelerator types (aiplatform AcceleratorType names) the embed step may ask for.
+GPU_TYPES = (
+    "NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4",
+    "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB", "NVIDIA_H100_MEGA_80GB",
+    "NVIDIA_H200_141GB",
+)
+DEFAULT_IMAGE_REPO = "us-docker.pkg.dev/PROJECT/clip-index"
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Compile-time settings: container images, the embed step's GPU, the fan-out limit."""
+
+    cpu_image: str = f"{DEFAULT_IMAGE_REPO}/clip-index-cpu:dev"
+    gpu_image: str = f"{DEFAULT_IMAGE_REPO}/clip-index-gpu:dev"
+    gpu_type: str = "NVIDIA_L4"
+    gpu_count: int = 1
+    parallelism: int = 8
+    embed_cpu: str = "8"
+    embed_memory: str = "32G"
+    download_cpu: str = "8"
+    download_memory: str = "16G"
+    index_cpu: str = "16"
+    index_memory: str = "64G"
+    retries: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for name in ("cpu_image", "gpu_image"):
+            image = getattr(self, name)
+            tag = image.rsplit("/", 1)[-1]
+            if ":" not in tag and "@" not in image:
+                raise ValueError(f"{name}={image!r}: expected an image with a tag or digest")
+            if tag.endswith(":latest"):
+                raise ValueError(f"{name}={image!r}: ':latest' is not reproducible; pin a tag")
+        if self.gpu_count < 0:
+            raise ValueError(f"gpu_count={self.gpu_count}: expected an integer >= 0")
+        if self.gpu_count and self.gpu_type not in GPU_TYPES:
+            raise ValueError(f"gpu_type={self.gpu_type!r}: expected one of {GPU_TYPES}")
+        if self.parallelism < 1:
+            raise ValueError(f"parallelism={self.parallelism}: expected an integer >= 1")
+
+
+def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
+    """The clip-index pipeline: load → plan → ParallelFor(download → embed) → write → index →
+    report."""
+    settings.validate()
+    c = make_components(settings.cpu_image, settings.gpu_image)
+
+    @dsl.pipeline(
+        name="clip-index",
+        description="Image-URL dataset → CLIP embeddings → faiss index, queryable by text/image.",
+    )
+    def clip_index_pipeline(
+        dataset: str,
+        output_dir: str,
+        id_column: str = "uid",
+        url_column: str = "url",
+        caption_column: str = "text",
+        limit: int = 0,
+        shard_size: int = 10000,
+        image_size: int = 256,
+        resize_mode: str = "keep_ratio",
+        timeout_s: float = 20.0,
+        download_retries: int = 2,
+        concurrency: int = 128,
+        min_image_size: int = 0,
+        max_aspect_ratio: float = 0.0,
+        allow_private_networks: bool = False,
+        max_failure_rate: float = 1.0,
+        model: str = "ViT-B-32",
+        pretrained: str = "laion2b_s34b_b79k",
+        batch_size: int = 0,
+        dtype: str = "float32",
+        seed: int = 0,
+        max_index_memory_usage: str = "4G",
+        current_memory_available: str = "16G",
+        max_index_query_time_ms: float = 10.0,
+        index_key: str = "",
+    ) -> None:
+        load = c.load_dataset(
+            dataset=dataset, id_column=id_column, url_column=url_column,
+            caption_column=caption_column, limit=limit, shard_size=shard_size,
+        ).set_display_name("Load dataset")
+        plan = c.plan_shards(urls=load.outputs["urls"]).set_display_name("Plan shards")
+        for task in (load, plan):
+            task.set_caching_options(True)
+        with dsl.ParallelFor(plan.output, parallelism=settings.parallelism,
+                             name="shards") as shard:
+            download = c.download_images(
+                urls=load.outputs["urls"], shard=shard, image_size=image_size,
+                resize_mode=resize_mode, timeout_s=timeout_s, retries=download_retries,
+                concurrency=concurrency, min_image_size=min_image_size,
+                max_aspect_ratio=max_aspect_ratio, allow_private_networks=allow_private_networks,
+                max_failure_rate=max_failure_rate,
+            ).set_display_name("Download images")
+            download.set_cpu_limit(settings.download_cpu).set_memory_limit(
+                settings.download_memory)
+            embed = c.embed_images(
+                images=download.outputs["images"], shard=shard, model=model,
+                pretrained=pretrained, batch_size=batch_size, dtype=dtype, seed=seed,
+            ).set_display_name("Embed images")
+            embed.set_cpu_limit(settings.embed_cpu).set_memory_limit(settings.embed_memory)
+            if settings.gpu_count:
+                embed.set_accelerator_type(settings.gpu_type).set_accelerator_limit(
+                    settings.gpu_count)
+            for task in (download, embed):
+                task.set_retry(num_retries=settings.retries, backoff_duration="60s",
+                               backoff_factor=2.0)
+        write = c.write_embeddings(
+            embeddings=dsl.Collected(embed.outputs["embeddings"]), output_dir=output_dir,
+        ).set_display_name("Write embeddings")
+        index = c.build_index(
+            data=write.outputs["data"], output_dir=output_dir,
+            max_index_memory_usage=max_index_memory_usage,
+            current_memory_available=current_memory_available,
+            max_index_query_time_ms=max_index_query_time_ms, index_key=index_key,
+        ).set_display_name("Build index")
+        index.set_cpu_limit(settings.index_cpu).set_memory_limit(settings.index_memory)
+        report = c.report(output_dir=output_dir, index=index.outputs["index"])
+        report.set_display_name("Report")
+        for task in (write, index, report):  # they write to output_dir: a cache hit would not
+            task.set_caching_options(False)
+
+    return clip_index_pipeline
+
+
+# name → factory; compile.py writes one YAML per entry.
+PIPELINES: dict[str, Callable[[PipelineSettings], Any]] = {
+    "clip-index": make_index_pipeline,
+}

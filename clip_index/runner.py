@@ -1,0 +1,126 @@
+"""Local runs: check every parameter before any work, run the pipeline through kfp.local's
+SubprocessRunner (the same @dsl.pipeline compiled for Vertex), then summarise the output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from clip_index import io, schema
+from clip_index.config import DownloadConfig, EmbedConfig, IndexConfig, LoadConfig
+
+log = logging.getLogger(__name__)
+
+# pipeline parameter → config field, where the names differ
+_RENAMES = {DownloadConfig: {"download_retries": "retries"}}
+
+
+def configs_from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The step configs a set of pipeline parameters makes (validated)."""
+    configs = {}
+    for cls in (LoadConfig, DownloadConfig, EmbedConfig, IndexConfig):
+        renames = _RENAMES.get(cls, {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {renames.get(k, k): v for k, v in params.items()
+                  if renames.get(k, k) in names and v is not None}
+        config = cls(**kwargs)
+        config.validate()
+        configs[cls.__name__] = config
+    return configs
+
+
+def preflight(params: dict[str, Any]) -> None:
+    """Fail before any work on a bad value: configs, model name and weights, output folder,
+    dataset location and columns."""
+    from clip_index.dataset import check_source
+    from clip_index.models import check_model_name, check_pretrained
+
+    if not params.get("output_dir"):
+        raise ValueError("output_dir is required: the folder the index is published to")
+    configs = configs_from_params(params)
+    check_model_name(params["model"])
+    check_pretrained(params["model"], params["pretrained"])
+    io.check_writable(params["output_dir"])
+    check_source(configs["LoadConfig"])
+
+
+def run_local(params: dict[str, Any], pipeline_root: str | None = None,
+              settings: Any = None) -> str:
+    """Run the clip-index pipeline on this machine; return a summary of what it produced.
+    Parameters not given take the pipeline's defaults."""
+    from kfp import local
+
+    from clip_index.pipelines import PipelineSettings, make_index_pipeline
+
+    params = {**pipeline_defaults(), **params}
+    params["output_dir"] = os.path.abspath(params["output_dir"]) if "://" not in str(
+        params.get("output_dir")) else params["output_dir"]
+    preflight(params)
+    root = pipeline_root or os.path.join(params["output_dir"], ".pipeline")
+    os.makedirs(root, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
+               raise_on_error=True)
+    pipeline = make_index_pipeline(settings or PipelineSettings())
+    start = time.monotonic()
+    pipeline(**params)
+    return summary(params["output_dir"], time.monotonic() - start, root)
+
+
+def pipeline_defaults() -> dict[str, Any]:
+    """Every pipeline parameter that has a default, with it."""
+    import inspect
+
+    from clip_index.pipelines import make_index_pipeline
+
+    params = inspect.signature(make_index_pipeline().pipeline_func).parameters
+    return {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def step_times(pipeline_root: str) -> dict[str, float]:
+    """Wall seconds per step of the latest local run, from the `seconds` its artifacts record."""
+    runs = sorted(Path(pipeline_root).glob("clip-index-*"), key=os.path.getmtime)
+    if not runs:
+        return {}
+    times: dict[str, float] = {}
+    for output in runs[-1].rglob("executor_output.json"):
+        step = output.parent.name
+        data = json.loads(output.read_text())
+        for artifacts in data.get("artifacts", {}).values():
+            for artifact in artifacts.get("artifacts", []):
+                seconds = artifact.get("metadata", {}).get("seconds")
+                if seconds is not None:
+                    times[step] = times.get(step, 0.0) + float(seconds)
+    return times
+
+
+def summary(output_dir: str, wall_s: float, pipeline_root: str | None = None) -> str:
+    """A few lines a person reads at the end of a run."""
+    manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
+    infos = io.read_json(io.join(output_dir, schema.INDEX_INFOS))
+    totals = manifest["totals"]
+    failures = ", ".join(f"{k} {v}" for k, v in totals["statuses"].items() if k != "success")
+    lines = [
+        f"clip-index run finished in {wall_s:.1f}s → {output_dir}",
+        f"  rows: {totals['rows']}   embedded: {totals['successes']} "
+        f"({totals['success_rate']:.1%})   failures: {failures or 'none'}",
+        f"  model: {manifest['model']} ({manifest['pretrained']}), dim {manifest['dim']}, "
+        f"{manifest['dtype']}",
+        f"  index: {infos['index_key']}, {infos['vectors']} vectors, "
+        f"{infos['size_bytes'] / 1e6:.2f} MB, recall@10 {infos.get('recall_at_10', 'n/a')}, "
+        f"p50 {infos.get('latency_p50_ms', 'n/a')} ms",
+    ]
+    if totals.get("errors"):
+        top = ", ".join(f"{k} {v}" for k, v in list(totals["errors"].items())[:5])
+        lines.append(f"  top errors: {top}")
+    if pipeline_root:
+        times = step_times(pipeline_root)
+        if times:
+            lines.append("  step seconds (summed over shards): " +
+                         ", ".join(f"{k} {v:.1f}" for k, v in sorted(times.items())))
+    lines.append(f"  query it: clip-index query {output_dir} --text 'a red circle'")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""The data contract between steps: column names, pyarrow schemas, row statuses and file names."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import pyarrow as pa
+
+# Column names shared by every step (the same names from pipeline to parquet).
+UID = "uid"
+URL = "url"
+CAPTION = "caption"
+STATUS = "status"
+ERROR = "error"
+IMAGE = "image"
+WIDTH = "width"
+HEIGHT = "height"
+ORIGINAL_WIDTH = "original_width"
+ORIGINAL_HEIGHT = "original_height"
+SHA256 = "sha256"
+EMBEDDING = "embedding"
+FAISS_ID = "i"
+
+
+class Status(str, Enum):
+    """What happened to one row. Every row that enters a step leaves it with one of these."""
+
+    SUCCESS = "success"
+    FAILED_TO_DOWNLOAD = "failed_to_download"
+    FAILED_TO_DECODE = "failed_to_decode"
+    FILTERED = "filtered"
+    OPTED_OUT = "opted_out"
+    BLOCKED = "blocked"
+    FAILED_TO_EMBED = "failed_to_embed"
+
+
+STATUSES = [s.value for s in Status]
+
+
+class RowError(Exception):
+    """A per-row failure: recorded as the row's `status` and `error`, never raised out of a step.
+
+    The message starts with a short error kind (``http_404: Not Found``) that stats count by.
+    """
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+# load → download: one row per input row.
+URLS_SCHEMA = pa.schema(
+    [
+        pa.field(UID, pa.string(), nullable=False),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+    ]
+)
+
+# download → embed: every input row, with its status; image bytes only on success.
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field(UID, pa.string(), nullable=False),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string()),
+        pa.field(IMAGE, pa.binary()),
+        pa.field(WIDTH, pa.int32()),
+        pa.field(HEIGHT, pa.int32()),
+        pa.field(ORIGINAL_WIDTH, pa.int32()),
+        pa.field(ORIGINAL_HEIGHT, pa.int32()),
+        pa.field(SHA256, pa.string()),
+    ]
+)
+
+
+def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
+    """embed → write: every input row with its status; `embedding` (dim floats, L2-normalised)
+    is null unless the status is success."""
+    return pa.schema(
+        [
+            pa.field(UID, pa.string(), nullable=False),
+            pa.field(URL, pa.string()),
+            pa.field(CAPTION, pa.string()),
+            pa.field(STATUS, pa.string(), nullable=False),
+            pa.field(ERROR, pa.string()),
+            pa.field(EMBEDDING, pa.list_(arrow_float(dtype), dim)),
+        ]
+    )
+
+
+def data_schema(dim: int, dtype: str = "float32") -> pa.Schema:
+    """The published `output_dir/data/` parquet: successful rows only."""
+    return pa.schema(
+        [
+            pa.field(UID, pa.string(), nullable=False),
+            pa.field(URL, pa.string()),
+            pa.field(CAPTION, pa.string()),
+            pa.field(EMBEDDING, pa.list_(arrow_float(dtype), dim), nullable=False),
+        ]
+    )
+
+
+# The published `output_dir/failed/` parquet: every row that did not make it into the index.
+FAILED_SCHEMA = pa.schema(
+    [
+        pa.field(UID, pa.string(), nullable=False),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string()),
+    ]
+)
+
+# `output_dir/id_mapping/`: row i of the concatenated files is faiss id i.
+ID_MAPPING_SCHEMA = pa.schema(
+    [
+        pa.field(FAISS_ID, pa.int64(), nullable=False),
+        pa.field(UID, pa.string(), nullable=False),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+    ]
+)
+
+
+def arrow_float(dtype: str) -> pa.DataType:
+    """The pyarrow type for an embedding dtype name ('float32' or 'float16')."""
+    if dtype == "float32":
+        return pa.float32()
+    if dtype == "float16":
+        return pa.float16()
+    raise ValueError(f"embedding dtype {dtype!r}: expected 'float32' or 'float16'")
+
+
+# File and folder names inside step outputs and output_dir.
+MANIFEST = "manifest.json"
+DATA_DIR = "data"
+FAILED_DIR = "failed"
+FAISS_DIR = "faiss"
+INDEX_FILE = "knn.index"
+ID_MAPPING_DIR = "id_mapping"
+INDEX_INFOS = "index_infos.json"
+RUN_STATS = "stats.json"
+REPORT = "report.md"

@@ -1,0 +1,95 @@
+"""Write step: collect the embedding shards into the published ``output_dir``: ``data/`` (the
+embedded rows), ``failed/`` (every other row, with its status and error) and ``manifest.json``
+(model, dimension, dtype, counts by status)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from clip_index import io, schema
+from clip_index.stats import ShardStats, merge
+
+log = logging.getLogger(__name__)
+
+# What must agree between embedding shards before they can share one index.
+MODEL_KEYS = ("model", "pretrained", "dim", "dtype", "normalised", "seed")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What the published folder holds."""
+
+    output_dir: str
+    manifest: dict[str, Any]
+
+    def as_metadata(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"output_dir": self.output_dir, **{k: m[k] for k in MODEL_KEYS},
+                **{k: m["totals"][k] for k in ("rows", "successes", "failures", "success_rate")},
+                "statuses": m["totals"]["statuses"]}
+
+
+def find_embedding_shards(embedding_dirs: list[str]) -> list[tuple[int, str, dict[str, Any]]]:
+    """(shard, parquet path, stats) for every completed shard in the folders, in shard order."""
+    found = []
+    for directory in embedding_dirs:
+        for path in io.list_shards(directory):
+            index = io.shard_index(path)
+            stats_path = io.join(directory, io.stats_name(index))
+            if not io.exists(stats_path):
+                raise RuntimeError(f"embedding shard {path} has no stats file: it is incomplete")
+            found.append((index, path, io.read_json(stats_path)))
+    found.sort(key=lambda item: item[0])
+    indices = [i for i, _, _ in found]
+    if len(set(indices)) != len(indices):
+        raise RuntimeError(f"embedding shards appear twice: {sorted(indices)}")
+    return found
+
+
+def check_same_model(shards: list[tuple[int, str, dict[str, Any]]]) -> dict[str, Any]:
+    """The model description shared by all shards; refuses to mix models in one index."""
+    models = {tuple(s["model"][k] for k in MODEL_KEYS): s["model"] for _, _, s in shards}
+    if len(models) != 1:
+        raise RuntimeError(f"embedding shards come from different models: {list(models.values())}"
+                           "; an index needs one model, pretrained weights, dim and dtype")
+    return next(iter(models.values()))
+
+
+def run_write(embedding_dirs: list[str], output_dir: str) -> WriteResult:
+    """Write ``output_dir/data/part-NNNNN.parquet`` (uid, url, caption, embedding) and
+    ``output_dir/failed/part-NNNNN.parquet`` for every embedding shard, then the manifest."""
+    start = time.monotonic()
+    io.check_writable(output_dir)
+    shards = find_embedding_shards(embedding_dirs)
+    if not shards:
+        raise RuntimeError(f"no embedding shards in {embedding_dirs}: nothing to write")
+    model = check_same_model(shards)
+    for sub in (schema.DATA_DIR, schema.FAILED_DIR):  # stale parts of an earlier run must go
+        for stale in io.list_shards(io.join(output_dir, sub)):
+            fs, path = io.filesystem(stale)
+            fs.rm(path)
+    data_schema = schema.data_schema(int(model["dim"]), str(model["dtype"]))
+    for index, path, _ in shards:
+        fs, fs_path = io.filesystem(path)
+        with fs.open(fs_path, "rb") as f, \
+                io.AtomicParquetWriter(io.join(output_dir, schema.DATA_DIR, io.shard_name(index)),
+                                       data_schema) as data, \
+                io.AtomicParquetWriter(io.join(output_dir, schema.FAILED_DIR,
+                                               io.shard_name(index)), schema.FAILED_SCHEMA) as bad:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+                ok = pc.equal(batch.column(schema.STATUS), "success")
+                data.write(batch.filter(ok).select(data_schema.names))
+                bad.write(batch.filter(pc.invert(ok)).select(schema.FAILED_SCHEMA.names))
+    totals = merge([ShardStats.from_dict(s) for _, _, s in shards])
+    manifest = {**{k: model[k] for k in MODEL_KEYS}, "shards": [i for i, _, _ in shards],
+                "totals": totals}
+    io.write_json(io.join(output_dir, schema.MANIFEST), manifest)
+    log.info("write: %d rows, %d embedded, into %s (%.1fs)", totals["rows"], totals["successes"],
+             output_dir, time.monotonic() - start)
+    return WriteResult(output_dir, manifest)
