@@ -1,0 +1,43 @@
+# Thin aliases. `make demo` and `make test` work on a fresh machine: they create the venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# no hub access in tests and the demo: fail fast instead of retrying for a minute
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-fast lint compile bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# constraints.txt pins the whole tree (torch 2.14.1 + torchvision 0.29.1, numpy<2,
+	# pyarrow 25.0.1, faiss-cpu 1.13.2: see the version traps in README.md)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/clip-index demo --work-dir .demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not integration"
+
+lint: install
+	$(VENV)/bin/ruff check clip_index tests bench compile.py
+	$(VENV)/bin/mypy clip_index
+
+compile: install
+	$(PY) compile.py --output-dir compiled --image-tag $${IMAGE_TAG:-dev}
+
+bench: install
+	$(PY) -m bench.download.run
+	$(PY) -m bench.embed.run
+	$(PY) -m bench.index.run
+
+clean:
+	rm -rf .demo compiled .pytest_cache

@@ -1,0 +1,29 @@
+"""Compile every registered pipeline to a KFP v2 YAML (the Vertex AI / Kubeflow template)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from kfp import compiler
+
+from clip_index.pipelines import PIPELINES, PipelineSettings
+
+log = logging.getLogger(__name__)
+
+
+def compile_pipeline(name: str, output_dir: str, settings: PipelineSettings) -> str:
+    """Compile pipeline `name` to ``output_dir/<name>.yaml``; return the path."""
+    if name not in PIPELINES:
+        raise ValueError(f"pipeline {name!r}: expected one of {sorted(PIPELINES)}")
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"{name}.yaml")
+    compiler.Compiler().compile(PIPELINES[name](settings), package_path=path)
+    log.info("compiled %s → %s", name, path)
+    return path
+
+
+def compile_all(output_dir: str, settings: PipelineSettings) -> list[str]:
+    """Compile every pipeline in the registry; raises on the first failure."""
+    settings.validate()
+    return [compile_pipeline(name, output_dir, settings) for name in sorted(PIPELINES)]
