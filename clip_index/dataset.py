@@ -60,6 +60,8 @@ def run_load(config: LoadConfig, output_dir: str) -> LoadResult:
     pending_rows = 0
     first = True
     for batch in _limit(batches, config.limit):
+        if batch.num_rows == 0:
+            continue
         table = _to_urls(batch, config, row_offset=rows)
         if first:
             _check_urls(table, config.url_column)

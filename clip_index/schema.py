@@ -47,6 +47,11 @@ class RowError(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[type[RowError], tuple[Status, str]]:
+        # raised in decode worker processes: must unpickle with both arguments, or the
+        # process pool breaks for every row after it
+        return (type(self), (self.status, str(self)))
+
 # load → download: one row per input row.
 URLS_SCHEMA = pa.schema(
     [
@@ -76,7 +81,8 @@ IMAGES_SCHEMA = pa.schema(
 
 def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
     """embed → write: every input row with its status; `embedding` (dim floats, L2-normalised)
-    is null unless the status is success."""
+    is null unless the status is success. A variable-size list here: pyarrow's parquet reader
+    rejects null entries in a fixed-size list column ("Expected all lists to be of size=…")."""
     return pa.schema(
         [
             pa.field(UID, pa.string(), nullable=False),
@@ -84,8 +90,9 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
             pa.field(CAPTION, pa.string()),
             pa.field(STATUS, pa.string(), nullable=False),
             pa.field(ERROR, pa.string()),
-            pa.field(EMBEDDING, pa.list_(arrow_float(dtype), dim)),
-        ]
+            pa.field(EMBEDDING, pa.list_(arrow_float(dtype))),
+        ],
+        metadata={"dim": str(dim)},
     )
 
 
