@@ -1,0 +1,95 @@
+"""The command line: bad input fails before any work with a message naming the value; query
+prints results as text or JSON."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clip_index import io, schema
+from clip_index.cli import main
+from clip_index.config import IndexConfig
+from clip_index.index import run_index
+from clip_index.write import run_write
+
+
+@pytest.fixture
+def urls(tmp_path):
+    path = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"uid": ["a"], "url": ["http://127.0.0.1:9/a.jpg"], "text": ["x"]}),
+                   path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--model", "ViT-B-99"], "closest known names"),
+        (["--pretrained", "no-such-tag"], "not a file nor a pretrained tag"),
+        (["--url-column", "link"], "url_column='link' is not a column"),
+        (["--resize-mode", "stretch"], "resize_mode='stretch'"),
+        (["--shard-size", "0"], "shard_size=0"),
+    ],
+)
+def test_run_refuses_bad_input_before_work(tmp_path, urls, capsys, extra, needle) -> None:
+    out = tmp_path / "out"
+    code = main(["run", "--dataset", str(urls), "--output-dir", str(out), *extra])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert not (out / ".pipeline").exists()
+
+
+def test_run_refuses_missing_dataset_and_unwritable_output(tmp_path, urls, capsys) -> None:
+    assert main(["run", "--dataset", str(tmp_path / "none.csv"), "--output-dir",
+                 str(tmp_path / "o")]) == 2
+    assert "was not found" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "--dataset", str(urls), "--output-dir", str(blocker / "o")]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    """A published folder built from random 64-d embeddings labelled as tiny-clip (random
+    weights, seed 0), so a text query runs the real model."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(30, 64)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    table = pa.table({
+        "uid": [f"u{i}" for i in range(30)], "url": [f"http://x/{i}" for i in range(30)],
+        "caption": [f"c{i}" for i in range(30)], "status": ["success"] * 30,
+        "error": pa.nulls(30, pa.string()),
+        "embedding": pa.array(list(emb), pa.list_(pa.float32())),
+    })
+    emb_dir = tmp_path / "emb"
+    io.write_parquet_atomic(str(emb_dir / io.shard_name(0)),
+                            table.cast(schema.embeddings_schema(64)))
+    model = {"model": "tiny-clip", "pretrained": "none", "dim": 64, "seed": 0,
+             "dtype": "float32", "normalised": True}
+    (emb_dir / io.stats_name(0)).write_text(json.dumps(
+        {"shard": 0, "rows": 30, "statuses": {"success": 30}, "model": model}))
+    out = tmp_path / "out"
+    run_write([str(emb_dir)], str(out))
+    run_index(str(out), IndexConfig(index_key="Flat", recall_queries=10))
+    (tmp_path / "vec.json").write_text(json.dumps(emb[4].tolist()))
+    return out
+
+
+def test_query_json_and_text(output_dir, capsys) -> None:
+    assert main(["query", str(output_dir), "--embedding",
+                 str(output_dir.parent / "vec.json"), "-k", "3", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["uid"] for r in results][:1] == ["u4"]
+    assert set(results[0]) == {"id", "uid", "url", "caption", "score"}
+    assert results[0]["score"] >= results[1]["score"] >= results[2]["score"]
+    assert main(["query", str(output_dir), "--text", "a red circle", "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "top 2 for 'a red circle'" in out and "tiny-clip" in out
+
+
+def test_query_needs_exactly_one_input(output_dir, capsys) -> None:
+    assert main(["query", str(output_dir)]) == 2
+    assert "exactly one of" in capsys.readouterr().err
