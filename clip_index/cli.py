@@ -83,7 +83,8 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"GPUs per embed task, 0 = none (default: {d.gpu_count})")
     parser.add_argument("--parallelism", type=int, default=d.parallelism,
                         help="shards downloaded/embedded at once: at most parallelism x "
-                             f"gpu-count GPUs in use, the GPU-quota knob (default: {d.parallelism})")
+                             "gpu-count GPUs in use, the GPU-quota knob "
+                             f"(default: {d.parallelism})")
     for step in ("download", "embed", "index"):
         for kind in ("cpu", "memory"):
             name = f"{step}_{kind}"

@@ -171,11 +171,11 @@ def data_uri(image: bytes, size_px: int) -> str:
     """A small JPEG of `image` as a data URI."""
     from PIL import Image
 
-    with Image.open(_io.BytesIO(image)) as img:
-        img = img.convert("RGB")
-        img.thumbnail((size_px, size_px))
-        buf = _io.BytesIO()
-        img.save(buf, "JPEG", quality=75)
+    with Image.open(_io.BytesIO(image)) as opened:
+        img = opened.convert("RGB")
+    img.thumbnail((size_px, size_px))
+    buf = _io.BytesIO()
+    img.save(buf, "JPEG", quality=75)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -229,7 +229,8 @@ def _html(output_dir: str, rows: list[tuple[str, Any]], totals: dict[str, Any],
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>clip-index report"
              f"</title><style>{_CSS}</style></head><body>",
-             f"<h1>clip-index report: <code>{e(output_dir)}</code></h1>", table(rows, ("", "value")),
+             f"<h1>clip-index report: <code>{e(output_dir)}</code></h1>",
+             table(rows, ("", "value")),
              "<h2>Rows by status</h2>",
              table(sorted(totals["statuses"].items(), key=lambda kv: -kv[1]), ("status", "rows"))]
     if totals.get("errors"):

@@ -7,7 +7,7 @@ uses inside; they hold no logic beyond building a config and recording artifact 
 """
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
@@ -180,7 +180,7 @@ def build_index(
 def report(
     output_dir: str,
     index: Input[Artifact],
-    images: Input[List[Dataset]],
+    images: Input[list[Dataset]],
     report: Output[Markdown],
     report_html: Output[HTML],
 ) -> None:

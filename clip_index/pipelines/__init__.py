@@ -9,7 +9,7 @@ settings added through the `task_hook`.
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any
 
 from kfp import dsl
 

@@ -50,12 +50,14 @@ def gke_accelerator_label(gpu_type: str) -> str:
     return gpu_type.lower().replace("_", "-")
 
 
-def make_kubeflow_pipeline(settings: PipelineSettings = PipelineSettings(),
-                           kubeflow: KubeflowSettings = KubeflowSettings()) -> Any:
+def make_kubeflow_pipeline(settings: PipelineSettings | None = None,
+                           kubeflow: KubeflowSettings | None = None) -> Any:
     """The clip-index pipeline with the embed task pinned to GPU nodes through kfp-kubernetes
     (node selector + toleration), requesting `gpu_count` × `gpu_resource`."""
     from kfp import kubernetes
 
+    settings = settings or PipelineSettings()
+    kubeflow = kubeflow or KubeflowSettings()
     kubeflow.validate()
     selector = kubeflow.node_selector_value or gke_accelerator_label(settings.gpu_type)
 
@@ -66,6 +68,6 @@ def make_kubeflow_pipeline(settings: PipelineSettings = PipelineSettings(),
         kubernetes.add_node_selector(task, label_key=kubeflow.node_selector_key,
                                      label_value=selector)
         kubernetes.add_toleration(task, key=kubeflow.toleration_key, operator="Exists",
-                                  effect=kubeflow.toleration_effect)  # type: ignore[arg-type]
+                                  effect=kubeflow.toleration_effect)
 
     return make_index_pipeline(settings, task_hook=hook)
