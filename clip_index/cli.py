@@ -23,7 +23,10 @@ from typing import Any
 log = logging.getLogger("clip_index")
 
 # name → (module with add_arguments/command, help)
-EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "submit": ("clip_index.submit", "submit the pipeline to Vertex AI Pipelines"),
+    "plan": ("clip_index.plan", "estimate wall time, GPU hours and cost of a run"),
+}
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -65,25 +68,46 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """Compile-time settings: images, the embed step's GPU, the fan-out limit."""
+    """Compile-time settings: images, the embed step's GPU, the fan-out limit, per-task CPU and
+    memory, retries (the defaults are `PipelineSettings`'s)."""
+    from clip_index.pipelines import PipelineSettings
+
+    d = PipelineSettings()
     parser.add_argument("--image-tag", default="dev",
                         help="tag of the clip-index-cpu/-gpu images (never 'latest')")
     parser.add_argument("--image-repo", default=None,
                         help="registry path of the images, e.g. us-docker.pkg.dev/P/clip-index")
-    parser.add_argument("--gpu-type", default="NVIDIA_L4", help="accelerator of the embed step")
-    parser.add_argument("--gpu-count", type=int, default=1, help="GPUs per embed task (0 = none)")
-    parser.add_argument("--parallelism", type=int, default=8,
-                        help="shards downloaded/embedded at once (the GPU-quota knob)")
+    parser.add_argument("--gpu-type", default=d.gpu_type,
+                        help=f"accelerator of the embed step (default: {d.gpu_type})")
+    parser.add_argument("--gpu-count", type=int, default=d.gpu_count,
+                        help=f"GPUs per embed task, 0 = none (default: {d.gpu_count})")
+    parser.add_argument("--parallelism", type=int, default=d.parallelism,
+                        help="shards downloaded/embedded at once: at most parallelism x "
+                             "gpu-count GPUs in use, the GPU-quota knob "
+                             f"(default: {d.parallelism})")
+    for step in ("download", "embed", "index"):
+        for kind in ("cpu", "memory"):
+            name = f"{step}_{kind}"
+            parser.add_argument(flag(name), dest=name, default=getattr(d, name),
+                                help=f"{kind} limit of each {step} task "
+                                     f"(default: {getattr(d, name)})")
+    parser.add_argument("--retries", type=int, default=d.retries,
+                        help=f"retries of a failed download/embed task (default: {d.retries})")
+    parser.add_argument("--backoff-s", type=int, default=d.backoff_s,
+                        help=f"seconds before the first retry, doubling (default: {d.backoff_s})")
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     from clip_index.pipelines import DEFAULT_IMAGE_REPO, PipelineSettings
 
     repo = (args.image_repo or DEFAULT_IMAGE_REPO).rstrip("/")
+    sized = {f"{step}_{kind}": getattr(args, f"{step}_{kind}")
+             for step in ("download", "embed", "index") for kind in ("cpu", "memory")}
     return PipelineSettings(
         cpu_image=f"{repo}/clip-index-cpu:{args.image_tag}",
         gpu_image=f"{repo}/clip-index-gpu:{args.image_tag}",
         gpu_type=args.gpu_type, gpu_count=args.gpu_count, parallelism=args.parallelism,
+        retries=args.retries, backoff_s=args.backoff_s, **sized,
     )
 
 

@@ -1,11 +1,47 @@
-"""Report step: a Markdown summary of a published output folder: rows, failures by reason,
-throughput per step, index quality, and sample queries with thumbnails."""
+"""Report step: a summary of a published output folder — rows, failures by reason, index
+quality, sample queries — as Markdown (`report.md`) and as a self-contained HTML page
+(`report.html`) whose thumbnail grid embeds small JPEG data URIs cut from the downloaded shards.
+
+Why both: Vertex AI shows a Markdown artifact inline and opens an HTML artifact in a new tab.
+Image URLs in the Markdown depend on the viewer reaching the image hosts (many block hot-linking
+or are gone); the HTML's data URIs render anywhere, offline included.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io as _io
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from clip_index import io, schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Thumb:
+    """One image of the grid: the row and how it scored; `src` is a data URI or the row's URL."""
+
+    uid: str
+    url: str | None
+    caption: str | None
+    score: float | None
+    src: str | None
+
+
+@dataclass
+class Report:
+    """The report as Markdown and HTML, plus the figures it shows (for artifact metadata)."""
+
+    markdown: str
+    html: str
+    summary: dict[str, Any]
+    samples: list[tuple[Thumb, list[Thumb]]] = field(default_factory=list)
 
 
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:
@@ -14,35 +50,63 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def run_report(output_dir: str, sample_queries: int = 3, k: int = 4) -> str:
-    """The report text; also written to ``output_dir/report.md``."""
-    manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
-    infos = io.read_json(io.join(output_dir, schema.INDEX_INFOS))
+def summary_rows(manifest: dict[str, Any], infos: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The run table: what a reviewer checks first."""
     totals = manifest["totals"]
-    lines = [f"# clip-index report: `{output_dir}`", ""]
-    lines += _table([
+    return [
         ("rows", totals["rows"]), ("embedded", totals["successes"]),
         ("failures", totals["failures"]), ("success rate", f"{totals['success_rate']:.1%}"),
         ("model", f"{manifest['model']} ({manifest['pretrained']})"),
         ("dimension / dtype", f"{manifest['dim']} / {manifest['dtype']}"),
         ("index", infos.get("index_key")), ("vectors", infos.get("vectors")),
         ("index size", f"{infos.get('size_bytes', 0) / 1e6:.2f} MB"),
-        ("recall@1 / @10", f"{infos.get('recall_at_1', 'n/a')} / {infos.get('recall_at_10', 'n/a')}"),
+        ("recall@1 / @10",
+         f"{infos.get('recall_at_1', 'n/a')} / {infos.get('recall_at_10', 'n/a')}"),
         ("latency p50 / p99", f"{infos.get('latency_p50_ms')} / {infos.get('latency_p99_ms')} ms"),
-    ], ("", "value"))
-    lines += ["", "## Rows by status", ""]
-    lines += _table(sorted(totals["statuses"].items(), key=lambda kv: -kv[1]), ("status", "rows"))
-    if totals.get("errors"):
-        lines += ["", "## Most frequent errors", ""]
-        lines += _table(list(totals["errors"].items()), ("error", "rows"))
-    lines += ["", "## Sample queries (an indexed image's own embedding)", ""]
-    lines += _sample_queries(output_dir, sample_queries, k)
-    text = "\n".join(lines) + "\n"
-    io.write_bytes_atomic(io.join(output_dir, schema.REPORT), text.encode())
-    return text
+    ]
 
 
-def _sample_queries(output_dir: str, n: int, k: int) -> list[str]:
+def build_report(output_dir: str, image_dirs: list[str] | None = None, sample_queries: int = 3,
+                 k: int = 4, thumbnail_px: int = 96, max_image_shards: int = 8) -> Report:
+    """Build the report of `output_dir`. `image_dirs` are the download step's folders: the
+    thumbnails are cut from them, reading at most `max_image_shards` shards (results in other
+    shards link their URL instead)."""
+    manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
+    infos = io.read_json(io.join(output_dir, schema.INDEX_INFOS))
+    totals = manifest["totals"]
+    samples = sample_queries_of(output_dir, sample_queries, k)
+    thumbs = thumbnails({t.uid for q, rs in samples for t in [q, *rs]}, image_dirs or [],
+                        output_dir, thumbnail_px, max_image_shards)
+    samples = [(_with_src(q, thumbs), [_with_src(r, thumbs) for r in rs]) for q, rs in samples]
+    rows = summary_rows(manifest, infos)
+    summary = {
+        "output_dir": output_dir, **{k: totals[k] for k in ("rows", "successes", "failures",
+                                                             "success_rate")},
+        "statuses": totals["statuses"], "errors": totals.get("errors", {}),
+        "model": manifest["model"], "pretrained": manifest["pretrained"], "dim": manifest["dim"],
+        **{k: infos[k] for k in ("index_key", "vectors", "size_bytes", "recall_at_1",
+                                 "recall_at_10", "latency_p50_ms") if k in infos},
+        "sample_queries": len(samples), "thumbnails": len(thumbs),
+    }
+    return Report(_markdown(output_dir, rows, totals, samples),
+                  _html(output_dir, rows, totals, samples), summary, samples)
+
+
+def run_report(output_dir: str, sample_queries: int = 3, k: int = 4,
+               image_dirs: list[str] | None = None) -> str:
+    """Write ``output_dir/report.md`` and ``report.html``; return the Markdown."""
+    report = build_report(output_dir, image_dirs, sample_queries, k)
+    io.write_bytes_atomic(io.join(output_dir, schema.REPORT), report.markdown.encode())
+    io.write_bytes_atomic(io.join(output_dir, REPORT_HTML), report.html.encode())
+    return report.markdown
+
+
+REPORT_HTML = "report.html"
+
+
+def sample_queries_of(output_dir: str, n: int, k: int) -> list[tuple[Thumb, list[Thumb]]]:
+    """`n` indexed rows (seeded pick from the first data shard), each with its top-k results
+    when its own embedding is the query."""
     import numpy as np
 
     from clip_index.index import embeddings_array
@@ -51,16 +115,133 @@ def _sample_queries(output_dir: str, n: int, k: int) -> list[str]:
     index = ClipIndex(output_dir)
     shards = io.list_shards(io.join(output_dir, schema.DATA_DIR))
     if not shards or len(index) == 0:
-        return ["(no data)"]
+        return []
     table = io.read_parquet(shards[0])
     picks = np.random.default_rng(0).choice(table.num_rows, min(n, table.num_rows), False)
-    lines = []
-    for pick in picks:
-        row = table.slice(int(pick), 1)
-        results = index.search_embedding(embeddings_array(row), k)[0]
-        lines.append(f"**{row.column(schema.CAPTION)[0]}** (`{row.column(schema.UID)[0]}`)")
-        lines.append("")
+    samples = []
+    for pick in sorted(int(p) for p in picks):
+        row = table.slice(pick, 1).to_pylist()[0]
+        query = Thumb(row[schema.UID], row[schema.URL], row[schema.CAPTION], None, None)
+        results = index.search_embedding(embeddings_array(table.slice(pick, 1)), k)[0]
+        samples.append((query, [Thumb(r.uid, r.url, r.caption, r.score, None) for r in results]))
+    return samples
+
+
+def thumbnails(uids: set[str], image_dirs: list[str], output_dir: str, size_px: int,
+               max_shards: int) -> dict[str, str]:
+    """uid → ``data:image/jpeg;base64,…`` (at most `size_px` on the long side) for the uids
+    found in the image shards. Only the shards that hold them are read (the id mapping says
+    which), and only their `uid`, `status` and `image` columns."""
+    import pyarrow.compute as pc
+
+    if not uids or not image_dirs:
+        return {}
+    by_shard = {io.shard_index(p): p for d in image_dirs for p in io.list_shards(d)}
+    wanted = _shards_of(output_dir, uids)
+    found: dict[str, str] = {}
+    for shard in sorted(wanted)[:max_shards]:
+        if shard not in by_shard:
+            continue
+        table = io.read_parquet(by_shard[shard], [schema.UID, schema.STATUS, schema.IMAGE])
+        table = table.filter(pc.is_in(table.column(schema.UID),
+                                      value_set=pa.array(sorted(wanted[shard]))))
+        for row in table.to_pylist():
+            if row[schema.IMAGE] and row[schema.STATUS] == "success":
+                try:
+                    found[row[schema.UID]] = data_uri(row[schema.IMAGE], size_px)
+                except OSError as exc:  # a thumbnail is decoration: log, link the URL instead
+                    log.warning("report: no thumbnail for %s: %s", row[schema.UID], exc)
+    return found
+
+
+def _shards_of(output_dir: str, uids: set[str]) -> dict[int, set[str]]:
+    """Shard number → the given uids it holds, from ``output_dir/id_mapping/part-NNNNN``."""
+    import pyarrow.compute as pc
+
+    out: dict[int, set[str]] = {}
+    for path in io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR)):
+        column = io.read_parquet(path, [schema.UID]).column(schema.UID)
+        hits = column.filter(pc.is_in(column, value_set=pa.array(sorted(uids)))).to_pylist()
+        if hits:
+            out[io.shard_index(path)] = set(hits)
+    return out
+
+
+def data_uri(image: bytes, size_px: int) -> str:
+    """A small JPEG of `image` as a data URI."""
+    from PIL import Image
+
+    with Image.open(_io.BytesIO(image)) as opened:
+        img = opened.convert("RGB")
+    img.thumbnail((size_px, size_px))
+    buf = _io.BytesIO()
+    img.save(buf, "JPEG", quality=75)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _with_src(t: Thumb, thumbs: dict[str, str]) -> Thumb:
+    return Thumb(t.uid, t.url, t.caption, t.score, thumbs.get(t.uid))
+
+
+def _markdown(output_dir: str, rows: list[tuple[str, Any]], totals: dict[str, Any],
+              samples: list[tuple[Thumb, list[Thumb]]]) -> str:
+    lines = [f"# clip-index report: `{output_dir}`", ""]
+    lines += _table(rows, ("", "value"))
+    lines += ["", "## Rows by status", ""]
+    lines += _table(sorted(totals["statuses"].items(), key=lambda kv: -kv[1]), ("status", "rows"))
+    if totals.get("errors"):
+        lines += ["", "## Most frequent errors", ""]
+        lines += _table(list(totals["errors"].items()), ("error", "rows"))
+    lines += ["", "## Sample queries (an indexed image's own embedding)", ""]
+    if not samples:
+        lines.append("(no data)")
+    for query, results in samples:
+        lines += [f"**{query.caption}** (`{query.uid}`)", ""]
         lines += _table([(f"![]({r.url})", r.caption, f"{r.score:.3f}") for r in results],
                         ("image", "caption", "score"))
         lines.append("")
-    return lines
+    return "\n".join(lines) + "\n"
+
+
+_CSS = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+        ".grid{display:flex;gap:8px;flex-wrap:wrap;margin-bottom:1.5em}"
+        ".cell{width:120px;font-size:11px;word-wrap:break-word}"
+        ".cell img{max-width:110px;max-height:110px;display:block}.q{background:#eef}")
+
+
+def _html(output_dir: str, rows: list[tuple[str, Any]], totals: dict[str, Any],
+          samples: list[tuple[Thumb, list[Thumb]]]) -> str:
+    e = html.escape
+
+    def table(items: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+        head = "".join(f"<th>{e(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>"
+                       for r in items)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    def cell(t: Thumb, css: str = "cell") -> str:
+        img = (f'<img src="{t.src}" alt="{e(t.uid)}">' if t.src else
+               f'<a href="{e(t.url or "")}">(not in the downloaded shards)</a>')
+        score = "query" if t.score is None else f"{t.score:.3f}"
+        return (f'<div class="{css}">{img}<b>{e(score)}</b><br>{e(t.caption or "")}'
+                f"<br><code>{e(t.uid)}</code></div>")
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>clip-index report"
+             f"</title><style>{_CSS}</style></head><body>",
+             f"<h1>clip-index report: <code>{e(output_dir)}</code></h1>",
+             table(rows, ("", "value")),
+             "<h2>Rows by status</h2>",
+             table(sorted(totals["statuses"].items(), key=lambda kv: -kv[1]), ("status", "rows"))]
+    if totals.get("errors"):
+        parts += ["<h2>Most frequent errors</h2>",
+                  table(list(totals["errors"].items()), ("error", "rows"))]
+    parts.append("<h2>Sample queries (an indexed image's own embedding; first cell is the "
+                 "query)</h2>")
+    for query, results in samples:
+        parts.append('<div class="grid">' + cell(query, "cell q")
+                     + "".join(cell(r) for r in results) + "</div>")
+    if not samples:
+        parts.append("<p>(no data)</p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

@@ -32,7 +32,8 @@ class WriteResult:
         m = self.manifest
         return {"output_dir": self.output_dir, **{k: m[k] for k in MODEL_KEYS},
                 **{k: m["totals"][k] for k in ("rows", "successes", "failures", "success_rate")},
-                "statuses": m["totals"]["statuses"]}
+                "statuses": m["totals"]["statuses"], "errors": m["totals"].get("errors", {}),
+                "shards": len(m["shards"]), "bytes": m["totals"].get("bytes", 0)}
 
 
 def find_embedding_shards(embedding_dirs: list[str]) -> list[tuple[int, str, dict[str, Any]]]:

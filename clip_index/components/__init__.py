@@ -7,10 +7,10 @@ uses inside; they hold no logic beyond building a config and recording artifact 
 """
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 
 def load_dataset(
@@ -172,6 +172,7 @@ def build_index(
                          max_index_query_time_ms=max_index_query_time_ms, index_key=index_key)
     result = run_index(output_dir, config)
     index.metadata.update({k: v for k, v in result.infos.items() if k != "autofaiss"})
+    index.metadata["output_dir"] = output_dir
     for name, value in result.as_metrics().items():
         metrics.log_metric(name, value)
 
@@ -179,20 +180,29 @@ def build_index(
 def report(
     output_dir: str,
     index: Input[Artifact],
+    images: Input[list[Dataset]],
     report: Output[Markdown],
+    report_html: Output[HTML],
 ) -> None:
     """Write the run report: counts, failures by reason, index quality, sample queries.
 
     Args:
-        output_dir: The published folder.
+        output_dir: The published folder (report.md and report.html are written there too).
         index: The index step's record (orders the report after it).
-        report: Markdown report, shown in the Vertex UI.
+        images: Every download task's output folder: the thumbnails are cut from them.
+        report: Markdown report (run table, failures, sample queries), shown in the Vertex UI.
+        report_html: Self-contained HTML report with a thumbnail grid of sample query results.
     """
-    from clip_index.report import run_report
+    from clip_index import io, schema
+    from clip_index.report import REPORT_HTML, build_report
 
-    text = run_report(output_dir)
-    with open(report.path, "w", encoding="utf-8") as f:
-        f.write(text)
+    result = build_report(output_dir, image_dirs=[i.path for i in images])
+    for artifact, text, name in ((report, result.markdown, schema.REPORT),
+                                 (report_html, result.html, REPORT_HTML)):
+        with open(artifact.path, "w", encoding="utf-8") as f:
+            f.write(text)
+        io.write_bytes_atomic(io.join(output_dir, name), text.encode())
+        artifact.metadata.update(result.summary)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """KFP pipeline definitions and the registry used by compile.py, the CLI and the tests.
 
-A pipeline is built by a factory from `PipelineSettings` (images, GPU, parallelism), since KFP
-fixes those at compile time; run-time choices are pipeline parameters.
+A pipeline is built by a factory from `PipelineSettings` (images, GPU, parallelism, per-task CPU
+and memory, retries), since KFP fixes those at compile time; run-time choices are pipeline
+parameters. The Kubeflow variant (`kubeflow.py`) is the same pipeline with kfp-kubernetes
+settings added through the `task_hook`.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any
 
 from kfp import dsl
 
@@ -19,11 +22,25 @@ GPU_TYPES = (
     "NVIDIA_H200_141GB",
 )
 DEFAULT_IMAGE_REPO = "us-docker.pkg.dev/PROJECT/clip-index"
+# Kubernetes quantities as KFP accepts them: CPU "8", "0.5", "500m"; memory "32G", "512Mi".
+_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$")
+# (task name, task) → None: called on the download and embed tasks, e.g. to add kfp-kubernetes
+# node selectors; the task names are "download" and "embed".
+TaskHook = Callable[[str, Any], None]
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Compile-time settings: container images, the embed step's GPU, the fan-out limit."""
+    """Compile-time settings: container images, the embed step's GPU, the fan-out limit.
+
+    gpu_type / gpu_count: the embed task's accelerator (Vertex AI type names; count 0 = CPU).
+    parallelism: shards downloaded and embedded at once: at most `parallelism × gpu_count` GPUs
+        are in use, so this is the knob that fits a run into the project's GPU quota.
+    *_cpu / *_memory: per-task limits (Kubernetes quantities: "8", "500m"; "32G", "16Gi").
+    retries: extra attempts of a failed download or embed task, the first after `backoff_s`
+        seconds, each next one `backoff_factor` times later, at most `max_backoff_s`.
+    """
 
     cpu_image: str = f"{DEFAULT_IMAGE_REPO}/clip-index-cpu:dev"
     gpu_image: str = f"{DEFAULT_IMAGE_REPO}/clip-index-gpu:dev"
@@ -37,6 +54,9 @@ class PipelineSettings:
     index_cpu: str = "16"
     index_memory: str = "64G"
     retries: int = 2
+    backoff_s: int = 60
+    backoff_factor: float = 2.0
+    max_backoff_s: int = 3600
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -53,11 +73,26 @@ class PipelineSettings:
             raise ValueError(f"gpu_type={self.gpu_type!r}: expected one of {GPU_TYPES}")
         if self.parallelism < 1:
             raise ValueError(f"parallelism={self.parallelism}: expected an integer >= 1")
+        for step in ("download", "embed", "index"):
+            cpu, memory = getattr(self, f"{step}_cpu"), getattr(self, f"{step}_memory")
+            if not _CPU.match(cpu) or float(cpu.rstrip("m") or 0) <= 0:
+                raise ValueError(f"{step}_cpu={cpu!r}: expected a CPU count like '8' or '500m'")
+            if not _MEMORY.match(memory) or float(re.sub("[A-Za-z]", "", memory)) <= 0:
+                raise ValueError(f"{step}_memory={memory!r}: expected a size like '32G' or "
+                                 "'16Gi'")
+        if self.retries < 0:
+            raise ValueError(f"retries={self.retries}: expected an integer >= 0")
+        if self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
+            raise ValueError(f"backoff_s={self.backoff_s}, max_backoff_s={self.max_backoff_s}: "
+                             "expected 0 <= backoff_s <= max_backoff_s")
+        if self.backoff_factor < 1:
+            raise ValueError(f"backoff_factor={self.backoff_factor}: expected a factor >= 1")
 
 
-def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
+def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
+                        task_hook: TaskHook | None = None) -> Any:
     """The clip-index pipeline: load → plan → ParallelFor(download → embed) → write → index →
-    report."""
+    report. `task_hook(name, task)` may add platform settings to the download/embed tasks."""
     settings.validate()
     c = make_components(settings.cpu_image, settings.gpu_image)
 
@@ -119,8 +154,16 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
                 embed.set_accelerator_type(settings.gpu_type).set_accelerator_limit(
                     settings.gpu_count)
             for task in (download, embed):
-                task.set_retry(num_retries=settings.retries, backoff_duration="60s",
-                               backoff_factor=2.0)
+                task.set_retry(num_retries=settings.retries,
+                               backoff_duration=f"{settings.backoff_s}s",
+                               backoff_factor=settings.backoff_factor,
+                               backoff_max_duration=f"{settings.max_backoff_s}s")
+                # a re-submitted run reuses every finished shard (same inputs → cache hit);
+                # `clip-index submit --no-cache` turns this off for the whole run
+                task.set_caching_options(True)
+            if task_hook is not None:
+                task_hook("download", download)
+                task_hook("embed", embed)
         write = c.write_embeddings(
             embeddings=dsl.Collected(embed.outputs["embeddings"]), output_dir=output_dir,
         ).set_display_name("Write embeddings")
@@ -131,7 +174,8 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
             max_index_query_time_ms=max_index_query_time_ms, index_key=index_key,
         ).set_display_name("Build index")
         index.set_cpu_limit(settings.index_cpu).set_memory_limit(settings.index_memory)
-        report = c.report(output_dir=output_dir, index=index.outputs["index"])
+        report = c.report(output_dir=output_dir, index=index.outputs["index"],
+                          images=dsl.Collected(download.outputs["images"]))
         report.set_display_name("Report")
         for task in (write, index, report):  # they write to output_dir: a cache hit would not
             task.set_caching_options(False)
@@ -139,7 +183,16 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
     return clip_index_pipeline
 
 
-# name → factory; compile.py writes one YAML per entry.
+def make_kubeflow_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
+    """The Kubeflow variant (see `kubeflow.py`; needs kfp-kubernetes, the `cloud` extra)."""
+    from clip_index.pipelines.kubeflow import make_kubeflow_pipeline as make
+
+    return make(settings)
+
+
+# name → factory; compile.py writes one YAML per entry. Vertex AI takes "clip-index"; the
+# Kubeflow variant is a two-document YAML that aiplatform.PipelineJob refuses.
 PIPELINES: dict[str, Callable[[PipelineSettings], Any]] = {
     "clip-index": make_index_pipeline,
+    "clip-index-kubeflow": make_kubeflow_pipeline,
 }
