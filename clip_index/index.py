@@ -162,8 +162,9 @@ def measure(index: Any, staging: str, queries: int, k: int = 10) -> dict[str, fl
         t = time.perf_counter()
         index.search(row[None, :], k)
         latencies.append((time.perf_counter() - t) * 1000)
-    return {"recall_at_1": round(float(recall_1), 4), f"recall_at_{k}": round(float(recall_k), 4),
-            "recall_queries": len(q), "latency_p50_ms": round(float(np.percentile(latencies, 50)), 3),
+    return {"recall_at_1": round(float(recall_1), 4),
+            f"recall_at_{k}": round(float(recall_k), 4), "recall_queries": len(q),
+            "latency_p50_ms": round(float(np.percentile(latencies, 50)), 3),
             "latency_p99_ms": round(float(np.percentile(latencies, 99)), 3)}
 
 

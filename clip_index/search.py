@@ -132,7 +132,9 @@ class ClipIndex:
 def _read_mapping(output_dir: str) -> pa.Table:
     parts = io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR))
     tables = [io.read_parquet(p) for p in parts]
-    table = pa.concat_tables(tables).combine_chunks() if tables else schema.ID_MAPPING_SCHEMA.empty_table()
+    if not tables:
+        return schema.ID_MAPPING_SCHEMA.empty_table()
+    table = pa.concat_tables(tables).combine_chunks()
     ids = table.column(schema.FAISS_ID).to_numpy()
     if len(ids) and not np.array_equal(ids, np.arange(len(ids))):
         raise RuntimeError(f"id mapping in {output_dir} is not in faiss id order 0..{len(ids) - 1}")
