@@ -87,7 +87,8 @@ def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: Embe
     batch_size = config.batch_size or default_batch_size(clip.device)
     workers = default_num_workers(clip.device) if config.num_workers < 0 else config.num_workers
     progress = Progress(f"embed shard {shard}", meta.num_rows)
-    with io.AtomicParquetWriter(output_path, out_schema) as writer:
+    # failed rows hold null vectors: see AtomicParquetWriter on store_schema
+    with io.AtomicParquetWriter(output_path, out_schema, store_schema=False) as writer:
         if failed.num_rows:  # failures of earlier steps stay in the data, with their reasons
             writer.write(failed.append_column(
                 schema.EMBEDDING, pa.nulls(failed.num_rows, out_schema.field(schema.EMBEDDING).type)

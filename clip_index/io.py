@@ -100,9 +100,14 @@ class AtomicParquetWriter:
 
     Use as a context manager; on an exception the temporary file is removed and `path` is left
     untouched, so a crashed step never leaves a shard that looks complete.
+
+    store_schema=False leaves the Arrow schema out of the file: pyarrow 25 cannot read back a
+    null in a fixed-size list column when that schema is stored ("Expected all lists to be of
+    size=N but index i had size=0"); without it the column reads as a plain list, which the
+    reader casts back (`AtomicParquetWriter.write` does).
     """
 
-    def __init__(self, path: str, schema: pa.Schema) -> None:
+    def __init__(self, path: str, schema: pa.Schema, store_schema: bool = True) -> None:
         self.path = path
         self.schema = schema
         self._fs, fs_path = filesystem(path)
@@ -110,7 +115,8 @@ class AtomicParquetWriter:
         self._final = fs_path
         self._tmp = _temp_name(fs_path)
         self._file = self._fs.open(self._tmp, "wb")
-        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd",
+                                        store_schema=store_schema)
         self.rows = 0
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
