@@ -108,6 +108,9 @@ class HubStandIn:
         return self
 
     def stop(self) -> None:
+        """Stop serving (idempotent: a test may stop it early to prove it is not needed)."""
+        if not self._thread.is_alive():
+            return
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -206,7 +209,8 @@ class HubStandIn:
             "id": repo, "_id": repo, "sha": sha, "private": found.private, "disabled": False,
             "gated": False, "downloads": 0, "likes": 0, "tags": [],
             "lastModified": "2026-01-01T00:00:00.000Z",
-            "siblings": [{"rfilename": p, "size": len(f.content)} for p, f in sorted(files.items())],
+            "siblings": [{"rfilename": p, "size": len(f.content)}
+                         for p, f in sorted(files.items())],
         })
 
     async def _validate_yaml(self, request: web.Request) -> web.Response:
