@@ -69,7 +69,9 @@ def run_publish(output_dir: str, config: PublishConfig, token: str | None = None
     with _local_copy(output_dir) as folder:
         card = dataset_card(output_dir, config.repo_id, config.source)
         io.write_bytes_atomic(os.path.join(folder, CARD), card.encode())
-        files = sum(len(names) for _, _, names in os.walk(folder))
+        files = sum(1 for root, _, names in os.walk(folder) for name in names
+                    if not any(part.startswith(".") for part in
+                               os.path.relpath(os.path.join(root, name), folder).split(os.sep)))
         manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
         message = config.commit_message or (
             f"clip-index: {manifest.get('totals', {}).get('successes', '?')} images embedded "

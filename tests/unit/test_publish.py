@@ -65,6 +65,7 @@ def test_publish_uploads_the_folder_and_a_card_then_nothing_new(hub: HubStandIn,
     assert {p: files[p] for p in local} == local  # every byte arrived
     assert not [p for p in files if p.startswith(".pipeline")]
     assert first.commit == hub.repos["org/idx"].branches["main"]
+    assert first.files == len(local)
     uploads, commits = len(hub.uploads), len(hub.commits)
     assert uploads >= 7 and commits == 1  # parquet shards + index went through LFS
 
