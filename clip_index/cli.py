@@ -26,6 +26,7 @@ log = logging.getLogger("clip_index")
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("clip_index.submit", "submit the pipeline to Vertex AI Pipelines"),
     "plan": ("clip_index.plan", "estimate wall time, GPU hours and cost of a run"),
+    "publish": ("clip_index.publish", "upload an output folder to the Hugging Face Hub"),
 }
 
 
@@ -131,7 +132,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     given = [x for x in (args.text, args.image, args.embedding) if x]
     if len(given) != 1:
         raise ValueError("query: give exactly one of --text, --image or --embedding")
-    index = ClipIndex(args.output_dir, mmap=args.mmap)
+    index = ClipIndex(args.output_dir, mmap=args.mmap, pretrained=args.pretrained)
     if args.text:
         results = index.search_text(args.text, args.k)
     elif args.image:
@@ -233,13 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(run)
 
     query = command("query", cmd_query, "search a published output folder")
-    query.add_argument("output_dir")
+    query.add_argument("output_dir", help="an output folder (local or gs://), hf://ORG/NAME"
+                       "[@REVISION] on the Hugging Face Hub, or the reference's layout")
     query.add_argument("--text")
     query.add_argument("--image", help="path of an image file")
     query.add_argument("--embedding", help="JSON file holding one embedding (a list of floats)")
     query.add_argument("-k", type=int, default=10)
     query.add_argument("--json", action="store_true", help="print a JSON list, best first")
     query.add_argument("--mmap", action="store_true", help="memory-map the index")
+    query.add_argument("--pretrained", default=None,
+                       help="a local checkpoint of the index's model (when its tag can't be "
+                       "downloaded)")
 
     comp = command("compile", cmd_compile, "compile every pipeline to YAML")
     comp.add_argument("--output-dir", default="compiled")

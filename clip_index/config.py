@@ -189,3 +189,28 @@ class IndexConfig(_Config):
         _check(self.max_index_query_time_ms > 0, "max_index_query_time_ms",
                self.max_index_query_time_ms, "milliseconds > 0")
         _check(self.recall_queries >= 0, "recall_queries", self.recall_queries, ">= 0")
+
+
+@dataclass(frozen=True)
+class PublishConfig(_Config):
+    """Publish step: upload an output folder to the Hugging Face Hub as a dataset, with a card.
+
+    repo_id: the dataset, ``ORG/NAME`` (created when missing).
+    private: create the dataset private (an existing dataset keeps its visibility).
+    revision: the branch to commit to ("" = main; created from main when missing).
+    source: what was indexed, for the card ("" = what manifest.json records, if anything).
+    commit_message: the commit's title ("" = one that names the model and row count).
+    """
+
+    repo_id: str
+    private: bool = False
+    revision: str = ""
+    source: str = ""
+    commit_message: str = ""
+
+    def validate(self) -> None:
+        from clip_index.hub import check_repo_id
+
+        check_repo_id(self.repo_id)
+        _check(self.revision == self.revision.strip() and " " not in self.revision, "revision",
+               self.revision, "a branch name without spaces, or '' for main")

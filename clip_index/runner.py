@@ -47,6 +47,11 @@ def preflight(params: dict[str, Any]) -> None:
     check_pretrained(params["model"], params["pretrained"])
     io.check_writable(params["output_dir"])
     check_source(configs["LoadConfig"])
+    if params.get("hub_repo_id"):  # the final publish step: a bad id fails now, not at the end
+        from clip_index.config import PublishConfig
+
+        PublishConfig(repo_id=params["hub_repo_id"],
+                      revision=params.get("hub_revision") or "").validate()
 
 
 def run_local(params: dict[str, Any], pipeline_root: str | None = None,

@@ -1,7 +1,9 @@
-"""ClipIndex: open a published ``output_dir`` and search it by text, image or embedding.
+"""ClipIndex: open a published index (a local or gs:// ``output_dir``, ``hf://ORG/NAME`` on the
+Hugging Face Hub, or the reference's published layout) and search it by text, image or embedding.
 
 The query model is exactly the one the manifest names (model, pretrained, dim), so query and
-index embeddings come from the same weights.
+index embeddings come from the same weights; the reference layout has no manifest and its model
+is known (see `clip_index.layout`).
 """
 
 from __future__ import annotations
@@ -13,20 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from clip_index import io, schema
+from clip_index.hub import download_index, is_hub_uri, parse_hub_uri
+from clip_index.layout import detect_layout, read_mapping
 from clip_index.models import ClipModel, load_model, normalise
 
 log = logging.getLogger(__name__)
 
+# candidates per wanted result when rescoring unnormalised stored vectors (the reference)
+RESCORE_FACTOR = 10
+
 
 @dataclass(frozen=True)
 class SearchResult:
-    """One match: faiss `id`, the row's `uid`, `url`, `caption`, and the cosine `score`."""
+    """One match: faiss `id`, the row's `uid`, `url`, `caption`, and the cosine `score`
+    (`uid` and `caption` are None for the reference layout, which has neither)."""
 
     id: int
-    uid: str
+    uid: str | None
     url: str | None
     caption: str | None
     score: float
@@ -36,35 +43,58 @@ class SearchResult:
 
 
 class ClipIndex:
-    """A published clip-index folder (local or gs://), ready to query.
+    """A published index folder, ready to query: a clip-index output folder (local, gs://, or
+    ``hf://ORG/NAME[@REVISION]`` on the Hugging Face Hub) or the reference's published layout
+    (see `clip_index.layout`).
 
     mmap: memory-map the faiss index instead of reading it into RAM (for indexes larger than
     memory; slower per query). device: where the query model runs ('auto', 'cpu', 'cuda').
+    pretrained: a local checkpoint of the model's weights, for machines that cannot download the
+    pretrained tag the folder names (the model name is still the folder's).
     """
 
-    def __init__(self, output_dir: str | Path, mmap: bool = False, device: str = "cpu") -> None:
+    def __init__(self, output_dir: str | Path, mmap: bool = False, device: str = "cpu",
+                 pretrained: str | None = None) -> None:
         import faiss
 
-        self.output_dir = str(output_dir)
-        for required in (schema.MANIFEST, schema.INDEX_INFOS):
-            if not io.exists(io.join(self.output_dir, required)):
-                raise FileNotFoundError(
-                    f"{self.output_dir!r} is not a clip-index output folder: no {required} "
-                    "(expected data/, faiss/knn.index, id_mapping/, manifest.json, "
-                    "index_infos.json, as written by `clip-index run`)")
-        self.manifest: dict[str, Any] = io.read_json(io.join(self.output_dir, schema.MANIFEST))
-        self.infos: dict[str, Any] = io.read_json(io.join(self.output_dir, schema.INDEX_INFOS))
-        path = io.local_path(io.join(self.output_dir, schema.FAISS_DIR, schema.INDEX_FILE))
+        self.location = str(output_dir)
+        if is_hub_uri(self.location):
+            repo_id, revision = parse_hub_uri(self.location)
+            self.output_dir = download_index(repo_id, revision)
+        else:
+            self.output_dir = self.location
+        self.layout = detect_layout(self.output_dir)
+        log.info("%s", self.layout.describe())
+        path = io.local_path(self.layout.index_path)
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         self.index = faiss.read_index(path, flags)
+        self.infos: dict[str, Any] = self.layout.infos
         if self.infos.get("index_param"):
             faiss.ParameterSpace().set_index_parameters(self.index, self.infos["index_param"])
-        self.mapping = _read_mapping(self.output_dir)
+        self.manifest: dict[str, Any] = {"dim": self.dim, **self.layout.manifest}
+        if pretrained:
+            self.manifest["pretrained"] = pretrained
+        self.mapping = read_mapping(self.layout)
         if self.mapping.num_rows != self.index.ntotal:
             raise RuntimeError(f"id mapping has {self.mapping.num_rows} rows but the index has "
                                f"{self.index.ntotal} vectors: the folder is inconsistent")
+        # stored vectors that keep their norm (the reference): rescore candidates by that norm
+        self.rescore = not self.layout.normalised and _enable_reconstruct(self.index)
         self.device = device
         self._model: ClipModel | None = None
+
+    @classmethod
+    def from_hub(cls, repo_id: str, revision: str | None = None, mmap: bool = False,
+                 device: str = "cpu", token: str | bool | None = None,
+                 endpoint: str | None = None, cache_dir: str | None = None, full: bool = False,
+                 pretrained: str | None = None) -> ClipIndex:
+        """Open an index published on the Hugging Face Hub as a dataset (`clip-index publish`,
+        or the reference's ``fondant-ai/datacomp-small-clip``), downloaded once into the HF
+        cache. full: fetch data/ and failed/ too (not needed to query). token / endpoint: None =
+        huggingface_hub's defaults (HF_TOKEN or the saved login; HF_ENDPOINT)."""
+        path = download_index(repo_id, revision, token=token, endpoint=endpoint,
+                              cache_dir=cache_dir, full=full)
+        return cls(path, mmap=mmap, device=device, pretrained=pretrained)
 
     @property
     def dim(self) -> int:
@@ -95,8 +125,22 @@ class ClipIndex:
             raise ValueError(f"embedding shape {q.shape}: expected (n, {self.dim})")
         if k < 1:
             raise ValueError(f"k={k}: expected an integer >= 1")
-        scores, ids = self.index.search(normalise(q), min(k, len(self)))
-        return [self._results(s, i) for s, i in zip(scores, ids)]
+        q = normalise(q)
+        if not self.rescore:
+            scores, ids = self.index.search(q, min(k, len(self)))
+            return [self._results(s, i) for s, i in zip(scores, ids)]
+        # inner products with unnormalised stored vectors favour long vectors: take more
+        # candidates, divide by each stored vector's norm (cosine), keep the best k
+        scores, ids = self.index.search(q, min(max(k * RESCORE_FACTOR, 100), len(self)))
+        out = []
+        for row_scores, row_ids in zip(scores, ids):
+            keep = row_ids >= 0
+            row_scores, row_ids = row_scores[keep], row_ids[keep]
+            norms = np.linalg.norm(self.index.reconstruct_batch(row_ids), axis=1)
+            cosine = row_scores / np.maximum(norms, 1e-12)
+            best = np.argsort(-cosine, kind="stable")[:k]
+            out.append(self._results(cosine[best], row_ids[best]))
+        return out
 
     def search_text(self, text: str | list[str], k: int = 10) -> list[SearchResult] | list[
             list[SearchResult]]:
@@ -129,13 +173,22 @@ class ClipIndex:
         return out
 
 
-def _read_mapping(output_dir: str) -> pa.Table:
-    parts = io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR))
-    tables = [io.read_parquet(p) for p in parts]
-    if not tables:
-        return schema.ID_MAPPING_SCHEMA.empty_table()
-    table = pa.concat_tables(tables).combine_chunks()
-    ids = table.column(schema.FAISS_ID).to_numpy()
-    if len(ids) and not np.array_equal(ids, np.arange(len(ids))):
-        raise RuntimeError(f"id mapping in {output_dir} is not in faiss id order 0..{len(ids) - 1}")
-    return table
+def _enable_reconstruct(index: Any) -> bool:
+    """Make stored vectors readable by id (IVF indexes need a direct map); False when this
+    index type cannot give them back (scores then stay raw inner products)."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None  # not an IVF index: Flat and HNSW reconstruct as they are
+    try:
+        if ivf is not None:
+            ivf.make_direct_map()
+        if index.ntotal:
+            index.reconstruct(0)
+    except RuntimeError as exc:
+        log.warning("this index cannot return its stored vectors (%s): scores are raw inner "
+                    "products with unnormalised vectors, not cosines", exc)
+        return False
+    return True

@@ -205,6 +205,39 @@ def report(
         artifact.metadata.update(result.summary)
 
 
+def publish_to_hub(
+    output_dir: str,
+    report: Input[Markdown],
+    repo_id: str,
+    published: Output[Artifact],
+    private: bool = False,
+    revision: str = "",
+    source: str = "",
+    token_secret: str = "",
+) -> None:
+    """Upload the output folder to the Hugging Face Hub as a dataset, with a generated card.
+
+    Args:
+        output_dir: The published folder (local, /gcs/ or gs://).
+        report: The report step's output (orders publishing after it).
+        repo_id: The Hub dataset, ORG/NAME (created when missing).
+        published: Records the dataset URL, branch and commit.
+        private: Create the dataset private.
+        revision: Branch to commit to ("" = main).
+        source: What was indexed, for the card.
+        token_secret: Secret Manager version holding a Hub write token
+            (projects/P/secrets/S/versions/latest); "" = HF_TOKEN in the task's environment.
+    """
+    from clip_index.config import PublishConfig
+    from clip_index.hub import secret_token
+    from clip_index.publish import run_publish
+
+    config = PublishConfig(repo_id=repo_id, private=private, revision=revision, source=source)
+    token = secret_token(token_secret) if token_secret else None
+    result = run_publish(output_dir, config, token=token)
+    published.metadata.update(result.as_dict())
+
+
 @dataclass(frozen=True)
 class Components:
     """The pipeline's components, bound to container images."""
@@ -216,6 +249,7 @@ class Components:
     write_embeddings: Any
     build_index: Any
     report: Any
+    publish_to_hub: Any
 
 
 def make_components(cpu_image: str, gpu_image: str) -> Components:
@@ -232,4 +266,5 @@ def make_components(cpu_image: str, gpu_image: str) -> Components:
         write_embeddings=on(cpu_image, write_embeddings),
         build_index=on(cpu_image, build_index),
         report=on(cpu_image, report),
+        publish_to_hub=on(cpu_image, publish_to_hub),
     )

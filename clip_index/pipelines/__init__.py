@@ -92,7 +92,8 @@ class PipelineSettings:
 def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
                         task_hook: TaskHook | None = None) -> Any:
     """The clip-index pipeline: load → plan → ParallelFor(download → embed) → write → index →
-    report. `task_hook(name, task)` may add platform settings to the download/embed tasks."""
+    report → (when hub_repo_id is set) publish to the Hugging Face Hub. `task_hook(name, task)`
+    may add platform settings to the download/embed tasks."""
     settings.validate()
     c = make_components(settings.cpu_image, settings.gpu_image)
 
@@ -126,6 +127,10 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         current_memory_available: str = "16G",
         max_index_query_time_ms: float = 10.0,
         index_key: str = "",
+        hub_repo_id: str = "",
+        hub_private: bool = False,
+        hub_revision: str = "",
+        hub_token_secret: str = "",
     ) -> None:
         load = c.load_dataset(
             dataset=dataset, id_column=id_column, url_column=url_column,
@@ -179,6 +184,13 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         report.set_display_name("Report")
         for task in (write, index, report):  # they write to output_dir: a cache hit would not
             task.set_caching_options(False)
+        with dsl.If(hub_repo_id != "", name="publish-to-hub"):
+            publish = c.publish_to_hub(
+                output_dir=output_dir, report=report.outputs["report"], repo_id=hub_repo_id,
+                private=hub_private, revision=hub_revision, source=dataset,
+                token_secret=hub_token_secret,
+            ).set_display_name("Publish to the Hugging Face Hub")
+            publish.set_caching_options(False)
 
     return clip_index_pipeline
 

@@ -92,5 +92,5 @@ def test_mixed_models_are_refused(tmp_path) -> None:
 
 
 def test_not_an_output_folder(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="not a clip-index output folder"):
+    with pytest.raises(FileNotFoundError, match="expected a clip-index output folder"):
         ClipIndex(tmp_path)

@@ -1,0 +1,150 @@
+"""Index folder layouts: recognise a clip-index output folder or the reference's published layout
+(Fondant's ``fondant-ai/datacomp-small-clip``) and say where its index, id mapping and model are.
+
+clip-index: ``manifest.json`` (model, pretrained, dim, normalised), ``index_infos.json``,
+``faiss/knn.index``, ``id_mapping/part-NNNNN.parquet`` (i, uid, url, caption).
+
+reference: a file named ``faiss`` at the root (autofaiss, inner product), ``id_mapping/`` parquet
+with ``i`` (the faiss id; positional when absent) and ``url`` (``image_path`` in older copies),
+``data/`` parquet with ``url`` and an embedding that was *not* L2-normalised. It has no manifest:
+its model is known (laion/CLIP-ViT-B-32-laion2B-s34B-b79K = open_clip ``ViT-B-32`` /
+``laion2b_s34b_b79k``), and because the stored vectors keep their norms, inner products are not
+cosines: `ClipIndex` rescores its candidates by the norm of each stored vector.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clip_index import io, schema
+
+log = logging.getLogger(__name__)
+
+CLIP_INDEX = "clip-index"
+REFERENCE = "reference"
+REFERENCE_HUB_ID = "fondant-ai/datacomp-small-clip"
+REFERENCE_MODEL = "ViT-B-32"
+REFERENCE_PRETRAINED = "laion2b_s34b_b79k"
+REFERENCE_INDEX_FILE = "faiss"
+REFERENCE_URL_COLUMNS = ("url", "image_path")
+
+EXPECTED = (
+    "expected a clip-index output folder (manifest.json, index_infos.json, faiss/knn.index, "
+    "id_mapping/, as written by `clip-index run`) or the reference's published layout "
+    f"({REFERENCE_HUB_ID}: a `faiss` index file at the root and id_mapping/ parquet with "
+    "columns i and url)"
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a folder holds and how to read it."""
+
+    kind: str
+    root: str
+    index_path: str
+    mapping_dir: str
+    model: str
+    pretrained: str
+    normalised: bool
+    manifest: dict[str, Any] = field(default_factory=dict)
+    infos: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for logs and the CLI: the layout, the model, and how scores are made."""
+        if self.kind == CLIP_INDEX:
+            return (f"clip-index layout in {self.root}: model {self.model} ({self.pretrained}), "
+                    "L2-normalised vectors, scores are cosine similarities")
+        return (f"reference layout ({REFERENCE_HUB_ID}) in {self.root}: no manifest, model "
+                f"{self.model} ({self.pretrained}) assumed; stored vectors are not normalised, "
+                "so queries are normalised and candidates rescored by stored-vector norm "
+                "(scores are cosine similarities)")
+
+
+def detect_layout(folder: str) -> Layout:
+    """The layout of `folder`; FileNotFoundError naming what was found when it is neither."""
+    if io.exists(io.join(folder, schema.MANIFEST)):
+        missing = [name for name in (schema.INDEX_INFOS,
+                                     posixpath.join(schema.FAISS_DIR, schema.INDEX_FILE),
+                                     schema.ID_MAPPING_DIR)
+                   if not io.exists(io.join(folder, name))]
+        if missing:
+            raise FileNotFoundError(f"{folder!r} has a manifest.json but no {', '.join(missing)}:"
+                                    f" the index step has not run or did not finish; {EXPECTED}")
+        manifest = io.read_json(io.join(folder, schema.MANIFEST))
+        for key in ("model", "pretrained"):
+            if key not in manifest:
+                raise ValueError(f"{folder}/manifest.json has no {key!r}: {EXPECTED}")
+        return Layout(
+            kind=CLIP_INDEX, root=folder,
+            index_path=io.join(folder, schema.FAISS_DIR, schema.INDEX_FILE),
+            mapping_dir=io.join(folder, schema.ID_MAPPING_DIR),
+            model=str(manifest["model"]), pretrained=str(manifest["pretrained"]),
+            normalised=bool(manifest.get("normalised", True)), manifest=manifest,
+            infos=io.read_json(io.join(folder, schema.INDEX_INFOS)),
+        )
+    fs, fs_path = io.filesystem(io.join(folder, REFERENCE_INDEX_FILE))
+    if fs.isfile(fs_path) and io.exists(io.join(folder, schema.ID_MAPPING_DIR)):
+        manifest = {"model": REFERENCE_MODEL, "pretrained": REFERENCE_PRETRAINED, "seed": 0,
+                    "normalised": False, "layout": REFERENCE}
+        return Layout(kind=REFERENCE, root=folder,
+                      index_path=io.join(folder, REFERENCE_INDEX_FILE),
+                      mapping_dir=io.join(folder, schema.ID_MAPPING_DIR),
+                      model=REFERENCE_MODEL, pretrained=REFERENCE_PRETRAINED, normalised=False,
+                      manifest=manifest)
+    found = _listing(folder)
+    raise FileNotFoundError(f"{folder!r} is not an index folder (it holds {found}); {EXPECTED}")
+
+
+def _listing(folder: str) -> str:
+    fs, fs_path = io.filesystem(folder)
+    if not fs.exists(fs_path):
+        return "nothing: it does not exist"
+    names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(fs_path, detail=False))
+    return ", ".join(names[:12]) + (" …" if len(names) > 12 else "") if names else "no files"
+
+
+def read_mapping(layout: Layout) -> pa.Table:
+    """The id mapping as one table in faiss id order, columns i, uid, url, caption (uid and
+    caption null for the reference layout, which has neither)."""
+    if layout.kind == CLIP_INDEX:
+        tables = [io.read_parquet(p) for p in io.list_shards(layout.mapping_dir)]
+    else:
+        fs, fs_dir = io.filesystem(layout.mapping_dir)
+        files = sorted(p for p in fs.find(fs_dir) if p.endswith(".parquet"))
+        tables = [_reference_mapping(io.read_parquet(io.join(layout.mapping_dir,
+                                                             posixpath.relpath(p, fs_dir))))
+                  for p in files]
+    if not tables:
+        return schema.ID_MAPPING_SCHEMA.empty_table()
+    table = pa.concat_tables(tables).combine_chunks()
+    if layout.kind == REFERENCE and table.column(schema.FAISS_ID).null_count == 0:
+        table = table.sort_by(schema.FAISS_ID)  # the reference's files need not be in id order
+    ids = table.column(schema.FAISS_ID)
+    if ids.null_count:  # no `i` column: faiss id = row position, as the reference's code reads it
+        table = table.set_column(0, schema.FAISS_ID, pa.array(np.arange(table.num_rows),
+                                                              pa.int64()))
+    elif not np.array_equal(ids.to_numpy(), np.arange(table.num_rows)):
+        raise RuntimeError(f"id mapping in {layout.mapping_dir} is not faiss ids "
+                           f"0..{table.num_rows - 1} (one row per id)")
+    return table
+
+
+def _reference_mapping(table: pa.Table) -> pa.Table:
+    url_column = next((c for c in REFERENCE_URL_COLUMNS if c in table.column_names), None)
+    if url_column is None:
+        raise ValueError(f"reference id_mapping parquet has columns {table.column_names}: "
+                         f"expected {schema.FAISS_ID!r} and one of {REFERENCE_URL_COLUMNS}")
+    n = table.num_rows
+    ids = (pc.cast(table.column(schema.FAISS_ID), pa.int64())
+           if schema.FAISS_ID in table.column_names else pa.nulls(n, pa.int64()))
+    return pa.table({schema.FAISS_ID: ids, schema.UID: pa.nulls(n, pa.string()),
+                     schema.URL: pc.cast(table.column(url_column), pa.string()),
+                     schema.CAPTION: pa.nulls(n, pa.string())})
