@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,12 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
     os.makedirs(root, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                raise_on_error=True)
+    # expected locally, and said once here instead of per task: resources, accelerators and
+    # display names only apply on Vertex/Kubeflow, and tasks run in this Python, not the images
+    log.info("kfp.local: tasks run in this Python environment; GPU/CPU/memory settings and "
+             "display names apply on Vertex AI and Kubeflow only")
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
+    warnings.filterwarnings("ignore", message=".*non-Python base image")
     pipeline = make_index_pipeline(settings or PipelineSettings())
     start = time.monotonic()
     pipeline(**params)
