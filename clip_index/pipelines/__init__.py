@@ -91,6 +91,9 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
         current_memory_available: str = "16G",
         max_index_query_time_ms: float = 10.0,
         index_key: str = "",
+        target_recall: float = 0.95,
+        recall_queries: int = 1000,
+        should_be_memory_mappable: bool = False,
     ) -> None:
         load = c.load_dataset(
             dataset=dataset, id_column=id_column, url_column=url_column,
@@ -129,6 +132,8 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
             max_index_memory_usage=max_index_memory_usage,
             current_memory_available=current_memory_available,
             max_index_query_time_ms=max_index_query_time_ms, index_key=index_key,
+            target_recall=target_recall, recall_queries=recall_queries,
+            should_be_memory_mappable=should_be_memory_mappable,
         ).set_display_name("Build index")
         index.set_cpu_limit(settings.index_cpu).set_memory_limit(settings.index_memory)
         report = c.report(output_dir=output_dir, index=index.outputs["index"])
