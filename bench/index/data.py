@@ -21,7 +21,7 @@ def clustered_vectors(n: int, dim: int = 512, clusters: int = 10_000, latent_dim
     """`n` normalised vectors: cluster centres in a `latent_dim` subspace, points scattered around
     them (`spread`, relative to the centres' scale), mapped to `dim` and jittered by isotropic
     `noise` (relative norm), and shifted along one shared direction (`cone`: CLIP embeddings
-    share a mean direction, pairwise cosines are mostly positive). Deterministic for a seed; the same seed gives the same clusters."""
+    share a mean direction, pairwise cosines are mostly positive). Deterministic for a seed."""
     rng = np.random.default_rng(seed)
     basis = rng.standard_normal((latent_dim, dim)).astype(np.float32) / np.sqrt(latent_dim)
     centres = rng.standard_normal((clusters, latent_dim)).astype(np.float32)
@@ -36,8 +36,8 @@ def clustered_vectors(n: int, dim: int = 512, clusters: int = 10_000, latent_dim
         which = rng.choice(clusters, size=m, p=weights)
         latent = centres[which] + spread * rng.standard_normal((m, latent_dim), dtype=np.float32)
         x = latent @ basis
-        x += noise * np.sqrt(latent_dim / dim) * rng.standard_normal((m, dim), dtype=np.float32) \
-            * np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(latent_dim)
+        scale = np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(dim)
+        x += noise * scale * rng.standard_normal((m, dim), dtype=np.float32)
         out[start:start + m] = _normalise(x)
     return out
 
