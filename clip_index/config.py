@@ -211,3 +211,29 @@ def _check_index_key(key: str) -> None:
     except Exception as exc:
         raise ConfigError(f"index_key={key!r}: expected a faiss index_factory string such as "
                           "'HNSW32', 'IVF1024,Flat' or 'Flat' (faiss cannot parse it)") from exc
+
+
+@dataclass(frozen=True)
+class RetrieveConfig(_Config):
+    """Retrieve step: the top matches of every query of a Dataset of prompts or embeddings.
+
+    num_images: matches per query. deduplicate: drop near-identical matches (cosine >= 0.94).
+    query_column: the prompt column of csv/jsonl/parquet query files (txt: one prompt a line).
+    embedding_column: the column holding query embeddings (lists of floats), when present.
+    batch_size: queries per model call and per index search. mmap: memory-map the index.
+    shard_size: rows per URL shard of the matched images (for the download step).
+    """
+
+    num_images: int = 10
+    deduplicate: bool = False
+    query_column: str = "text"
+    embedding_column: str = "embedding"
+    batch_size: int = 256
+    mmap: bool = False
+    shard_size: int = 10_000
+
+    def validate(self) -> None:
+        _check(1 <= self.num_images <= 10_000, "num_images", self.num_images, "1..10000")
+        _check(bool(self.query_column), "query_column", self.query_column, "a column name")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.shard_size >= 1, "shard_size", self.shard_size, "an integer >= 1")

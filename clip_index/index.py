@@ -118,8 +118,9 @@ def build_with_autofaiss(staging: str, index_path: str, config: IndexConfig,
             nb_cores=os.cpu_count(), should_be_memory_mappable=config.should_be_memory_mappable,
         )
     except Exception as exc:
-        raise RuntimeError(f"autofaiss could not build the index over {n} vectors of dim {dim} "
-                           f"(index_key={config.index_key!r}): {type(exc).__name__}: {exc}") from exc
+        raise RuntimeError(
+            f"autofaiss could not build the index over {n} vectors of dim {dim} "
+            f"(index_key={config.index_key!r}): {type(exc).__name__}: {exc}") from exc
     finally:
         autofaiss_log.removeHandler(collect)
     if index is None:

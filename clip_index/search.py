@@ -1,4 +1,5 @@
-"""ClipIndex: open a published ``output_dir`` and search it by text, image or embedding.
+"""ClipIndex: open a published ``output_dir`` and search it by text, image (path, bytes, PIL,
+URL) or embedding, one query or a batch, with optional de-duplication of near-identical results.
 
 The query model is exactly the one the manifest names (model, pretrained, dim), so query and
 index embeddings come from the same weights.
@@ -16,9 +17,12 @@ import numpy as np
 import pyarrow as pa
 
 from clip_index import io, schema
+from clip_index.config import DownloadConfig
 from clip_index.models import ClipModel, load_model, normalise
 
 log = logging.getLogger(__name__)
+
+DEDUP_THRESHOLD = 0.94  # cosine above which two results count as the same image (clip-retrieval)
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,16 @@ class ClipIndex:
 
     mmap: memory-map the faiss index instead of reading it into RAM (for indexes larger than
     memory; slower per query). device: where the query model runs ('auto', 'cpu', 'cuda').
+    threads: faiss threads (0 = faiss's default, all cores; 1 suits a server, where requests
+    run side by side and a single query does not use more than one).
     """
 
-    def __init__(self, output_dir: str | Path, mmap: bool = False, device: str = "cpu") -> None:
+    def __init__(self, output_dir: str | Path, mmap: bool = False, device: str = "cpu",
+                 threads: int = 0) -> None:
         import faiss
+
+        if threads:
+            faiss.omp_set_num_threads(threads)
 
         self.output_dir = str(output_dir)
         for required in (schema.MANIFEST, schema.INDEX_INFOS):
@@ -85,38 +95,84 @@ class ClipIndex:
                                    f"holds dim {self.dim}")
         return self._model
 
-    def search_embedding(self, embeddings: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
+    def search_embedding(self, embeddings: np.ndarray, k: int = 10,
+                         deduplicate: bool | float = False) -> list[list[SearchResult]]:
         """Top-k matches for each row of `embeddings` (shape (n, dim) or (dim,)); the rows are
-        L2-normalised first, so scores are cosine similarities."""
+        L2-normalised first, so scores are cosine similarities.
+
+        deduplicate: drop results whose embedding has cosine >= threshold (True = 0.94, as
+        clip-retrieval) with a better-ranked result of the same query; more candidates are
+        searched so that k results remain when the index holds them.
+        """
         q = np.asarray(embeddings, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"embedding shape {q.shape}: expected (n, {self.dim})")
+        if not np.isfinite(q).all():
+            raise ValueError("embedding holds NaN or infinite values: expected finite floats")
         if k < 1:
             raise ValueError(f"k={k}: expected an integer >= 1")
-        scores, ids = self.index.search(normalise(q), min(k, len(self)))
+        threshold = DEDUP_THRESHOLD if deduplicate is True else float(deduplicate or 0)
+        fetch = min(max(3 * k, k + 10), len(self)) if threshold else min(k, len(self))
+        scores, ids = self.index.search(normalise(q), fetch)
+        if threshold:
+            keeps = [self._unique(row, threshold)[:k] for row in ids]
+            scores = [s[keep] for s, keep in zip(scores, keeps)]
+            ids = [i[keep] for i, keep in zip(ids, keeps)]
         return [self._results(s, i) for s, i in zip(scores, ids)]
 
-    def search_text(self, text: str | list[str], k: int = 10) -> list[SearchResult] | list[
-            list[SearchResult]]:
-        """Top-k matches for a text (a list of results) or for each of a list of texts."""
+    def search_text(self, text: str | list[str], k: int = 10,
+                    deduplicate: bool | float = False) -> Any:
+        """Top-k matches for a text (a list of results) or for each of a list of texts (a list
+        of lists: one model call for the whole batch)."""
         texts = [text] if isinstance(text, str) else list(text)
-        results = self.search_embedding(self.model.encode_text(texts), k)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ValueError("text: expected a non-empty string (or a list of them)")
+        results = self.search_embedding(self.model.encode_text(texts), k, deduplicate)
         return results[0] if isinstance(text, str) else results
 
-    def search_image(self, image: Any, k: int = 10) -> list[SearchResult]:
-        """Top-k matches for an image: a path, bytes, or a PIL image."""
-        from PIL import Image
+    def search_image(self, image: Any, k: int = 10, deduplicate: bool | float = False) -> Any:
+        """Top-k matches for an image (a path, bytes or a PIL image: a list of results), or for
+        each of a list of images (a list of lists, one model call)."""
+        images = image if isinstance(image, list) else [image]
+        pixels = [self.model.preprocess(_open_image(img)) for img in images]
+        import torch
 
-        if isinstance(image, (str, Path)):
-            img = Image.open(image)
-        elif isinstance(image, (bytes, bytearray)):
-            img = Image.open(_io.BytesIO(image))
-        else:
-            img = image
-        pixels = self.model.preprocess(img.convert("RGB")).unsqueeze(0)
-        return self.search_embedding(self.model.encode_images(pixels), k)[0]
+        results = self.search_embedding(self.model.encode_images(torch.stack(pixels)), k,
+                                        deduplicate)
+        return results if isinstance(image, list) else results[0]
+
+    def search_image_url(self, url: str, k: int = 10, deduplicate: bool | float = False,
+                         fetch: DownloadConfig | None = None) -> list[SearchResult]:
+        """Top-k matches for the image at `url`, fetched like the download step fetches (the
+        address guard, redirects checked hop by hop, the size cap; see DownloadConfig)."""
+        from clip_index.fetch import fetch_url
+
+        return self.search_image(fetch_url(url, fetch or DownloadConfig()), k, deduplicate)
+
+    def embeddings_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored (or, for compressed indexes, reconstructed) vectors of faiss ids."""
+        import faiss
+
+        ids = np.asarray(ids, dtype=np.int64)
+        try:
+            return np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32)
+        except RuntimeError:  # IVF indexes reconstruct only with a direct map, made on demand
+            ivf = faiss.extract_index_ivf(self.index)
+            ivf.make_direct_map()
+            return np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32)
+
+    def _unique(self, ids: np.ndarray, threshold: float) -> np.ndarray:
+        """Positions in `ids` (best first) to keep: each result unless it is a near-copy
+        (cosine >= threshold) of a kept better-ranked one. Greedy, O(k²) on k ≤ a few hundred."""
+        valid = np.flatnonzero(ids >= 0)
+        vectors = normalise(self.embeddings_of(ids[valid]))
+        kept: list[int] = []
+        for pos in range(len(valid)):
+            if not kept or float(np.max(vectors[kept] @ vectors[pos])) < threshold:
+                kept.append(pos)
+        return valid[kept]
 
     def _results(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
         out = []
@@ -129,10 +185,31 @@ class ClipIndex:
         return out
 
 
+def _open_image(image: Any) -> Any:
+    """A PIL RGB image from a path, bytes or a PIL image; a clear error for anything else."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if isinstance(image, (str, Path)):
+            img = Image.open(image)
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            img = Image.open(_io.BytesIO(bytes(image)))
+        elif isinstance(image, Image.Image):
+            img = image
+        else:
+            raise ValueError(f"image of type {type(image).__name__}: expected a path, bytes or "
+                             "a PIL image")
+        return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"image could not be decoded ({exc}): expected a JPEG, PNG, WebP or "
+                         "other image Pillow reads") from exc
+
+
 def _read_mapping(output_dir: str) -> pa.Table:
     parts = io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR))
     tables = [io.read_parquet(p) for p in parts]
-    table = pa.concat_tables(tables).combine_chunks() if tables else schema.ID_MAPPING_SCHEMA.empty_table()
+    table = (pa.concat_tables(tables).combine_chunks() if tables
+             else schema.ID_MAPPING_SCHEMA.empty_table())
     ids = table.column(schema.FAISS_ID).to_numpy()
     if len(ids) and not np.array_equal(ids, np.arange(len(ids))):
         raise RuntimeError(f"id mapping in {output_dir} is not in faiss id order 0..{len(ids) - 1}")

@@ -65,6 +65,9 @@ def exact_top_k(vectors: VectorParts, queries: np.ndarray, k: int,
         ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
         if exclude is not None:
             scores = np.where(ids == exclude[:, None], -np.inf, scores)
+        if scores.shape[1] > k:  # keep each part's k best before merging (linear, not a sort)
+            keep = np.argpartition(-scores, k, axis=1)[:, :k]
+            scores, ids = (np.take_along_axis(a, keep, axis=1) for a in (scores, ids))
         all_scores = np.concatenate([best_scores, scores], axis=1)
         all_ids = np.concatenate([best_ids, ids], axis=1)
         top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
@@ -159,12 +162,13 @@ def tune(index: Any, queries: np.ndarray, exact: np.ndarray, target_recall: floa
 
 def tune_and_measure(index: Any, vectors: VectorParts, n_queries: int, target_recall: float,
                      k: int = 10, queries: np.ndarray | None = None,
-                     seed: int = 0) -> dict[str, Any]:
+                     exact: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
     """Tune `index` on half the queries and measure it on the other half.
 
     Queries are held out: either given (`queries`, not in the index) or drawn from the indexed
     vectors leave-one-out (each query's own row is excluded from both the exact and the
-    approximate results, so no query can find itself). Returns recall@1, recall@k, the chosen
+    approximate results, so no query can find itself). `exact`: the queries' exact top-k when
+    already known (benchmarks), else computed here. Returns recall@1, recall@k, the chosen
     parameter and single-query p50/p99 latency (ms).
     """
     exclude = None
@@ -173,7 +177,8 @@ def tune_and_measure(index: Any, vectors: VectorParts, n_queries: int, target_re
         picks = np.random.default_rng(seed).choice(len(vectors), n_queries, replace=False)
         queries, exclude = vectors.take(picks), picks
     k = max(1, min(k, len(vectors) - (1 if exclude is not None else 0)))
-    exact = exact_top_k(vectors, queries, k, exclude)
+    if exact is None:
+        exact = exact_top_k(vectors, queries, k, exclude)
     half = max(1, len(queries) // 2) if len(queries) > 1 else 1
     tune_q, tune_x = queries[:half], None if exclude is None else exclude[:half]
     eval_q = queries[half:] if len(queries) > 1 else queries

@@ -7,7 +7,7 @@ uses inside; they hold no logic beyond building a config and recording artifact 
 """
 
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output

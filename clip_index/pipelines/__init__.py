@@ -6,7 +6,7 @@ fixes those at compile time; run-time choices are pipeline parameters.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any
 
 from kfp import dsl
 
@@ -144,7 +144,14 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
     return clip_index_pipeline
 
 
+def _retrieve(settings: PipelineSettings) -> Any:
+    from clip_index.pipelines.retrieve import make_retrieve_pipeline
+
+    return make_retrieve_pipeline(settings)
+
+
 # name → factory; compile.py writes one YAML per entry.
 PIPELINES: dict[str, Callable[[PipelineSettings], Any]] = {
     "clip-index": make_index_pipeline,
+    "clip-index-retrieve": _retrieve,
 }
