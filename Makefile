@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# constraints.txt pins the whole tree (torch 2.14.1 + torchvision 0.29.1, numpy<2,
 	# pyarrow 25.0.1, faiss-cpu 1.13.2: see the version traps in README.md)
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# clip-retrieval's own ClipClient, in a venv of its own (its pins clash with ours)
+	sh scripts/install-clip-retrieval-client.sh bench/.venvs/clip-retrieval
 	touch $(STAMP)
 
 install: $(STAMP)

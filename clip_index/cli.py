@@ -23,7 +23,9 @@ from typing import Any
 log = logging.getLogger("clip_index")
 
 # name → (module with add_arguments/command, help)
-EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("clip_index.serve", "HTTP API (clip-retrieval's protocol) and search page"),
+}
 
 
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:

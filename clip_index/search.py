@@ -151,6 +151,11 @@ class ClipIndex:
 
         return self.search_image(fetch_url(url, fetch or DownloadConfig()), k, deduplicate)
 
+    def metadata(self, i: int) -> dict[str, Any]:
+        """uid, url and caption of faiss id `i`."""
+        return {name: self.mapping.column(name)[int(i)].as_py()
+                for name in (schema.UID, schema.URL, schema.CAPTION)}
+
     def embeddings_of(self, ids: np.ndarray) -> np.ndarray:
         """The stored (or, for compressed indexes, reconstructed) vectors of faiss ids."""
         import faiss
@@ -179,9 +184,7 @@ class ClipIndex:
         for score, i in zip(scores, ids):
             if i < 0:  # faiss pads with -1 when fewer than k vectors were found
                 continue
-            row = {name: self.mapping.column(name)[int(i)].as_py()
-                   for name in (schema.UID, schema.URL, schema.CAPTION)}
-            out.append(SearchResult(id=int(i), score=float(score), **row))
+            out.append(SearchResult(id=int(i), score=float(score), **self.metadata(int(i))))
         return out
 
 
