@@ -22,6 +22,7 @@ from clip_index.models import ClipModel, load_model, normalise
 
 log = logging.getLogger(__name__)
 
+MAX_QUERY_PIXELS = 100_000_000  # a query image larger than this is refused (decompression bombs)
 DEDUP_THRESHOLD = 0.94  # cosine above which two results count as the same image (clip-retrieval)
 
 
@@ -192,6 +193,7 @@ def _open_image(image: Any) -> Any:
     """A PIL RGB image from a path, bytes or a PIL image; a clear error for anything else."""
     from PIL import Image, UnidentifiedImageError
 
+    img: Image.Image
     try:
         if isinstance(image, (str, Path)):
             img = Image.open(image)
@@ -202,8 +204,11 @@ def _open_image(image: Any) -> Any:
         else:
             raise ValueError(f"image of type {type(image).__name__}: expected a path, bytes or "
                              "a PIL image")
+        if img.width * img.height > MAX_QUERY_PIXELS:  # checked before decoding the pixels
+            raise ValueError(f"image of {img.width}×{img.height} pixels: expected at most "
+                             f"{MAX_QUERY_PIXELS} pixels")
         return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise ValueError(f"image could not be decoded ({exc}): expected a JPEG, PNG, WebP or "
                          "other image Pillow reads") from exc
 

@@ -132,6 +132,12 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
             raise HTTPException(400, f"image: expected base64-encoded image bytes ({exc})") \
                 from exc
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Any:
+        log.exception("serve: %s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"[:500]},
+                            status_code=500)
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return PAGE_HTML
@@ -234,6 +240,7 @@ def command(args: argparse.Namespace) -> int:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         name = name or os.path.basename(os.path.normpath(path)) or "index"
         indices[name] = ClipIndex(path, mmap=args.mmap, threads=args.faiss_threads)
+        _ = indices[name].model  # load the query model now: fail at start, not per request
     if args.max_num_images < 1:
         raise ValueError(f"--max-num-images={args.max_num_images}: expected an integer >= 1")
     fetch = DownloadConfig(timeout_s=10.0, retries=0,
