@@ -102,8 +102,8 @@ class ClipIndex:
         L2-normalised first, so scores are cosine similarities.
 
         deduplicate: drop results whose embedding has cosine >= threshold (True = 0.94, as
-        clip-retrieval) with a better-ranked result of the same query; more candidates are
-        searched so that k results remain when the index holds them.
+        clip-retrieval) with a better-ranked result of the same query; the search widens (up
+        to max(20·k, 200) candidates) until k distinct results remain.
         """
         q = np.asarray(embeddings, dtype=np.float32)
         if q.ndim == 1:
@@ -115,13 +115,19 @@ class ClipIndex:
         if k < 1:
             raise ValueError(f"k={k}: expected an integer >= 1")
         threshold = DEDUP_THRESHOLD if deduplicate is True else float(deduplicate or 0)
-        fetch = min(max(3 * k, k + 10), len(self)) if threshold else min(k, len(self))
-        scores, ids = self.index.search(normalise(q), fetch)
-        if threshold:
+        q = normalise(q)
+        if not threshold:
+            scores, ids = self.index.search(q, min(k, len(self)))
+            return [self._results(s, i) for s, i in zip(scores, ids)]
+        # widen the search until k distinct results remain (or the cap / the index runs out)
+        fetch, cap = min(max(3 * k, k + 10), len(self)), min(len(self), max(20 * k, 200))
+        while True:
+            scores, ids = self.index.search(q, fetch)
             keeps = [self._unique(row, threshold)[:k] for row in ids]
-            scores = [s[keep] for s, keep in zip(scores, keeps)]
-            ids = [i[keep] for i, keep in zip(ids, keeps)]
-        return [self._results(s, i) for s, i in zip(scores, ids)]
+            if fetch >= cap or all(len(keep) >= k for keep in keeps):
+                break
+            fetch = min(fetch * 4, cap)
+        return [self._results(s[keep], i[keep]) for s, i, keep in zip(scores, ids, keeps)]
 
     def search_text(self, text: str | list[str], k: int = 10,
                     deduplicate: bool | float = False) -> Any:

@@ -120,3 +120,16 @@ def test_bad_queries_fail_with_a_clear_message(tmp_path: Path) -> None:
     (tmp_path / "e.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="no queries"):
         run_load_queries(str(tmp_path / "e.txt"), str(tmp_path / "o"), config)
+
+
+def test_deduplicate_widens_the_search_past_a_crowd_of_copies(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    one = rng.standard_normal(TINY_DIM).astype(np.float32)
+    copies = one + 0.005 * rng.standard_normal((50, TINY_DIM)).astype(np.float32)
+    others = rng.standard_normal((40, TINY_DIM)).astype(np.float32) + 0.8 * one
+    vectors = np.concatenate([copies, others])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    build_tiny_index(tmp_path, vectors=vectors)
+    results = ClipIndex(tmp_path).search_embedding(one, k=5, deduplicate=True)[0]
+    ids = [r.id for r in results]
+    assert len(ids) == 5 and ids[0] < 50 and all(i >= 50 for i in ids[1:])
