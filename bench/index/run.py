@@ -232,7 +232,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors")
+    parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (0 = skip)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
     parser.add_argument("--random-n", type=int, default=100_000,
@@ -245,8 +245,9 @@ def main() -> None:
     start = time.perf_counter()
     load = os.getloadavg()
     rows = []
-    folder, qpath = synthetic(args.n, args.dim, args.queries, "clustered")
-    rows += bench_dataset(f"clustered {args.n:,}×{args.dim}", folder, qpath, True)
+    if args.n:
+        folder, qpath = synthetic(args.n, args.dim, args.queries, "clustered")
+        rows += bench_dataset(f"clustered {args.n:,}×{args.dim}", folder, qpath, True)
     if args.real:
         from clip_index.tune import VectorParts
 
