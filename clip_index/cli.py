@@ -122,8 +122,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     elif args.image_url:
         from clip_index.config import DownloadConfig
 
+        from clip_index.schema import RowError
+
         fetch = DownloadConfig(allow_private_networks=args.allow_private_networks)
-        batches = [index.search_image_url(args.image_url, args.k, dedup, fetch)]
+        try:
+            batches = [index.search_image_url(args.image_url, args.k, dedup, fetch)]
+        except RowError as exc:  # blocked, too large, http_404, ...: say why, no traceback
+            raise ValueError(f"--image-url {args.image_url}: {exc}") from exc
         labels = [args.image_url]
     else:
         import numpy as np

@@ -86,3 +86,10 @@ def test_serve_command_runs_a_server(tiny: tuple[Path, np.ndarray]) -> None:
     bad = subprocess.run([sys.executable, "-m", "clip_index.cli", "serve", "/nonexistent"],
                          env=env, capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "not a clip-index output folder" in bad.stderr
+
+
+def test_query_image_url_blocked_is_a_clear_error(tiny: tuple[Path, np.ndarray],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = tiny
+    assert main(["query", str(out), "--image-url", "http://127.0.0.1:9/x.jpg"]) == 2
+    assert "blocked_address" in capsys.readouterr().err
