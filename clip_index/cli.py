@@ -121,7 +121,6 @@ def cmd_query(args: argparse.Namespace) -> int:
         labels = args.image
     elif args.image_url:
         from clip_index.config import DownloadConfig
-
         from clip_index.schema import RowError
 
         fetch = DownloadConfig(allow_private_networks=args.allow_private_networks)
