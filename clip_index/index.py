@@ -156,7 +156,8 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
         quality: dict[str, Any] = {}
         if config.recall_queries:
             quality = tune_and_measure(index, vectors, config.recall_queries,
-                                       config.target_recall)
+                                       config.target_recall,
+                                       max_query_time_ms=config.max_index_query_time_ms)
         faiss.write_index(index, local_index)  # saved after tuning: the file holds the params
         io.makedirs(io.join(output_dir, schema.FAISS_DIR))
         fs, remote = io.filesystem(io.join(output_dir, schema.FAISS_DIR, schema.INDEX_FILE))

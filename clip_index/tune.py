@@ -137,15 +137,29 @@ def candidate_params(index: Any) -> list[str]:
 
 
 def tune(index: Any, queries: np.ndarray, exact: np.ndarray, target_recall: float, k: int = 10,
-         exclude: np.ndarray | None = None) -> tuple[str, float]:
+         exclude: np.ndarray | None = None,
+         max_query_time_ms: float | None = None) -> tuple[str, float]:
     """Set and return the cheapest candidate parameter whose recall@k on `queries` reaches
-    `target_recall` (or the best one tried, with a warning); ("", recall) for exact indexes."""
+    `target_recall`; ("", recall) for exact indexes.
+
+    Candidates get slower as they go, so the search stops at the first one whose single-query
+    p50 passes `max_query_time_ms` (autofaiss's budget); when no candidate within the budget
+    reaches the target, the best one within it is kept, with a warning.
+    """
     import faiss
 
     space = faiss.ParameterSpace()
     best = ("", -1.0)
     for param in candidate_params(index):
         space.set_index_parameters(index, param)
+        if max_query_time_ms and best[0]:
+            p50 = latency_ms(index, queries, k, n=50)[0]
+            if p50 > max_query_time_ms:
+                log.warning("tune: %s takes %.2f ms per query, over max_index_query_time_ms="
+                            "%s: stopping at %s (recall@%d %.4f < target %.3f)", param, p50,
+                            max_query_time_ms, best[0], k, best[1], target_recall)
+                space.set_index_parameters(index, best[0])
+                return best
         recall = recall_at(search_ids(index, queries, k, exclude), exact, k)
         log.debug("tune: %s → recall@%d %.4f", param, k, recall)
         if recall > best[1] + 1e-9:
@@ -162,7 +176,8 @@ def tune(index: Any, queries: np.ndarray, exact: np.ndarray, target_recall: floa
 
 def tune_and_measure(index: Any, vectors: VectorParts, n_queries: int, target_recall: float,
                      k: int = 10, queries: np.ndarray | None = None,
-                     exact: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
+                     exact: np.ndarray | None = None, seed: int = 0,
+                     max_query_time_ms: float | None = None) -> dict[str, Any]:
     """Tune `index` on half the queries and measure it on the other half.
 
     Queries are held out: either given (`queries`, not in the index) or drawn from the indexed
@@ -184,7 +199,8 @@ def tune_and_measure(index: Any, vectors: VectorParts, n_queries: int, target_re
     eval_q = queries[half:] if len(queries) > 1 else queries
     eval_exact = exact[half:] if len(queries) > 1 else exact
     eval_x = None if exclude is None else (exclude[half:] if len(queries) > 1 else exclude)
-    param, tuned_recall = tune(index, tune_q, exact[:half], target_recall, k, tune_x)
+    param, tuned_recall = tune(index, tune_q, exact[:half], target_recall, k, tune_x,
+                               max_query_time_ms)
     approx = search_ids(index, eval_q, k, eval_x)
     p50, p99 = latency_ms(index, eval_q, k)
     return {

@@ -105,7 +105,7 @@ def measure_autofaiss(folder: str, queries_path: str, truth_path: str,
              "peak_rss_mb": _peak_rss_mb(), **_quality(index, eval_q, eval_exact)}]
     if clip_index_too:
         m = tune_and_measure(index, VectorParts.from_folder(folder), len(queries), 0.95, K,
-                             queries=queries, exact=exact)
+                             queries=queries, exact=exact, max_query_time_ms=10.0)
         rows.append({"name": "clip-index (default settings)", "index_key": infos["index_key"],
                      "index_param": m["index_param"], "build_s": build_s, "size_mb": size_mb,
                      "peak_rss_mb": _peak_rss_mb(), **_quality(index, eval_q, eval_exact)})
@@ -132,10 +132,12 @@ def measure_clip_index(folder: str, queries_path: str | None, truth_path: str | 
     if queries_path and truth_path:
         queries, exact = np.load(queries_path), np.load(truth_path)
         m = tune_and_measure(index, parts, len(queries), config.target_recall, K,
-                             queries=queries, exact=exact)
+                             queries=queries, exact=exact,
+                             max_query_time_ms=config.max_index_query_time_ms)
         eval_q = queries[len(queries) // 2:]
     else:  # a published folder: leave-one-out queries from the indexed vectors
-        m = tune_and_measure(index, parts, config.recall_queries, config.target_recall, K)
+        m = tune_and_measure(index, parts, config.recall_queries, config.target_recall, K,
+                             max_query_time_ms=config.max_index_query_time_ms)
         eval_q = parts.take(np.arange(min(len(parts), 1000)))
     return {"name": label, "index_key": infos["index_key"], "index_param": m["index_param"],
             "build_s": build_s, "size_mb": size_mb, "peak_rss_mb": _peak_rss_mb(),

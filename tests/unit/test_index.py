@@ -120,3 +120,22 @@ def test_memory_mapped_index_gives_the_same_results(tmp_path: Path) -> None:
     in_ram = ClipIndex(tmp_path).search_embedding(vectors[:20], 5)
     mapped = ClipIndex(tmp_path, mmap=True).search_embedding(vectors[:20], 5)
     assert [[r.uid for r in row] for row in in_ram] == [[r.uid for r in row] for row in mapped]
+
+
+def test_tuning_stops_at_the_query_time_budget() -> None:
+    import faiss
+
+    from clip_index.tune import tune
+
+    x = random_unit(3000, DIM, seed=9)  # random: no efSearch reaches recall 1.0 for sure
+    index = faiss.index_factory(DIM, "HNSW8", faiss.METRIC_INNER_PRODUCT)
+    index.add(x)
+    parts = VectorParts([x])
+    picks = np.arange(0, 3000, 30)
+    exact = exact_top_k(parts, x[picks], 10, picks)
+    unbounded, best_recall = tune(index, x[picks], exact, 1.01, 10, picks)  # unreachable target
+    bounded, bounded_recall = tune(index, x[picks], exact, 1.01, 10, picks,
+                                   max_query_time_ms=1e-6)
+    assert int(unbounded.split("=")[1]) > 16 and best_recall > bounded_recall
+    assert bounded == "efSearch=16"  # the next candidate is already over a (tiny) budget
+    assert faiss.downcast_index(index).hnsw.efSearch == 16
