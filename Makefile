@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast lint compile bench clean
+.PHONY: install system-deps demo test test-fast lint compile bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# constraints.txt pins the whole tree (torch 2.14.1 + torchvision 0.29.1, numpy<2,
 	# pyarrow 25.0.1, faiss-cpu 1.13.2: see the version traps in README.md)
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# clip-retrieval's own ClipClient, in a venv of its own (its pins clash with ours)
+	sh scripts/install-clip-retrieval-client.sh bench/.venvs/clip-retrieval
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +23,11 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/clip-index demo --work-dir .demo
 
-test: install
+# chromium for the search page's browser test (apt; that one test skips, saying why, without it)
+system-deps:
+	sh scripts/install-system-deps.sh || echo "warning: system packages not installed"
+
+test: install system-deps
 	$(PY) -m pytest -q
 
 test-fast: install

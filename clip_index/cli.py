@@ -27,6 +27,8 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("clip_index.submit", "submit the pipeline to Vertex AI Pipelines"),
     "plan": ("clip_index.plan", "estimate wall time, GPU hours and cost of a run"),
     "publish": ("clip_index.publish", "upload an output folder to the Hugging Face Hub"),
+    "serve": ("clip_index.serve", "HTTP API (clip-retrieval's protocol) and search page"),
+    "retrieve": ("clip_index.retrieve_cli", "top matches of a file of prompts or embeddings"),
 }
 
 
@@ -129,26 +131,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from clip_index.search import ClipIndex
 
-    given = [x for x in (args.text, args.image, args.embedding) if x]
+    given = [x for x in (args.text, args.image, args.image_url, args.embedding) if x]
     if len(given) != 1:
-        raise ValueError("query: give exactly one of --text, --image or --embedding")
+        raise ValueError("query: give exactly one of --text (repeatable), --image (repeatable), "
+                         "--image-url or --embedding")
     index = ClipIndex(args.output_dir, mmap=args.mmap, pretrained=args.pretrained)
+    dedup = args.deduplicate
     if args.text:
-        results = index.search_text(args.text, args.k)
+        batches = index.search_text(args.text, args.k, dedup)
+        labels = args.text
     elif args.image:
-        results = index.search_image(args.image, args.k)
+        batches = index.search_image(list(args.image), args.k, dedup)
+        labels = args.image
+    elif args.image_url:
+        from clip_index.config import DownloadConfig
+        from clip_index.schema import RowError
+
+        fetch = DownloadConfig(allow_private_networks=args.allow_private_networks)
+        try:
+            batches = [index.search_image_url(args.image_url, args.k, dedup, fetch)]
+        except RowError as exc:  # blocked, too large, http_404, ...: say why, no traceback
+            raise ValueError(f"--image-url {args.image_url}: {exc}") from exc
+        labels = [args.image_url]
     else:
         import numpy as np
 
-        vector = np.asarray(json.loads(Path(args.embedding).read_text()), dtype=np.float32)
-        results = index.search_embedding(vector, args.k)[0]
+        vectors = np.asarray(json.loads(Path(args.embedding).read_text()), dtype=np.float32)
+        batches = index.search_embedding(vectors, args.k, dedup)
+        labels = [f"embedding {i}" for i in range(len(batches))]
     if args.json:
-        _print_json([r.as_dict() for r in results])
+        rows = [[r.as_dict() for r in results] for results in batches]
+        _print_json(rows[0] if len(rows) == 1 else rows)
         return 0
-    print(f"top {len(results)} for {given[0]!r} in {args.output_dir} "
-          f"({index.manifest['model']}, {index.manifest['pretrained']}):")
-    for rank, r in enumerate(results, 1):
-        print(f"{rank:3d}. {r.score:.4f}  {r.uid}  {r.caption or ''}  {r.url}")
+    for label, results in zip(labels, batches):
+        print(f"top {len(results)} for {label!r} in {args.output_dir} "
+              f"({index.manifest['model']}, {index.manifest['pretrained']}):")
+        for rank, r in enumerate(results, 1):
+            print(f"{rank:3d}. {r.score:.4f}  {r.uid}  {r.caption or ''}  {r.url}")
     return 0
 
 
@@ -236,10 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     query = command("query", cmd_query, "search a published output folder")
     query.add_argument("output_dir", help="an output folder (local or gs://), hf://ORG/NAME"
                        "[@REVISION] on the Hugging Face Hub, or the reference's layout")
-    query.add_argument("--text")
-    query.add_argument("--image", help="path of an image file")
-    query.add_argument("--embedding", help="JSON file holding one embedding (a list of floats)")
+    query.add_argument("--text", action="append", help="a prompt (repeat for a batch)")
+    query.add_argument("--image", action="append", help="an image file (repeat for a batch)")
+    query.add_argument("--image-url", help="an image URL, fetched like the download step does")
+    query.add_argument("--allow-private-networks", action="store_true",
+                       help="let --image-url reach private/loopback addresses")
+    query.add_argument("--embedding",
+                       help="JSON file: one embedding (a list of floats) or a list of them")
     query.add_argument("-k", type=int, default=10)
+    query.add_argument("--deduplicate", action="store_true",
+                       help="drop near-identical results (cosine >= 0.94)")
     query.add_argument("--json", action="store_true", help="print a JSON list, best first")
     query.add_argument("--mmap", action="store_true", help="memory-map the index")
     query.add_argument("--pretrained", default=None,

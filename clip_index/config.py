@@ -173,14 +173,20 @@ class IndexConfig(_Config):
     max_index_memory_usage / current_memory_available: autofaiss's budgets ("4G", "512M").
     max_index_query_time_ms: autofaiss's target per query.
     index_key: a faiss factory string that overrides autofaiss's choice ("" = let it choose).
-    recall_queries: held-out queries for recall@k against exact search (0 = skip).
+    target_recall: the search parameter (nprobe / efSearch) is set to the cheapest value whose
+        recall@10 against exact search reaches this, instead of autofaiss's time-budget choice.
+    recall_queries: held-out (leave-one-out) queries for tuning and for recall@1/@10 (0 = skip
+        tuning and measuring).
+    should_be_memory_mappable: only index types that can be memory-mapped (`--mmap` queries).
     """
 
     max_index_memory_usage: str = "4G"
     current_memory_available: str = "16G"
     max_index_query_time_ms: float = 10.0
     index_key: str = ""
+    target_recall: float = 0.95
     recall_queries: int = 1000
+    should_be_memory_mappable: bool = False
 
     def validate(self) -> None:
         for name in ("max_index_memory_usage", "current_memory_available"):
@@ -189,6 +195,48 @@ class IndexConfig(_Config):
         _check(self.max_index_query_time_ms > 0, "max_index_query_time_ms",
                self.max_index_query_time_ms, "milliseconds > 0")
         _check(self.recall_queries >= 0, "recall_queries", self.recall_queries, ">= 0")
+        _check(0 < self.target_recall <= 1, "target_recall", self.target_recall,
+               "a fraction in (0, 1]")
+        if self.index_key:
+            _check_index_key(self.index_key)
+
+
+def _check_index_key(key: str) -> None:
+    """Refuse a faiss factory string faiss cannot parse, before any work (cheap: dim 8)."""
+    import faiss
+
+    dim = 8 if "PQ" not in key and "OPQ" not in key else 768  # PQ needs dim % M == 0
+    try:
+        faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)
+    except Exception as exc:
+        raise ConfigError(f"index_key={key!r}: expected a faiss index_factory string such as "
+                          "'HNSW32', 'IVF1024,Flat' or 'Flat' (faiss cannot parse it)") from exc
+
+
+@dataclass(frozen=True)
+class RetrieveConfig(_Config):
+    """Retrieve step: the top matches of every query of a Dataset of prompts or embeddings.
+
+    num_images: matches per query. deduplicate: drop near-identical matches (cosine >= 0.94).
+    query_column: the prompt column of csv/jsonl/parquet query files (txt: one prompt a line).
+    embedding_column: the column holding query embeddings (lists of floats), when present.
+    batch_size: queries per model call and per index search. mmap: memory-map the index.
+    shard_size: rows per URL shard of the matched images (for the download step).
+    """
+
+    num_images: int = 10
+    deduplicate: bool = False
+    query_column: str = "text"
+    embedding_column: str = "embedding"
+    batch_size: int = 256
+    mmap: bool = False
+    shard_size: int = 10_000
+
+    def validate(self) -> None:
+        _check(1 <= self.num_images <= 10_000, "num_images", self.num_images, "1..10000")
+        _check(bool(self.query_column), "query_column", self.query_column, "a column name")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.shard_size >= 1, "shard_size", self.shard_size, "an integer >= 1")
 
 
 @dataclass(frozen=True)

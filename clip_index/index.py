@@ -1,9 +1,10 @@
 """Index step: an autofaiss index over ``output_dir/data/`` (inner product on L2-normalised
-vectors = cosine), the id mapping aligned with the faiss ids, and its quality measured.
+vectors = cosine), the id mapping aligned with the faiss ids, its search parameter tuned to a
+target recall and its quality measured (index_infos.json, KFP Metrics).
 
 Alignment is by construction: one pass over the data shards, in shard order, writes both the
-vectors autofaiss reads (``part-NNNNN.npy``, which it reads in that same name order) and the id
-mapping rows; faiss id i is row i of that pass. `verify_alignment` re-checks it after the build.
+vectors autofaiss reads (``NNNNNNNNN.npy``, which it reads in name order) and the id mapping
+rows; faiss id i is row i of that pass. `verify_alignment` re-checks it after the build.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pyarrow as pa
 
 from clip_index import io, schema
 from clip_index.config import IndexConfig
+from clip_index.models import normalise
+from clip_index.tune import VectorParts, tune_and_measure
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +40,32 @@ class IndexResult:
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+STAGED_NAME = "{:09d}.npy"  # fixed width: autofaiss reads the files in name order
+
+
 def stage_vectors(output_dir: str, staging: str) -> tuple[int, int]:
-    """Write ``staging/part-NNNNN.npy`` (float32) and ``output_dir/id_mapping/`` from one pass
-    over the data shards; return (vectors, dim)."""
+    """Write ``staging/NNNNNNNNN.npy`` (float32) and ``output_dir/id_mapping/`` from one pass
+    over the data shards; return (vectors, dim).
+
+    Alignment by construction: the staged files are numbered in the order of this pass (not by
+    shard number: ``part-100000`` sorts before ``part-99999`` by name), autofaiss adds them in
+    that order, and mapping row i is written in the same step as vector i.
+    """
     for stale in io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR)):
         fs, path = io.filesystem(stale)
         fs.rm(path)
-    offset, dim = 0, 0
+    offset, dim, seq = 0, 0, 0
     for path in io.list_shards(io.join(output_dir, schema.DATA_DIR)):
         shard = io.shard_index(path)
         table = io.read_parquet(path)
         if table.num_rows == 0:
             continue
         vectors = embeddings_array(table)
+        if dim and vectors.shape[1] != dim:
+            raise RuntimeError(f"{path}: embeddings of dim {vectors.shape[1]}, earlier shards "
+                               f"have dim {dim}: one index needs one model")
         dim = vectors.shape[1]
-        np.save(os.path.join(staging, f"part-{shard:05d}.npy"), vectors)
+        np.save(os.path.join(staging, STAGED_NAME.format(seq)), normalise(vectors))
         mapping = pa.table({
             schema.FAISS_ID: pa.array(np.arange(offset, offset + table.num_rows), pa.int64()),
             schema.UID: table.column(schema.UID),
@@ -61,6 +75,7 @@ def stage_vectors(output_dir: str, staging: str) -> tuple[int, int]:
         io.write_parquet_atomic(io.join(output_dir, schema.ID_MAPPING_DIR, io.shard_name(shard)),
                                 mapping)
         offset += table.num_rows
+        seq += 1
     return offset, dim
 
 
@@ -72,10 +87,56 @@ def embeddings_array(table: pa.Table) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(-1, dim), dtype=np.float32)
 
 
+class _Collect(logging.Handler):
+    """Keeps autofaiss's warnings and errors: it logs why it gave up, then returns None."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage()[:300])
+
+
+def build_with_autofaiss(staging: str, index_path: str, config: IndexConfig,
+                         n: int, dim: int) -> tuple[Any, dict[str, Any]]:
+    """autofaiss over the staged ``.npy`` folder (inner product); raise with autofaiss's own
+    reason when it raises or builds nothing."""
+    from autofaiss import build_index
+
+    collect = _Collect()
+    autofaiss_log = logging.getLogger("autofaiss")
+    autofaiss_log.addHandler(collect)
+    try:
+        index, infos = build_index(
+            embeddings=staging, file_format="npy", index_path=index_path,
+            index_infos_path=index_path + ".json", metric_type="ip",
+            max_index_memory_usage=config.max_index_memory_usage,
+            current_memory_available=config.current_memory_available,
+            max_index_query_time_ms=config.max_index_query_time_ms,
+            index_key=config.index_key or None, verbose=logging.WARNING,
+            nb_cores=os.cpu_count(), should_be_memory_mappable=config.should_be_memory_mappable,
+        )
+    except Exception as exc:
+        raise RuntimeError(
+            f"autofaiss could not build the index over {n} vectors of dim {dim} "
+            f"(index_key={config.index_key!r}): {type(exc).__name__}: {exc}") from exc
+    finally:
+        autofaiss_log.removeHandler(collect)
+    if index is None:
+        said = "; ".join(collect.messages[-3:]) or "no reason logged"
+        raise RuntimeError(
+            f"autofaiss built no index for {n} vectors of dim {dim} (autofaiss: {said}): raise "
+            f"max_index_memory_usage={config.max_index_memory_usage!r} or "
+            f"current_memory_available={config.current_memory_available!r}, or pass an "
+            "index_key")
+    return index, dict(infos or {})
+
+
 def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
     """Build ``output_dir/faiss/knn.index``, ``output_dir/id_mapping/`` and
     ``output_dir/index_infos.json``; raise with autofaiss's reason when it builds nothing."""
-    from autofaiss import build_index
+    import faiss
 
     config.validate()
     manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
@@ -88,110 +149,47 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
             raise RuntimeError(f"no embeddings in {io.join(output_dir, schema.DATA_DIR)}: "
                                "nothing to index")
         local_index = os.path.join(tmp, schema.INDEX_FILE)
-        local_infos = os.path.join(tmp, schema.INDEX_INFOS)
-        try:
-            index, infos = build_index(
-                embeddings=staging, file_format="npy", index_path=local_index,
-                index_infos_path=local_infos, metric_type="ip",
-                max_index_memory_usage=config.max_index_memory_usage,
-                current_memory_available=config.current_memory_available,
-                max_index_query_time_ms=config.max_index_query_time_ms,
-                index_key=config.index_key or None, verbose=logging.WARNING,
-                nb_cores=os.cpu_count(),
-            )
-        except Exception as exc:
-            raise RuntimeError(f"autofaiss could not build the index: {exc}") from exc
-        if index is None:
-            raise RuntimeError(
-                "autofaiss built no index (it returns None when the memory budget cannot hold "
-                f"{n} vectors of dim {dim}): raise max_index_memory_usage="
-                f"{config.max_index_memory_usage!r} or current_memory_available="
-                f"{config.current_memory_available!r}, or pass an index_key")
+        index, infos = build_with_autofaiss(staging, local_index, config, n, dim)
         build_s = time.monotonic() - start
-        quality = measure(index, staging, config.recall_queries)
-        verify_alignment(index, staging)
+        vectors = VectorParts.from_folder(staging)
+        verify_alignment(index, vectors)
+        quality: dict[str, Any] = {}
+        if config.recall_queries:
+            quality = tune_and_measure(index, vectors, config.recall_queries,
+                                       config.target_recall,
+                                       max_query_time_ms=config.max_index_query_time_ms)
+        faiss.write_index(index, local_index)  # saved after tuning: the file holds the params
         io.makedirs(io.join(output_dir, schema.FAISS_DIR))
         fs, remote = io.filesystem(io.join(output_dir, schema.FAISS_DIR, schema.INDEX_FILE))
         fs.put_file(local_index, remote)
         size = os.path.getsize(local_index)
     result = {
-        "index_key": infos.get("index_key"), "index_param": infos.get("index_param"),
+        "index_key": infos.get("index_key"),
+        "index_param": quality.get("index_param", infos.get("index_param")),
+        "autofaiss_index_param": infos.get("index_param"),
         "metric": "inner_product", "vectors": n, "dim": dim, "size_bytes": size,
         "build_seconds": round(build_s, 2), **quality,
         "model": manifest["model"], "pretrained": manifest["pretrained"],
         "autofaiss": {k: v for k, v in infos.items() if k not in ("index_key", "index_param")},
     }
     io.write_json(io.join(output_dir, schema.INDEX_INFOS), result)
-    log.info("index: %s over %d × %d, recall@10 %.3f, %.1fs", result["index_key"], n, dim,
-             quality.get("recall_at_10", float("nan")), build_s)
+    log.info("index: %s (%s) over %d × %d, recall@10 %.3f, p50 %s ms, %.1fs",
+             result["index_key"], result["index_param"], n, dim,
+             quality.get("recall_at_10", float("nan")), quality.get("latency_p50_ms"), build_s)
     return IndexResult(output_dir, result)
 
 
-class StagedVectors:
-    """The staged ``part-NNNNN.npy`` files, memory-mapped, addressed by faiss id."""
-
-    def __init__(self, staging: str) -> None:
-        files = sorted(f for f in os.listdir(staging) if f.endswith(".npy"))
-        self.parts = [np.load(os.path.join(staging, f), mmap_mode="r") for f in files]
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def take(self, ids: np.ndarray) -> np.ndarray:
-        part = np.searchsorted(self.offsets, ids, side="right") - 1
-        return np.stack([self.parts[p][i - self.offsets[p]] for p, i in zip(part, ids)])
-
-
-def measure(index: Any, staging: str, queries: int, k: int = 10) -> dict[str, float]:
-    """recall@1 and @k of `index` against exact inner-product search, for `queries` vectors
-    sampled from the data, and single-query latency percentiles (ms)."""
-    if queries == 0:
-        return {}
-    vectors = StagedVectors(staging)
-    rng = np.random.default_rng(0)
-    picks = rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)
-    q = np.ascontiguousarray(vectors.take(picks))
-    k = min(k, len(vectors))
-    exact = _exact_top_k(vectors, q, k)
-    _, approx = index.search(q, k)
-    recall_k = np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)])
-    recall_1 = np.mean(approx[:, 0] == exact[:, 0])
-    latencies = []
-    for row in q[:200]:
-        t = time.perf_counter()
-        index.search(row[None, :], k)
-        latencies.append((time.perf_counter() - t) * 1000)
-    return {"recall_at_1": round(float(recall_1), 4),
-            f"recall_at_{k}": round(float(recall_k), 4), "recall_queries": len(q),
-            "latency_p50_ms": round(float(np.percentile(latencies, 50)), 3),
-            "latency_p99_ms": round(float(np.percentile(latencies, 99)), 3)}
-
-
-def _exact_top_k(vectors: StagedVectors, q: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k ids by inner product, one staged shard at a time (bounded memory)."""
-    best_scores = np.full((len(q), 0), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((len(q), 0), dtype=np.int64)
-    for part, start in zip(vectors.parts, vectors.offsets):
-        scores = q @ np.asarray(part).T
-        ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
-        all_scores = np.concatenate([best_scores, scores], axis=1)
-        all_ids = np.concatenate([best_ids, ids], axis=1)
-        top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(all_scores, top, axis=1)
-        best_ids = np.take_along_axis(all_ids, top, axis=1)
-    return best_ids
-
-
-def verify_alignment(index: Any, staging: str, samples: int = 50) -> None:
-    """Stored vector i must find itself (or an identical vector) with score ≈ 1 at faiss id i."""
-    vectors = StagedVectors(staging)
+def verify_alignment(index: Any, vectors: VectorParts, samples: int = 50) -> None:
+    """Stored vector i must find itself (or an identical vector) at faiss id i: the staged
+    order and the index order agree. Raises when fewer than half do."""
     picks = np.random.default_rng(1).choice(len(vectors), min(samples, len(vectors)), False)
-    q = np.ascontiguousarray(vectors.take(picks))
-    _, ids = index.search(q, 10)
-    hits = sum(int(i in row or np.allclose(vectors.take(row[:1])[0], v, atol=1e-6))
-               for i, v, row in zip(picks, q, ids))
+    q = vectors.take(picks)
+    _, ids = index.search(q, min(10, len(vectors)))
+    hits = 0
+    for i, v, row in zip(picks, q, ids):
+        found = row[row >= 0]
+        hits += int(i in found or (len(found) > 0 and np.allclose(
+            vectors.take(found[:1])[0], v, atol=1e-5)))
     if hits < 0.5 * len(picks):
         raise RuntimeError(f"index ids do not line up with the id mapping: only {hits} of "
                            f"{len(picks)} stored vectors found themselves")
-

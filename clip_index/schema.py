@@ -20,6 +20,9 @@ ORIGINAL_HEIGHT = "original_height"
 SHA256 = "sha256"
 EMBEDDING = "embedding"
 FAISS_ID = "i"
+QUERY = "query"
+RANK = "rank"
+SCORE = "score"
 
 
 class Status(str, Enum):
@@ -126,6 +129,19 @@ ID_MAPPING_SCHEMA = pa.schema(
         pa.field(UID, pa.string(), nullable=False),
         pa.field(URL, pa.string()),
         pa.field(CAPTION, pa.string()),
+    ]
+)
+
+
+# retrieve: one row per (query, match), best first; `rank` starts at 1, `score` is the cosine.
+MATCHES_SCHEMA = pa.schema(
+    [
+        pa.field(QUERY, pa.string(), nullable=False),
+        pa.field(RANK, pa.int32(), nullable=False),
+        pa.field(UID, pa.string(), nullable=False),
+        pa.field(URL, pa.string()),
+        pa.field(CAPTION, pa.string()),
+        pa.field(SCORE, pa.float32(), nullable=False),
     ]
 )
 

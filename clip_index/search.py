@@ -1,5 +1,6 @@
 """ClipIndex: open a published index (a local or gs:// ``output_dir``, ``hf://ORG/NAME`` on the
-Hugging Face Hub, or the reference's published layout) and search it by text, image or embedding.
+Hugging Face Hub, or the reference's published layout) and search it by text, image (path,
+bytes, PIL, URL) or embedding, one query or a batch, with optional de-duplication.
 
 The query model is exactly the one the manifest names (model, pretrained, dim), so query and
 index embeddings come from the same weights; the reference layout has no manifest and its model
@@ -17,12 +18,15 @@ from typing import Any
 import numpy as np
 
 from clip_index import io, schema
+from clip_index.config import DownloadConfig
 from clip_index.hub import download_index, is_hub_uri, parse_hub_uri
 from clip_index.layout import detect_layout, read_mapping
 from clip_index.models import ClipModel, load_model, normalise
 
 log = logging.getLogger(__name__)
 
+MAX_QUERY_PIXELS = 100_000_000  # a query image larger than this is refused (decompression bombs)
+DEDUP_THRESHOLD = 0.94  # cosine above which two results count as the same image (clip-retrieval)
 # candidates per wanted result when rescoring unnormalised stored vectors (the reference)
 RESCORE_FACTOR = 10
 
@@ -51,11 +55,16 @@ class ClipIndex:
     memory; slower per query). device: where the query model runs ('auto', 'cpu', 'cuda').
     pretrained: a local checkpoint of the model's weights, for machines that cannot download the
     pretrained tag the folder names (the model name is still the folder's).
+    threads: faiss threads (0 = faiss's default, all cores; 1 suits a server, where requests
+    run side by side and a single query does not use more than one).
     """
 
     def __init__(self, output_dir: str | Path, mmap: bool = False, device: str = "cpu",
-                 pretrained: str | None = None) -> None:
+                 pretrained: str | None = None, threads: int = 0) -> None:
         import faiss
+
+        if threads:
+            faiss.omp_set_num_threads(threads)
 
         self.location = str(output_dir)
         if is_hub_uri(self.location):
@@ -115,62 +124,145 @@ class ClipIndex:
                                    f"holds dim {self.dim}")
         return self._model
 
-    def search_embedding(self, embeddings: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
+    def search_embedding(self, embeddings: np.ndarray, k: int = 10,
+                         deduplicate: bool | float = False) -> list[list[SearchResult]]:
         """Top-k matches for each row of `embeddings` (shape (n, dim) or (dim,)); the rows are
-        L2-normalised first, so scores are cosine similarities."""
+        L2-normalised first, so scores are cosine similarities.
+
+        deduplicate: drop results whose embedding has cosine >= threshold (True = 0.94, as
+        clip-retrieval) with a better-ranked result of the same query; the search widens (up
+        to max(20·k, 200) candidates) until k distinct results remain.
+        """
         q = np.asarray(embeddings, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"embedding shape {q.shape}: expected (n, {self.dim})")
+        if not np.isfinite(q).all():
+            raise ValueError("embedding holds NaN or infinite values: expected finite floats")
         if k < 1:
             raise ValueError(f"k={k}: expected an integer >= 1")
+        threshold = DEDUP_THRESHOLD if deduplicate is True else float(deduplicate or 0)
         q = normalise(q)
-        if not self.rescore:
-            scores, ids = self.index.search(q, min(k, len(self)))
+        if not threshold:
+            scores, ids = self._search(q, min(k, len(self)))
             return [self._results(s, i) for s, i in zip(scores, ids)]
-        # inner products with unnormalised stored vectors favour long vectors: take more
-        # candidates, divide by each stored vector's norm (cosine), keep the best k
-        scores, ids = self.index.search(q, min(max(k * RESCORE_FACTOR, 100), len(self)))
-        out = []
-        for row_scores, row_ids in zip(scores, ids):
-            keep = row_ids >= 0
-            row_scores, row_ids = row_scores[keep], row_ids[keep]
-            norms = np.linalg.norm(self.index.reconstruct_batch(row_ids), axis=1)
-            cosine = row_scores / np.maximum(norms, 1e-12)
-            best = np.argsort(-cosine, kind="stable")[:k]
-            out.append(self._results(cosine[best], row_ids[best]))
-        return out
+        # widen the search until k distinct results remain (or the cap / the index runs out)
+        fetch, cap = min(max(3 * k, k + 10), len(self)), min(len(self), max(20 * k, 200))
+        while True:
+            scores, ids = self._search(q, fetch)
+            keeps = [self._unique(row, threshold)[:k] for row in ids]
+            if fetch >= cap or all(len(keep) >= k for keep in keeps):
+                break
+            fetch = min(fetch * 4, cap)
+        return [self._results(s[keep], i[keep]) for s, i, keep in zip(scores, ids, keeps)]
 
-    def search_text(self, text: str | list[str], k: int = 10) -> list[SearchResult] | list[
-            list[SearchResult]]:
-        """Top-k matches for a text (a list of results) or for each of a list of texts."""
+    def search_text(self, text: str | list[str], k: int = 10,
+                    deduplicate: bool | float = False) -> Any:
+        """Top-k matches for a text (a list of results) or for each of a list of texts (a list
+        of lists: one model call for the whole batch)."""
         texts = [text] if isinstance(text, str) else list(text)
-        results = self.search_embedding(self.model.encode_text(texts), k)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ValueError("text: expected a non-empty string (or a list of them)")
+        results = self.search_embedding(self.model.encode_text(texts), k, deduplicate)
         return results[0] if isinstance(text, str) else results
 
-    def search_image(self, image: Any, k: int = 10) -> list[SearchResult]:
-        """Top-k matches for an image: a path, bytes, or a PIL image."""
-        from PIL import Image
+    def search_image(self, image: Any, k: int = 10, deduplicate: bool | float = False) -> Any:
+        """Top-k matches for an image (a path, bytes or a PIL image: a list of results), or for
+        each of a list of images (a list of lists, one model call)."""
+        images = image if isinstance(image, list) else [image]
+        pixels = [self.model.preprocess(_open_image(img)) for img in images]
+        import torch
 
-        if isinstance(image, (str, Path)):
-            img = Image.open(image)
-        elif isinstance(image, (bytes, bytearray)):
-            img = Image.open(_io.BytesIO(image))
-        else:
-            img = image
-        pixels = self.model.preprocess(img.convert("RGB")).unsqueeze(0)
-        return self.search_embedding(self.model.encode_images(pixels), k)[0]
+        results = self.search_embedding(self.model.encode_images(torch.stack(pixels)), k,
+                                        deduplicate)
+        return results if isinstance(image, list) else results[0]
+
+    def search_image_url(self, url: str, k: int = 10, deduplicate: bool | float = False,
+                         fetch: DownloadConfig | None = None) -> list[SearchResult]:
+        """Top-k matches for the image at `url`, fetched like the download step fetches (the
+        address guard, redirects checked hop by hop, the size cap; see DownloadConfig)."""
+        from clip_index.fetch import fetch_url
+
+        return self.search_image(fetch_url(url, fetch or DownloadConfig()), k, deduplicate)
+
+    def metadata(self, i: int) -> dict[str, Any]:
+        """uid, url and caption of faiss id `i`."""
+        return {name: self.mapping.column(name)[int(i)].as_py()
+                for name in (schema.UID, schema.URL, schema.CAPTION)}
+
+    def embeddings_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored (or, for compressed indexes, reconstructed) vectors of faiss ids."""
+        import faiss
+
+        ids = np.asarray(ids, dtype=np.int64)
+        try:
+            return np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32)
+        except RuntimeError:  # IVF indexes reconstruct only with a direct map, made on demand
+            ivf = faiss.extract_index_ivf(self.index)
+            ivf.make_direct_map()
+            return np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32)
+
+    def _search(self, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss search of normalised queries; for stored vectors that keep their norm (the
+        reference layout), inner products favour long vectors, so take more candidates, divide
+        by each stored vector's norm (cosine) and keep the best n (padded with id -1)."""
+        if not self.rescore:
+            return self.index.search(q, n)
+        scores, ids = self.index.search(q, min(max(n * RESCORE_FACTOR, 100), len(self)))
+        out_scores = np.full((len(q), n), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(q), n), -1, dtype=np.int64)
+        for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):
+            keep = row_ids >= 0
+            row_scores, row_ids = row_scores[keep], row_ids[keep]
+            norms = np.linalg.norm(self.embeddings_of(row_ids), axis=1)
+            cosine = row_scores / np.maximum(norms, 1e-12)
+            best = np.argsort(-cosine, kind="stable")[:n]
+            out_scores[row, :len(best)], out_ids[row, :len(best)] = cosine[best], row_ids[best]
+        return out_scores, out_ids
+
+    def _unique(self, ids: np.ndarray, threshold: float) -> np.ndarray:
+        """Positions in `ids` (best first) to keep: each result unless it is a near-copy
+        (cosine >= threshold) of a kept better-ranked one. Greedy, O(k²) on k ≤ a few hundred."""
+        valid = np.flatnonzero(ids >= 0)
+        vectors = normalise(self.embeddings_of(ids[valid]))
+        kept: list[int] = []
+        for pos in range(len(valid)):
+            if not kept or float(np.max(vectors[kept] @ vectors[pos])) < threshold:
+                kept.append(pos)
+        return valid[kept]
 
     def _results(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
         out = []
         for score, i in zip(scores, ids):
             if i < 0:  # faiss pads with -1 when fewer than k vectors were found
                 continue
-            row = {name: self.mapping.column(name)[int(i)].as_py()
-                   for name in (schema.UID, schema.URL, schema.CAPTION)}
-            out.append(SearchResult(id=int(i), score=float(score), **row))
+            out.append(SearchResult(id=int(i), score=float(score), **self.metadata(int(i))))
         return out
+
+
+def _open_image(image: Any) -> Any:
+    """A PIL RGB image from a path, bytes or a PIL image; a clear error for anything else."""
+    from PIL import Image, UnidentifiedImageError
+
+    img: Image.Image
+    try:
+        if isinstance(image, (str, Path)):
+            img = Image.open(image)
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            img = Image.open(_io.BytesIO(bytes(image)))
+        elif isinstance(image, Image.Image):
+            img = image
+        else:
+            raise ValueError(f"image of type {type(image).__name__}: expected a path, bytes or "
+                             "a PIL image")
+        if img.width * img.height > MAX_QUERY_PIXELS:  # checked before decoding the pixels
+            raise ValueError(f"image of {img.width}×{img.height} pixels: expected at most "
+                             f"{MAX_QUERY_PIXELS} pixels")
+        return img.convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+        raise ValueError(f"image could not be decoded ({exc}): expected a JPEG, PNG, WebP or "
+                         "other image Pillow reads") from exc
 
 
 def _enable_reconstruct(index: Any) -> bool:

@@ -151,8 +151,11 @@ def build_index(
     current_memory_available: str = "16G",
     max_index_query_time_ms: float = 10.0,
     index_key: str = "",
+    target_recall: float = 0.95,
+    recall_queries: int = 1000,
+    should_be_memory_mappable: bool = False,
 ) -> None:
-    """Build the faiss index (autofaiss) and the id mapping; measure recall and latency.
+    """Build the faiss index (autofaiss) and the id mapping; tune and measure recall and latency.
 
     Args:
         data: The write step's record (ties the index to the data in lineage).
@@ -163,16 +166,23 @@ def build_index(
         current_memory_available: autofaiss memory budget for building ("16G").
         max_index_query_time_ms: autofaiss target per query, milliseconds.
         index_key: faiss factory string to force ("" = autofaiss chooses).
+        target_recall: nprobe/efSearch set to the cheapest value reaching this recall@10.
+        recall_queries: Held-out (leave-one-out) queries for tuning and recall (0 = skip).
+        should_be_memory_mappable: Only index types that can be memory-mapped at query time.
     """
     from clip_index.config import IndexConfig
     from clip_index.index import run_index
 
     config = IndexConfig(max_index_memory_usage=max_index_memory_usage,
                          current_memory_available=current_memory_available,
-                         max_index_query_time_ms=max_index_query_time_ms, index_key=index_key)
+                         max_index_query_time_ms=max_index_query_time_ms, index_key=index_key,
+                         target_recall=target_recall, recall_queries=recall_queries,
+                         should_be_memory_mappable=should_be_memory_mappable)
     result = run_index(output_dir, config)
     index.metadata.update({k: v for k, v in result.infos.items() if k != "autofaiss"})
     index.metadata["output_dir"] = output_dir
+    metrics.metadata["index_key"] = result.infos["index_key"]
+    metrics.metadata["index_param"] = result.infos["index_param"]
     for name, value in result.as_metrics().items():
         metrics.log_metric(name, value)
 

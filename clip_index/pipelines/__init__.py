@@ -131,6 +131,9 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         hub_private: bool = False,
         hub_revision: str = "",
         hub_token_secret: str = "",
+        target_recall: float = 0.95,
+        recall_queries: int = 1000,
+        should_be_memory_mappable: bool = False,
     ) -> None:
         load = c.load_dataset(
             dataset=dataset, id_column=id_column, url_column=url_column,
@@ -177,6 +180,8 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             max_index_memory_usage=max_index_memory_usage,
             current_memory_available=current_memory_available,
             max_index_query_time_ms=max_index_query_time_ms, index_key=index_key,
+            target_recall=target_recall, recall_queries=recall_queries,
+            should_be_memory_mappable=should_be_memory_mappable,
         ).set_display_name("Build index")
         index.set_cpu_limit(settings.index_cpu).set_memory_limit(settings.index_memory)
         report = c.report(output_dir=output_dir, index=index.outputs["index"],
@@ -195,6 +200,12 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
     return clip_index_pipeline
 
 
+def _retrieve(settings: PipelineSettings) -> Any:
+    from clip_index.pipelines.retrieve import make_retrieve_pipeline
+
+    return make_retrieve_pipeline(settings)
+
+
 def make_kubeflow_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
     """The Kubeflow variant (see `kubeflow.py`; needs kfp-kubernetes, the `cloud` extra)."""
     from clip_index.pipelines.kubeflow import make_kubeflow_pipeline as make
@@ -207,4 +218,5 @@ def make_kubeflow_pipeline(settings: PipelineSettings = PipelineSettings()) -> A
 PIPELINES: dict[str, Callable[[PipelineSettings], Any]] = {
     "clip-index": make_index_pipeline,
     "clip-index-kubeflow": make_kubeflow_pipeline,
+    "clip-index-retrieve": _retrieve,
 }

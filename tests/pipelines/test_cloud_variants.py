@@ -63,7 +63,8 @@ def test_vertex_template_carries_sizing_retries_and_caching(tmp_path: Path) -> N
 def test_kubeflow_variant_is_a_separate_two_document_yaml(tmp_path: Path) -> None:
     pytest.importorskip("kfp.kubernetes")
     paths = compile_all(str(tmp_path), SETTINGS)
-    assert sorted(Path(p).name for p in paths) == ["clip-index-kubeflow.yaml", "clip-index.yaml"]
+    assert sorted(Path(p).name for p in paths) == [
+        "clip-index-kubeflow.yaml", "clip-index-retrieve.yaml", "clip-index.yaml"]
     assert len(list(yaml.safe_load_all((tmp_path / "clip-index.yaml").read_text()))) == 1
     spec, platform = yaml.safe_load_all((tmp_path / "clip-index-kubeflow.yaml").read_text())
     tasks = all_tasks(spec)

@@ -1,0 +1,71 @@
+"""The retrieve pipeline: a Dataset of prompts (or embeddings) → its top matches in a published
+index → optionally the matched images, downloaded by the download step (a fine-tuning set built
+from an index, the way the reference's users did it with clip-retrieval)."""
+
+from typing import Any
+
+from kfp import dsl
+
+from clip_index.components import make_components
+from clip_index.components.retrieve import make_retrieve_components
+
+
+def make_retrieve_pipeline(settings: Any = None) -> Any:
+    """retrieve: load_queries → retrieve_matches → [If download_matches: plan → ParallelFor
+    download]."""
+    from clip_index.pipelines import PipelineSettings
+
+    settings = settings or PipelineSettings()
+    settings.validate()
+    c = make_components(settings.cpu_image, settings.gpu_image)
+    r = make_retrieve_components(settings.cpu_image)
+
+    @dsl.pipeline(
+        name="clip-index-retrieve",
+        description="Prompts or embeddings → top matches in a clip-index → matched images.",
+    )
+    def clip_index_retrieve(
+        queries: str,
+        index_dir: str,
+        query_column: str = "text",
+        embedding_column: str = "embedding",
+        num_images: int = 10,
+        deduplicate: bool = True,
+        batch_size: int = 256,
+        mmap: bool = False,
+        shard_size: int = 10000,
+        download_matches: bool = False,
+        image_size: int = 256,
+        resize_mode: str = "keep_ratio",
+        timeout_s: float = 20.0,
+        download_retries: int = 2,
+        concurrency: int = 128,
+        allow_private_networks: bool = False,
+        max_failure_rate: float = 1.0,
+    ) -> None:
+        load = r.load_queries(source=queries, query_column=query_column,
+                              embedding_column=embedding_column).set_display_name("Load queries")
+        retrieve = r.retrieve_matches(
+            queries=load.outputs["queries"], index_dir=index_dir, num_images=num_images,
+            deduplicate=deduplicate, batch_size=batch_size, mmap=mmap, shard_size=shard_size,
+        ).set_display_name("Retrieve matches")
+        retrieve.set_cpu_limit(settings.index_cpu).set_memory_limit(settings.index_memory)
+        for task in (load, retrieve):  # the index folder may change under the same path
+            task.set_caching_options(False)
+        with dsl.If(download_matches == True, name="download-matches"):  # noqa: E712
+            plan = c.plan_shards(urls=retrieve.outputs["urls"]).set_display_name("Plan shards")
+            plan.set_caching_options(False)
+            with dsl.ParallelFor(plan.output, parallelism=settings.parallelism,
+                                 name="shards") as shard:
+                download = c.download_images(
+                    urls=retrieve.outputs["urls"], shard=shard, image_size=image_size,
+                    resize_mode=resize_mode, timeout_s=timeout_s, retries=download_retries,
+                    concurrency=concurrency, allow_private_networks=allow_private_networks,
+                    max_failure_rate=max_failure_rate,
+                ).set_display_name("Download matched images")
+                download.set_cpu_limit(settings.download_cpu).set_memory_limit(
+                    settings.download_memory)
+                download.set_retry(num_retries=settings.retries, backoff_duration="60s",
+                                   backoff_factor=2.0)
+
+    return clip_index_retrieve

@@ -1,0 +1,255 @@
+"""HTTP API over ClipIndex that speaks clip-retrieval's back-end protocol (`POST /knn-service`,
+`POST /metadata`, `GET /indices-list`), so clip-retrieval's own ClipClient works against it, plus
+`GET /health` and a small search page at `/`. No search logic of its own.
+
+Hardened where clip-retrieval's back end is not: every request is validated (4xx with a message,
+never a 500 for bad input), num_images, ids and payloads are bounded, `image_url` is fetched by
+the download step's client (address guard, redirects checked per hop, size cap), and CORS is
+closed unless origins are named.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime,
+# and the request models are local to create_app (their bounds come from the settings).
+import argparse
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from clip_index.config import DownloadConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and policies of the server.
+
+    max_num_images: the most results (num_images, num_result_ids) or ids one request may ask.
+    max_request_bytes: the largest request body; max_image_bytes: the largest image (base64
+        decoded, or fetched from image_url). fetch: how image_url is fetched (the download
+        step's settings; allow_private_networks is off unless asked).
+    cors_origins: origins allowed to call the API from a browser (none = same origin only).
+    """
+
+    max_num_images: int = 1000
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_image_bytes: int = 8 * 1024 * 1024
+    fetch: DownloadConfig = field(default_factory=lambda: DownloadConfig(
+        timeout_s=10.0, retries=0, max_image_bytes=8 * 1024 * 1024))
+    cors_origins: tuple[str, ...] = ()
+
+
+def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -> Any:
+    """The FastAPI application serving `indices` (name → ClipIndex)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    from clip_index.fetch import fetch_url_async
+    from clip_index.schema import RowError, Status
+    from clip_index.serve_page import PAGE_HTML
+
+    if not indices:
+        raise ValueError("serve: expected at least one index")
+    settings = settings or ServeSettings()
+    limit = settings.max_num_images
+    app = FastAPI(title="clip-index", description=__doc__.split("\n")[0], docs_url="/docs")
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
+
+    @app.middleware("http")
+    async def bound_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) >
+                                   settings.max_request_bytes):
+            return JSONResponse({"detail": f"request body of {length} bytes: expected at most "
+                                 f"{settings.max_request_bytes} bytes"}, status_code=413)
+        if length is None and request.method == "POST":
+            return JSONResponse({"detail": "a POST needs a Content-Length header"},
+                                status_code=411)
+        return await call_next(request)
+
+    class KnnQuery(BaseModel):
+        """clip-retrieval's /knn-service body; the filters it has and we do not are accepted
+        and ignored (ClipClient sends them by default), except use_mclip."""
+
+        model_config = ConfigDict(extra="ignore")
+        text: str | None = Field(None, max_length=10_000)
+        image: str | None = None
+        image_url: str | None = Field(None, max_length=4096)
+        embedding_input: list[float] | None = Field(None, max_length=65_536)
+        modality: Literal["image", "text"] = "image"
+        num_images: int = Field(40, ge=1, le=limit)
+        num_result_ids: int | None = Field(None, ge=1, le=limit)
+        indice_name: str | None = None
+        deduplicate: bool = False
+        use_mclip: bool = False
+        use_safety_model: bool = False
+        use_violence_detector: bool = False
+        aesthetic_score: Any = None
+        aesthetic_weight: Any = None
+
+    class MetadataQuery(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+        ids: list[int] = Field(..., max_length=limit)
+        indice_name: str | None = None
+
+    async def parse(request: Request, model: Any) -> Any:
+        """The body as JSON whatever its Content-Type (clip-retrieval's ClipClient sends none,
+        and its Flask back end parsed with force=True), validated by `model`."""
+        raw = await request.body()
+        try:
+            return model.model_validate(json.loads(raw or b"null"))
+        except json.JSONDecodeError as exc:
+            raise HTTPException(422, f"request body is not JSON ({exc}): expected a JSON "
+                                "object") from exc
+        except ValidationError as exc:
+            raise HTTPException(422, json.loads(exc.json(include_url=False,
+                                                         include_input=False))) from exc
+
+    def pick(name: str | None) -> tuple[str, Any]:
+        if name is None or name == "":
+            name = next(iter(indices))
+        if name not in indices:
+            raise HTTPException(404, f"indice_name={name!r}: expected one of {sorted(indices)}")
+        return name, indices[name]
+
+    def decode_image(data: str) -> bytes:
+        if len(data) > settings.max_image_bytes * 4 // 3 + 4:
+            raise HTTPException(413, f"image: expected at most {settings.max_image_bytes} bytes")
+        if data.startswith("data:") and "," in data:  # a data URL from a browser
+            data = data.split(",", 1)[1]
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise HTTPException(400, f"image: expected base64-encoded image bytes ({exc})") \
+                from exc
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Any:
+        log.exception("serve: %s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"[:500]},
+                            status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE_HTML
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "indices": {name: {"vectors": len(ix), "dim": ix.dim,
+                                                   "model": ix.manifest.get("model")}
+                                            for name, ix in indices.items()}}
+
+    @app.get("/indices-list")
+    def indices_list() -> list[str]:
+        return list(indices)
+
+    @app.post("/knn-service")
+    async def knn_service(request: Request) -> list[dict[str, Any]]:
+        q = await parse(request, KnnQuery)
+        given = [n for n in ("text", "image", "image_url", "embedding_input")
+                 if getattr(q, n) not in (None, "", [])]
+        if len(given) != 1:
+            raise HTTPException(400, "expected exactly one of text, image (base64), image_url "
+                                f"or embedding_input; got {given or 'none'}")
+        if q.modality != "image":
+            raise HTTPException(400, "modality='text': this index holds image embeddings only; "
+                                "expected modality='image'")
+        if q.use_mclip:
+            raise HTTPException(400, "use_mclip=true: multilingual CLIP is not served here")
+        _, index = pick(q.indice_name)
+        wanted = max(q.num_images, q.num_result_ids or q.num_images)
+        try:
+            if q.text:
+                results = await run_in_threadpool(index.search_text, q.text, wanted,
+                                                  q.deduplicate)
+            elif q.embedding_input:
+                if len(q.embedding_input) != index.dim:
+                    raise HTTPException(400, f"embedding_input has {len(q.embedding_input)} "
+                                        f"values: expected {index.dim}")
+                results = (await run_in_threadpool(index.search_embedding, q.embedding_input,
+                                                   wanted, q.deduplicate))[0]
+            else:
+                if q.image:
+                    body = decode_image(q.image)
+                else:
+                    body = await fetch_url_async(str(q.image_url), settings.fetch)
+                results = await run_in_threadpool(index.search_image, body, wanted,
+                                                  q.deduplicate)
+        except RowError as exc:  # the image_url fetch, as the download step words it
+            code = 400 if exc.status is Status.BLOCKED else (
+                413 if str(exc).startswith("too_large") else 422)
+            raise HTTPException(code, f"image_url: {exc}") from exc
+        except ValueError as exc:  # undecodable image, NaN embedding, empty text, ...
+            raise HTTPException(400, str(exc)) from exc
+        out = []
+        for rank, r in enumerate(results):
+            row: dict[str, Any] = {"id": r.id, "similarity": r.score}
+            if rank < q.num_images:
+                row.update(uid=r.uid, url=r.url, caption=r.caption)
+            out.append(row)
+        return out
+
+    @app.post("/metadata")
+    async def metadata(request: Request) -> list[dict[str, Any]]:
+        q = await parse(request, MetadataQuery)
+        _, index = pick(q.indice_name)
+        bad = [i for i in q.ids if not 0 <= i < len(index)]
+        if bad:
+            raise HTTPException(400, f"ids {bad[:10]}: expected ids in 0..{len(index) - 1}")
+        return [{"id": i, "metadata": index.metadata(i)} for i in q.ids]
+
+    return app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", nargs="+",
+                        help="published clip-index folder(s); NAME=DIR names an index "
+                             "(default name: the folder's name)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1234)
+    parser.add_argument("--mmap", action="store_true", help="memory-map the index")
+    parser.add_argument("--max-num-images", type=int, default=ServeSettings.max_num_images)
+    parser.add_argument("--max-request-bytes", type=int,
+                        default=ServeSettings.max_request_bytes)
+    parser.add_argument("--cors-origin", action="append", default=[],
+                        help="allow browser calls from this origin (repeat; default: none)")
+    parser.add_argument("--allow-private-networks", action="store_true",
+                        help="let image_url reach private/loopback addresses (tests, LANs)")
+    parser.add_argument("--faiss-threads", type=int, default=1,
+                        help="threads per search (requests already run side by side)")
+
+
+def command(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from clip_index.search import ClipIndex
+
+    indices = {}
+    for spec in args.output_dir:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        name = name or os.path.basename(os.path.normpath(path)) or "index"
+        indices[name] = ClipIndex(path, mmap=args.mmap, threads=args.faiss_threads)
+        _ = indices[name].model  # load the query model now: fail at start, not per request
+    if args.max_num_images < 1:
+        raise ValueError(f"--max-num-images={args.max_num_images}: expected an integer >= 1")
+    fetch = DownloadConfig(timeout_s=10.0, retries=0,
+                           max_image_bytes=ServeSettings.max_image_bytes,
+                           allow_private_networks=args.allow_private_networks)
+    settings = ServeSettings(max_num_images=args.max_num_images,
+                             max_request_bytes=args.max_request_bytes, fetch=fetch,
+                             cors_origins=tuple(args.cors_origin))
+    app = create_app(indices, settings)
+    log.info("serving %s on http://%s:%d", sorted(indices), args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,216 @@
+"""Index quality: exact ground truth for held-out queries, recall@k, single-query latency, and
+the search-time parameter (nprobe / efSearch) tuned to the cheapest value that reaches a target
+recall.
+
+autofaiss tunes that parameter to *spend* its query-time budget (``max_index_query_time_ms``,
+10 ms by default), which on a CPU buys recall nobody asked for at five to thirty times the
+latency; clip-index tunes it to *reach* ``target_recall`` measured against exact search, and
+reports both the recall and the latency it got.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HNSW_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+class VectorParts:
+    """Vectors held as consecutive parts (arrays or memory-mapped ``.npy`` files), addressed by
+    their position across the parts: position i is faiss id i."""
+
+    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    @classmethod
+    def from_folder(cls, folder: str) -> VectorParts:
+        """The ``*.npy`` files of `folder`, in name order (the order autofaiss reads them)."""
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".npy"))
+        return cls([np.load(os.path.join(folder, f), mmap_mode="r") for f in files])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.parts[0].shape[1]) if self.parts else 0
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` as a contiguous float32 (len(ids), dim) array."""
+        part = np.searchsorted(self.offsets, ids, side="right") - 1
+        rows = [self.parts[p][i - self.offsets[p]] for p, i in zip(part, ids)]
+        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+def exact_top_k(vectors: VectorParts, queries: np.ndarray, k: int,
+                exclude: np.ndarray | None = None) -> np.ndarray:
+    """Exact top-k ids by inner product, one part at a time (memory bounded by a part).
+
+    exclude: one id per query that must not be returned (the query's own row, for leave-one-out
+    queries drawn from the indexed vectors), or None.
+    """
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+    for part, start in zip(vectors.parts, vectors.offsets):
+        scores = queries @ np.asarray(part, dtype=np.float32).T
+        ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
+        if exclude is not None:
+            scores = np.where(ids == exclude[:, None], -np.inf, scores)
+        if scores.shape[1] > k:  # keep each part's k best before merging (linear, not a sort)
+            keep = np.argpartition(-scores, k, axis=1)[:, :k]
+            scores, ids = (np.take_along_axis(a, keep, axis=1) for a in (scores, ids))
+        all_scores = np.concatenate([best_scores, scores], axis=1)
+        all_ids = np.concatenate([best_ids, ids], axis=1)
+        top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(all_scores, top, axis=1)
+        best_ids = np.take_along_axis(all_ids, top, axis=1)
+    return best_ids
+
+
+def search_ids(index: Any, queries: np.ndarray, k: int,
+               exclude: np.ndarray | None = None) -> np.ndarray:
+    """The index's top-k ids, with each query's `exclude` id removed (searching k+1)."""
+    if exclude is None:
+        return np.asarray(index.search(queries, k)[1])
+    _, ids = index.search(queries, k + 1)
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (found, own) in enumerate(zip(ids, exclude)):
+        kept = found[found != own][:k]
+        out[row, :len(kept)] = kept
+    return out
+
+
+def recall_at(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean share of the exact top-k found in the approximate top-k."""
+    k = min(k, exact.shape[1])
+    return float(np.mean([len(set(a[:k]) & set(e[:k])) / k for a, e in zip(approx, exact)]))
+
+
+def latency_ms(index: Any, queries: np.ndarray, k: int = 10, n: int = 200) -> tuple[float, float]:
+    """(p50, p99) milliseconds of single-query searches, one faiss thread (a single query does
+    not use more, and idle OpenMP threads spinning beside it only add noise)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        times = []
+        for row in queries[:n]:
+            start = time.perf_counter()
+            index.search(row[None, :], k)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def candidate_params(index: Any) -> list[str]:
+    """Search-time settings to try, cheapest first: nprobe for IVF indexes (with the HNSW
+    quantizer's efSearch alongside), efSearch for HNSW, nothing for exhaustive indexes."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        nprobes = [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+                               768, 1024, 2048, 4096) if p <= ivf.nlist]
+        hnsw_quantizer = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+        return [f"nprobe={p}" + (f",quantizer_efSearch={max(2 * p, 64)}" if hnsw_quantizer else "")
+                for p in nprobes]
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return [f"efSearch={ef}" for ef in HNSW_EF_SEARCH]
+    return []
+
+
+def tune(index: Any, queries: np.ndarray, exact: np.ndarray, target_recall: float, k: int = 10,
+         exclude: np.ndarray | None = None,
+         max_query_time_ms: float | None = None) -> tuple[str, float]:
+    """Set and return the cheapest candidate parameter whose recall@k on `queries` reaches
+    `target_recall`; ("", recall) for exact indexes.
+
+    Candidates get slower as they go, so the search stops at the first one whose single-query
+    p50 passes `max_query_time_ms` (autofaiss's budget); when no candidate within the budget
+    reaches the target, the best one within it is kept, with a warning.
+    """
+    import faiss
+
+    space = faiss.ParameterSpace()
+    best = ("", -1.0)
+    for param in candidate_params(index):
+        space.set_index_parameters(index, param)
+        if max_query_time_ms and best[0]:
+            p50 = latency_ms(index, queries, k, n=50)[0]
+            if p50 > max_query_time_ms:
+                log.warning("tune: %s takes %.2f ms per query, over max_index_query_time_ms="
+                            "%s: stopping at %s (recall@%d %.4f < target %.3f)", param, p50,
+                            max_query_time_ms, best[0], k, best[1], target_recall)
+                space.set_index_parameters(index, best[0])
+                return best
+        recall = recall_at(search_ids(index, queries, k, exclude), exact, k)
+        log.debug("tune: %s → recall@%d %.4f", param, k, recall)
+        if recall > best[1] + 1e-9:
+            best = (param, recall)
+        if recall >= target_recall:
+            return param, recall
+    if not best[0]:
+        return "", recall_at(search_ids(index, queries, k, exclude), exact, k)
+    log.warning("tune: no setting reached recall@%d %.3f; using %s (recall %.4f)", k,
+                target_recall, best[0], best[1])
+    space.set_index_parameters(index, best[0])
+    return best
+
+
+def tune_and_measure(index: Any, vectors: VectorParts, n_queries: int, target_recall: float,
+                     k: int = 10, queries: np.ndarray | None = None,
+                     exact: np.ndarray | None = None, seed: int = 0,
+                     max_query_time_ms: float | None = None) -> dict[str, Any]:
+    """Tune `index` on half the queries and measure it on the other half.
+
+    Queries are held out: either given (`queries`, not in the index) or drawn from the indexed
+    vectors leave-one-out (each query's own row is excluded from both the exact and the
+    approximate results, so no query can find itself). `exact`: the queries' exact top-k when
+    already known (benchmarks), else computed here. Returns recall@1, recall@k, the chosen
+    parameter and single-query p50/p99 latency (ms).
+    """
+    exclude = None
+    if queries is None:
+        n_queries = min(n_queries, len(vectors))
+        picks = np.random.default_rng(seed).choice(len(vectors), n_queries, replace=False)
+        queries, exclude = vectors.take(picks), picks
+    k = max(1, min(k, len(vectors) - (1 if exclude is not None else 0)))
+    if exact is None:
+        exact = exact_top_k(vectors, queries, k, exclude)
+    half = max(1, len(queries) // 2) if len(queries) > 1 else 1
+    tune_q, tune_x = queries[:half], None if exclude is None else exclude[:half]
+    eval_q = queries[half:] if len(queries) > 1 else queries
+    eval_exact = exact[half:] if len(queries) > 1 else exact
+    eval_x = None if exclude is None else (exclude[half:] if len(queries) > 1 else exclude)
+    param, tuned_recall = tune(index, tune_q, exact[:half], target_recall, k, tune_x,
+                               max_query_time_ms)
+    approx = search_ids(index, eval_q, k, eval_x)
+    p50, p99 = latency_ms(index, eval_q, k)
+    return {
+        "index_param": param,
+        "target_recall": target_recall,
+        "recall_at_1": round(recall_at(approx, eval_exact, 1), 4),
+        f"recall_at_{k}": round(recall_at(approx, eval_exact, k), 4),
+        "recall_queries": int(len(eval_q)),
+        "recall_queries_kind": "given held-out" if exclude is None else "leave-one-out",
+        "tuning_recall": round(tuned_recall, 4),
+        "latency_p50_ms": round(p50, 3),
+        "latency_p99_ms": round(p99, 3),
+    }
