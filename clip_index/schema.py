@@ -47,6 +47,10 @@ class RowError(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[type[RowError], tuple[Status, str]]:
+        # picklable across process pools (the default would call RowError(message))
+        return type(self), (self.status, str(self))
+
 # load → download: one row per input row.
 URLS_SCHEMA = pa.schema(
     [
