@@ -4,13 +4,14 @@ resizes and re-encodes image bodies while the event loop keeps fetching.
 Bodies are sent in batches (one round trip for several images once every worker is busy, one
 image at a time while some are idle), the config is sent once per worker, and a worker that
 dies (a decoder crash, the OOM killer) costs the pool a restart, not the shard: the bodies of
-the lost batch are retried one by one, and a body that kills a worker twice is recorded as
-`failed_to_decode: decoder_crashed`.
+the lost batches are retried one at a time (quarantine), and a body that kills a worker there
+too is recorded as `failed_to_decode: decoder_crashed`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import multiprocessing
@@ -55,6 +56,8 @@ class DecodePool:
         self._executor = self._new_executor()
         self._pending: list[_Pending] = []
         self._in_flight = 0
+        self._quarantine: collections.deque[_Pending] = collections.deque()
+        self._quarantine_busy = False
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
@@ -86,19 +89,19 @@ class DecodePool:
             del self._pending[: self.batch_size]
             self._submit(batch)
 
-    def _submit(self, batch: list[_Pending]) -> None:
+    def _submit(self, batch: list[_Pending], quarantined: bool = False) -> None:
         executor = self._executor
         try:
             submitted = executor.submit(self.function, [body for body, _, _ in batch])
         except (BrokenProcessPool, RuntimeError) as exc:
-            self._lost(batch, executor, exc)
+            self._lost(batch, executor, exc, quarantined)
             return
         self._in_flight += 1
         wrapped = asyncio.wrap_future(submitted)
-        wrapped.add_done_callback(lambda done: self._done(done, batch, executor))
+        wrapped.add_done_callback(lambda done: self._done(done, batch, executor, quarantined))
 
     def _done(self, done: asyncio.Future[list[Result]], batch: list[_Pending],
-              executor: concurrent.futures.Executor) -> None:
+              executor: concurrent.futures.Executor, quarantined: bool) -> None:
         self._in_flight -= 1
         exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
         if exc is None:
@@ -106,17 +109,21 @@ class DecodePool:
                 if not future.done():
                     future.set_result(result)
         elif isinstance(exc, BrokenProcessPool):
-            self._lost(batch, executor, exc)
+            self._lost(batch, executor, exc, quarantined)
         else:  # e.g. a result that cannot be unpickled: fail these rows, keep the pool
             for _, future, _ in batch:
                 if not future.done():
                     future.set_result((Status.FAILED_TO_DECODE.value,
                                        f"decode_error: {type(exc).__name__}: {exc}"[:300]))
+        if quarantined:
+            self._quarantine_busy = False
+        self._drain_quarantine()
         self._flush()
 
     def _lost(self, batch: list[_Pending], executor: concurrent.futures.Executor,
-              exc: BaseException) -> None:
-        """A worker died: restart the pool (once per death) and retry each body alone."""
+              exc: BaseException, quarantined: bool) -> None:
+        """A worker died: restart the pool (once per death) and retry the lost bodies one at
+        a time in quarantine, so that a body that kills a worker there is the one to blame."""
         if executor is self._executor:
             self.restarts += 1
             log.warning("decode worker died (%s): restarting the pool (restart %d)",
@@ -126,8 +133,13 @@ class DecodePool:
         for body, future, retried in batch:
             if future.done():
                 continue
-            if retried:
+            if retried and quarantined:
                 future.set_result((Status.FAILED_TO_DECODE.value,
                                    "decoder_crashed: the decoding process died on this image"))
             else:
-                self._submit([(body, future, True)])
+                self._quarantine.append((body, future, True))
+
+    def _drain_quarantine(self) -> None:
+        if self._quarantine and not self._quarantine_busy:
+            self._quarantine_busy = True
+            self._submit([self._quarantine.popleft()], quarantined=True)
