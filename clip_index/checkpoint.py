@@ -31,9 +31,11 @@ _CHUNK = re.compile(r"^rows-(\d{5,})\.chunk$")
 class ShardCheckpoint:
     """Chunks of finished rows for one shard output; see the module docstring."""
 
-    def __init__(self, output_path: str, schema: pa.Schema) -> None:
+    def __init__(self, output_path: str, schema: pa.Schema,
+                 compression: str | dict[str, str] = "zstd") -> None:
         self.output_path = output_path
         self.schema = schema
+        self.compression = compression
         self.chunk_schema = schema.append(pa.field(ROW, pa.int64(), nullable=False))
         head, tail = posixpath.split(output_path)
         self.folder = posixpath.join(head, f".{tail}.partial")
@@ -71,8 +73,9 @@ class ShardCheckpoint:
         if not records:
             return
         table = pa.Table.from_pylist(records, schema=self.chunk_schema)
+        # uncompressed: chunks are short-lived, and re-encoded images do not compress
         io.write_parquet_atomic(posixpath.join(self.folder, f"rows-{self._next:05d}.chunk"),
-                                table)
+                                table, compression="none")
         self._next += 1
 
     def chunks(self) -> Iterator[pa.Table]:
@@ -83,7 +86,7 @@ class ShardCheckpoint:
     def finish(self, on_chunk: Callable[[pa.Table], None]) -> None:
         """Stream every chunk into the output file (atomic), calling `on_chunk` on each (to
         count it); then remove the checkpoint folder."""
-        with io.AtomicParquetWriter(self.output_path, self.schema) as writer:
+        with io.AtomicParquetWriter(self.output_path, self.schema, self.compression) as writer:
             for table in self.chunks():
                 writer.write(table)
                 on_chunk(table)

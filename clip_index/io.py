@@ -102,7 +102,8 @@ class AtomicParquetWriter:
     untouched, so a crashed step never leaves a shard that looks complete.
     """
 
-    def __init__(self, path: str, schema: pa.Schema) -> None:
+    def __init__(self, path: str, schema: pa.Schema,
+                 compression: str | dict[str, str] = "zstd") -> None:
         self.path = path
         self.schema = schema
         self._fs, fs_path = filesystem(path)
@@ -110,7 +111,7 @@ class AtomicParquetWriter:
         self._final = fs_path
         self._tmp = _temp_name(fs_path)
         self._file = self._fs.open(self._tmp, "wb")
-        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self._file, schema, compression=compression)
         self.rows = 0
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
@@ -131,9 +132,11 @@ class AtomicParquetWriter:
             self._fs.rm(self._tmp)
 
 
-def write_parquet_atomic(path: str, table: pa.Table) -> None:
-    """Write one table as a parquet file, atomically."""
-    with AtomicParquetWriter(path, table.schema) as writer:
+def write_parquet_atomic(path: str, table: pa.Table,
+                         compression: str | dict[str, str] = "zstd") -> None:
+    """Write one table as a parquet file, atomically (`compression`: one codec, or a codec
+    per column)."""
+    with AtomicParquetWriter(path, table.schema, compression) as writer:
         writer.write(table)
 
 

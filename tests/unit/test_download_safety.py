@@ -115,8 +115,9 @@ def test_killed_mid_shard_resumes_with_every_row_once(tmp_path: Path,
         schema=schema.URLS_SCHEMA), src)
     out = tmp_path / "out" / "part-00000.parquet"
     partial = tmp_path / "out" / ".part-00000.parquet.partial"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(src), str(out)],
-                             start_new_session=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                             start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 60
         while len(list(partial.glob("rows-*.chunk"))) < 3:
