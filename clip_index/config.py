@@ -103,7 +103,7 @@ class DownloadConfig(_Config):
     respect_opt_out: bool = True
     max_redirects: int = 5
     decode_workers: int = 0
-    checkpoint_rows: int = 1000
+    checkpoint_rows: int = 500
     user_agent: str = "clip-index/0.1 (+https://github.com/clip-index/clip-index)"
     max_failure_rate: float = 1.0
 

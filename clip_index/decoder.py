@@ -22,7 +22,7 @@ from typing import Any
 
 from clip_index.config import DownloadConfig
 from clip_index.resize import ProcessedImage, init_worker, process_batch
-from clip_index.schema import Status
+from clip_index.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,21 @@ class DecodePool:
         self._in_flight = 0
         self._quarantine: collections.deque[_Pending] = collections.deque()
         self._quarantine_busy = False
+        self._queued = 0  # bodies handed in and not yet answered
+        self._room = asyncio.Event()
+        self._room.set()
+
+    @property
+    def max_queued(self) -> int:
+        """Bodies queued or in the workers beyond which `ready` waits (two batches each)."""
+        return 2 * self.workers * self.batch_size
+
+    async def ready(self) -> None:
+        """Wait until the pool has room: callers start new downloads only then, so that when
+        decoding is the bottleneck, bodies do not pile up in memory waiting for it."""
+        while self._queued >= self.max_queued:
+            self._room.clear()
+            await self._room.wait()
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
@@ -77,8 +92,14 @@ class DecodePool:
         """The processed image, or (status, error) when it cannot be used."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((body, future, False))
+        self._queued += 1
         self._flush()
-        return await future
+        try:
+            return await future
+        finally:
+            self._queued -= 1
+            if self._queued < self.max_queued:
+                self._room.set()
 
     def _flush(self) -> None:
         # keep every worker busy: send at once while fewer than two batches per worker are

@@ -27,6 +27,7 @@ from clip_index.config import DownloadConfig
 from clip_index.decoder import DecodePool
 from clip_index.fetch import Fetcher
 from clip_index.guard import GuardedResolver
+from clip_index.memory import malloc_trim
 from clip_index.resize import ProcessedImage
 from clip_index.schema import RowError, Status
 from clip_index.stats import Progress, ShardStats, check_failure_rate
@@ -102,10 +103,19 @@ def download_shard(input_path: str, output_path: str, config: DownloadConfig,
         asyncio.run(_download_rows(urls, todo, config, checkpoint, shard))
     stats = ShardStats(shard=shard)
     checkpoint.finish(lambda table: _count(stats, table))
+    release_memory()
     stats.seconds = time.monotonic() - start
     log.info("download: shard %d: %d rows, %d ok, %s in %.1fs (%.1f rows/s)", shard, stats.rows,
              stats.successes, dict(stats.statuses), stats.seconds, stats.rows_per_s)
     return stats
+
+
+def release_memory() -> None:
+    """Give freed memory back to the OS: Arrow's pool keeps what it freed, and glibc's heap
+    fragments under many short-lived image-sized buffers (measured: RSS +250 MB over 3,000
+    images with almost nothing live)."""
+    pa.default_memory_pool().release_unused()
+    malloc_trim()
 
 
 def _count(stats: ShardStats, table: pa.Table) -> None:
@@ -123,7 +133,7 @@ async def _download_rows(urls: pa.Table, todo: list[int], config: DownloadConfig
     dns_threads = concurrent.futures.ThreadPoolExecutor(_DNS_THREADS, thread_name_prefix="dns")
     loop.set_default_executor(dns_threads)
     progress = Progress(f"download shard {shard}", len(todo))
-    window = asyncio.Semaphore(config.concurrency * 2)  # bounds rows (and bodies) in memory
+    window = asyncio.Semaphore(config.concurrency)  # rows in flight (and bodies in memory)
     buffer: list[dict[str, Any]] = []
     writes: list[asyncio.Task[None]] = []
     write_lock = asyncio.Lock()
@@ -131,6 +141,8 @@ async def _download_rows(urls: pa.Table, todo: list[int], config: DownloadConfig
     async def write(records: list[dict[str, Any]]) -> None:
         async with write_lock:  # one chunk at a time, in order
             await asyncio.to_thread(checkpoint.write, records)
+        del records
+        release_memory()
 
     def flush() -> None:
         if buffer:
@@ -159,6 +171,7 @@ async def _download_rows(urls: pa.Table, todo: list[int], config: DownloadConfig
 
         tasks: set[asyncio.Task[None]] = set()
         for index in todo:
+            await pool.ready()  # decoding is behind: fetching more would only fill memory
             await window.acquire()
             task = asyncio.create_task(one(index))
             tasks.add(task)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from clip_index.config import DownloadConfig
-from clip_index.schema import RowError, Status
+from clip_index.memory import malloc_trim
+from clip_index.status import RowError, Status
 
 _FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
@@ -203,4 +204,5 @@ def process_batch(bodies: list[bytes]) -> list[ProcessedImage | tuple[str, str]]
         except Exception as exc:  # a decoder bug must cost one row, not the shard
             results.append((Status.FAILED_TO_DECODE.value,
                             f"decode_error: {type(exc).__name__}: {exc}"[:300]))
+    malloc_trim()  # decoded originals are tens of MB: do not let the worker's heap keep them
     return results
