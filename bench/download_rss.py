@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             m = run_measured(cmd, timeout_s=args.timeout_s, log_path=out_root / f"{rows}.log",
                              env=_clean_env(), cwd=REPO)
             total, ok = count_clip_index_output(out)
-            results.append({"rows": rows, "rows_out": total, "successes": ok,
-                            "wall_s": round(m.wall_s, 1), "images_per_s": round(ok / m.wall_s, 1),
-                            "peak_rss_mb": round(m.peak_rss_mb), "peak_pss_mb": round(m.peak_pss_mb),
-                            "max_process_rss_mb": round(m.max_process_rss_mb),
-                            "exit": m.returncode})
+            results.append({
+                "rows": rows, "rows_out": total, "successes": ok, "wall_s": round(m.wall_s, 1),
+                "images_per_s": round(ok / m.wall_s, 1), "peak_rss_mb": round(m.peak_rss_mb),
+                "peak_pss_mb": round(m.peak_pss_mb),
+                "max_process_rss_mb": round(m.max_process_rss_mb), "exit": m.returncode})
             shutil.rmtree(out, ignore_errors=True)
     (out_root / "results.json").write_text(json.dumps(results, indent=2))
     print("| shard rows | rows out | successes | wall s | images/s | peak RSS MB (tree) | "

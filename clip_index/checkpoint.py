@@ -42,6 +42,11 @@ class ShardCheckpoint:
         self._fs, self._fs_folder = io.filesystem(self.folder)
         self._next = 0
 
+    @property
+    def active(self) -> bool:
+        """True while an interrupted run's checkpoint folder exists."""
+        return bool(self._fs.exists(self._fs_folder))
+
     def _chunk_paths(self) -> list[str]:
         if not self._fs.isdir(self._fs_folder):
             return []

@@ -74,8 +74,17 @@ def run_download(urls_dir: str, shard: int, output_dir: str,
         stats.skipped = True
         log.info("download: shard %d already complete, skipped", shard)
         return DownloadResult(output_dir, shard, stats)
-    stats = download_shard(io.join(urls_dir, io.shard_name(shard)),
-                           io.join(output_dir, io.shard_name(shard)), config, shard=shard)
+    output_path = io.join(output_dir, io.shard_name(shard))
+    if io.exists(output_path) and not ShardCheckpoint(output_path, schema.IMAGES_SCHEMA).active:
+        # killed after the shard was written but before its stats: count it, do not redo it
+        stats = ShardStats(shard=shard)
+        for batch in io.iter_parquet_batches(output_path, [schema.STATUS, schema.ERROR,
+                                                            schema.IMAGE]):
+            _count(stats, pa.Table.from_batches([batch]))
+        log.info("download: shard %d was written, its stats were not: counted again", shard)
+    else:
+        stats = download_shard(io.join(urls_dir, io.shard_name(shard)), output_path, config,
+                               shard=shard)
     io.write_json(stats_path, shard_metadata(stats))
     check_failure_rate(stats, config.max_failure_rate, "download")
     return DownloadResult(output_dir, shard, stats)

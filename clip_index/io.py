@@ -9,6 +9,7 @@ import posixpath
 import re
 import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -143,6 +144,14 @@ def write_parquet_atomic(path: str, table: pa.Table,
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     fs, fs_path = filesystem(path)
     return pq.read_table(fs_path, columns=columns, filesystem=fs)
+
+
+def iter_parquet_batches(path: str, columns: list[str] | None = None,
+                         batch_rows: int = 1000) -> Iterator[pa.RecordBatch]:
+    """A parquet file's rows in batches (bounded memory whatever the file's size)."""
+    fs, fs_path = filesystem(path)
+    with fs.open(fs_path, "rb") as f:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 def check_writable(directory: str) -> None:

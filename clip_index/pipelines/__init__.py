@@ -78,9 +78,12 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
         timeout_s: float = 20.0,
         download_retries: int = 2,
         concurrency: int = 128,
+        per_host_concurrency: int = 16,
         min_image_size: int = 0,
         max_aspect_ratio: float = 0.0,
+        max_image_bytes: int = 33554432,
         allow_private_networks: bool = False,
+        respect_opt_out: bool = True,
         max_failure_rate: float = 1.0,
         model: str = "ViT-B-32",
         pretrained: str = "laion2b_s34b_b79k",
@@ -104,9 +107,10 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings()) -> Any:
             download = c.download_images(
                 urls=load.outputs["urls"], shard=shard, image_size=image_size,
                 resize_mode=resize_mode, timeout_s=timeout_s, retries=download_retries,
-                concurrency=concurrency, min_image_size=min_image_size,
-                max_aspect_ratio=max_aspect_ratio, allow_private_networks=allow_private_networks,
-                max_failure_rate=max_failure_rate,
+                concurrency=concurrency, per_host_concurrency=per_host_concurrency,
+                min_image_size=min_image_size, max_aspect_ratio=max_aspect_ratio,
+                max_image_bytes=max_image_bytes, allow_private_networks=allow_private_networks,
+                respect_opt_out=respect_opt_out, max_failure_rate=max_failure_rate,
             ).set_display_name("Download images")
             download.set_cpu_limit(settings.download_cpu).set_memory_limit(
                 settings.download_memory)

@@ -157,3 +157,35 @@ def test_rerun_skips_a_complete_shard(tmp_path: Path, http_server: TestServer) -
     assert meta["bytes"] > 0
     second = run_download(str(urls_dir), 3, str(out_dir), config)
     assert second.stats.skipped and http_server.hits["/a.jpg"] == 1
+
+
+def test_stats_recounted_when_killed_before_they_were_written(
+        tmp_path: Path, http_server: TestServer) -> None:
+    urls_dir, out_dir = tmp_path / "urls", tmp_path / "images"
+    urls_dir.mkdir()
+    rows = [{"uid": "a", "url": http_server.add_bytes("/a.jpg", JPEG), "caption": None},
+            {"uid": "b", "url": http_server.url("/missing.jpg"), "caption": None}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema.URLS_SCHEMA),
+                   urls_dir / "part-00000.parquet")
+    config = DownloadConfig(allow_private_networks=True)
+    first = run_download(str(urls_dir), 0, str(out_dir), config)
+    (out_dir / "part-00000_stats.json").unlink()  # as if killed just before writing it
+    second = run_download(str(urls_dir), 0, str(out_dir), config)
+    assert http_server.hits["/a.jpg"] == 1  # not downloaded again
+    assert second.stats.statuses == first.stats.statuses == {"success": 1,
+                                                             "failed_to_download": 1}
+    assert second.stats.bytes == first.stats.bytes > 0
+    assert (out_dir / "part-00000_stats.json").exists()
+
+
+def test_a_changed_input_discards_the_checkpoint(tmp_path: Path,
+                                                 http_server: TestServer) -> None:
+    from clip_index.checkpoint import ShardCheckpoint
+
+    out = tmp_path / "part-00000.parquet"
+    checkpoint = ShardCheckpoint(str(out), schema.IMAGES_SCHEMA)
+    record = dict.fromkeys(schema.IMAGES_SCHEMA.names)
+    checkpoint.write([{**record, "uid": "old", "status": "success", "_row": 0}])
+    assert checkpoint.done_rows(["old", "x"]) == {0}
+    assert checkpoint.done_rows(["new", "x"]) == set()  # uid 0 changed: start over
+    assert not checkpoint.active
