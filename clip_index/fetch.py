@@ -3,8 +3,9 @@
 A total deadline per attempt (connect + headers + body, so a server that stalls or trickles
 cannot hold a row), bounded retries with exponential backoff and Retry-After on 408/425/429/5xx
 and connection errors, redirects followed by hand so that every hop passes the address guard,
-X-Robots-Tag opt-outs decided on the headers (before the body), and a size cap checked on
-Content-Length and again while the body streams in.
+X-Robots-Tag opt-outs decided on the headers (before the body), a size cap checked on
+Content-Length and again while the body streams in, and a per-host limit whose waiting time does
+not count against the deadline.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class _Retryable(RowError):
         self.retry_after_s = retry_after_s
 
 
+class _HostSlots:
+    """Requests allowed at once to one host, and how many rows are using or awaiting them."""
+
+    def __init__(self, limit: int) -> None:
+        self.semaphore = asyncio.Semaphore(limit)
+        self.users = 0
+
+
 class Fetcher:
     """Fetches one URL's body with a total deadline per attempt, bounded retries with backoff,
     redirects followed by hand (so every hop passes the address guard) and a size cap."""
@@ -43,9 +52,27 @@ class Fetcher:
     def __init__(self, session: aiohttp.ClientSession, config: DownloadConfig) -> None:
         self.session = session
         self.config = config
+        self._hosts: dict[str, _HostSlots] = {}
 
     async def fetch(self, url: str | None) -> bytes:
         url = normalise_url(url)
+        # wait for a per-host slot *before* the deadline starts: rows queued behind a busy
+        # host must not time out while they wait their turn (the connector's own per-host
+        # limit would count that wait against timeout_s)
+        host = (urlsplit(url).hostname or "").lower()
+        slots = self._hosts.get(host)
+        if slots is None:
+            slots = self._hosts[host] = _HostSlots(self.config.per_host_concurrency)
+        slots.users += 1
+        try:
+            async with slots.semaphore:
+                return await self._fetch(url)
+        finally:
+            slots.users -= 1
+            if not slots.users:
+                del self._hosts[host]
+
+    async def _fetch(self, url: str) -> bytes:
         last: RowError = RowError(Status.FAILED_TO_DOWNLOAD, "no_attempt")
         for attempt in range(self.config.retries + 1):
             if attempt:

@@ -297,3 +297,13 @@ def test_max_image_pixels(tmp_path: Path, http_server: TestServer) -> None:
     rows, _ = _run(tmp_path, [("a", url)], max_image_pixels=1_000_000)
     assert rows["a"]["status"] == "failed_to_decode"
     assert rows["a"]["error"].startswith("decompression_bomb: 1200x900 passes")
+
+
+def test_waiting_for_a_busy_host_is_not_a_timeout(tmp_path: Path,
+                                                  http_server: TestServer) -> None:
+    # 12 rows on one host, 2 at a time, 0.4 s each: the last ones wait ~2 s for their turn,
+    # longer than timeout_s, yet none of them timed out on the server
+    url = http_server.add("/slow.jpg", routes.slow_image(JPEG, 0.4))
+    rows, stats = _run(tmp_path, [(str(i), f"{url}?i={i}") for i in range(12)],
+                       per_host_concurrency=2, timeout_s=1.0, retries=0)
+    assert stats.successes == 12, stats.errors
