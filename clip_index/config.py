@@ -81,6 +81,9 @@ class DownloadConfig(_Config):
         decompression bombs (width × height of the original).
     allow_private_networks: allow loopback/private/link-local addresses (tests, the demo).
     respect_opt_out: honour ``X-Robots-Tag: noai / noimageai`` (status `opted_out`).
+    decode_workers: processes that decode and resize (0 = one per core).
+    checkpoint_rows: finished rows are saved in chunks of this many; a run killed mid-shard
+        redoes at most the unsaved chunk (and the rows in flight).
     max_failure_rate: the step fails when the share of non-successes passes this.
     """
 
@@ -100,6 +103,7 @@ class DownloadConfig(_Config):
     respect_opt_out: bool = True
     max_redirects: int = 5
     decode_workers: int = 0
+    checkpoint_rows: int = 500
     user_agent: str = "clip-index/0.1 (+https://github.com/clip-index/clip-index)"
     max_failure_rate: float = 1.0
 
@@ -127,6 +131,10 @@ class DownloadConfig(_Config):
         _check(self.max_redirects >= 0, "max_redirects", self.max_redirects, ">= 0")
         _check(self.decode_workers >= 0, "decode_workers", self.decode_workers,
                "0 (one per core) or a process count")
+        _check(self.checkpoint_rows >= 1, "checkpoint_rows", self.checkpoint_rows,
+               "rows per checkpoint chunk >= 1")
+        _check(self.user_agent.strip() != "", "user_agent", self.user_agent,
+               "a non-empty User-Agent naming the project")
         _check(0 <= self.max_failure_rate <= 1, "max_failure_rate", self.max_failure_rate,
                "a fraction in [0, 1]")
 

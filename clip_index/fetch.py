@@ -1,21 +1,229 @@
-"""Fetch one image URL at query time (search by image URL, the server's `image_url`) through the
-download step's own client: the address guard, redirects checked hop by hop, retries and the
-size cap of `DownloadConfig` — not a second HTTP client with weaker rules."""
+"""HTTP fetcher for the download step (and for query-time image URLs): one URL → its body, on a
+shared aiohttp session.
+
+A total deadline per attempt (connect + headers + body, so a server that stalls or trickles
+cannot hold a row), bounded retries with exponential backoff and Retry-After on 408/425/429/5xx
+and connection errors, redirects followed by hand so that every hop passes the address guard,
+X-Robots-Tag opt-outs decided on the headers (before the body), a size cap checked on
+Content-Length and again while the body streams in, and a per-host limit whose waiting time does
+not count against the deadline.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from clip_index.config import DownloadConfig
-from clip_index.download import Fetcher
-from clip_index.guard import GuardedResolver
+from clip_index.guard import (
+    BlockedURL,
+    GuardedResolver,
+    blocked_reason,
+    check_scheme_and_literal,
+)
+from clip_index.schema import RowError, Status
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+MAX_URL_CHARS = 8192  # longer URLs are refused before any request (most servers refuse them too)
+_MAX_BACKOFF_S = 30.0
+
+
+class _Retryable(RowError):
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(Status.FAILED_TO_DOWNLOAD, message)
+        self.retry_after_s = retry_after_s
+
+
+class _HostSlots:
+    """Requests allowed at once to one host, and how many rows are using or awaiting them."""
+
+    def __init__(self, limit: int) -> None:
+        self.semaphore = asyncio.Semaphore(limit)
+        self.users = 0
+
+
+class Fetcher:
+    """Fetches one URL's body with a total deadline per attempt, bounded retries with backoff,
+    redirects followed by hand (so every hop passes the address guard) and a size cap."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: DownloadConfig) -> None:
+        self.session = session
+        self.config = config
+        self._hosts: dict[str, _HostSlots] = {}
+
+    async def fetch(self, url: str | None) -> bytes:
+        url = normalise_url(url)
+        # wait for a per-host slot *before* the deadline starts: rows queued behind a busy
+        # host must not time out while they wait their turn (the connector's own per-host
+        # limit would count that wait against timeout_s)
+        host = (urlsplit(url).hostname or "").lower()
+        slots = self._hosts.get(host)
+        if slots is None:
+            slots = self._hosts[host] = _HostSlots(self.config.per_host_concurrency)
+        slots.users += 1
+        try:
+            async with slots.semaphore:
+                return await self._fetch(url)
+        finally:
+            slots.users -= 1
+            if not slots.users:
+                del self._hosts[host]
+
+    async def _fetch(self, url: str) -> bytes:
+        last: RowError = RowError(Status.FAILED_TO_DOWNLOAD, "no_attempt")
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                await asyncio.sleep(_backoff_s(attempt, last))
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    return await self._attempt(url)
+            except _Retryable as exc:
+                last = exc
+            except RowError:
+                raise
+            except TimeoutError:
+                last = _Retryable(f"timeout: no complete response in {self.config.timeout_s}s")
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                reason = blocked_reason(exc)
+                if reason:
+                    raise RowError(Status.BLOCKED, reason) from exc
+                if isinstance(exc, (aiohttp.InvalidURL, ValueError)):
+                    raise RowError(Status.FAILED_TO_DOWNLOAD, f"invalid_url: {exc}") from exc
+                last = _Retryable(f"connection_error: {type(exc).__name__}: {exc}"[:300])
+        raise last
+
+    async def _attempt(self, url: str) -> bytes:
+        visited: set[str] = set()
+        current = url
+        for _ in range(self.config.max_redirects + 1):
+            try:
+                check_scheme_and_literal(current, self.config.allow_private_networks)
+            except BlockedURL as exc:
+                raise RowError(Status.BLOCKED, str(exc)) from exc
+            visited.add(current)
+            # yarl quotes what needs quoting and keeps valid %XX escapes (no double encoding)
+            async with self.session.get(URL(current), allow_redirects=False) as resp:
+                if resp.status in REDIRECT_STATUS:
+                    current = self._next_hop(resp, visited)
+                    continue
+                self._check_response(resp)
+                return await self._read_body(resp)
+        raise RowError(Status.FAILED_TO_DOWNLOAD,
+                       f"too_many_redirects: more than max_redirects={self.config.max_redirects}")
+
+    @staticmethod
+    def _next_hop(resp: aiohttp.ClientResponse, visited: set[str]) -> str:
+        location = resp.headers.get("Location")
+        if not location:
+            raise RowError(Status.FAILED_TO_DOWNLOAD, f"http_{resp.status}: redirect, no Location")
+        target = str(resp.url.join(URL(location)))
+        if target in visited:
+            raise RowError(Status.FAILED_TO_DOWNLOAD, f"redirect_loop: back to {target}"[:300])
+        return target
+
+    def _check_response(self, resp: aiohttp.ClientResponse) -> None:
+        if resp.status in RETRYABLE_STATUS:
+            raise _Retryable(f"http_{resp.status}: {resp.reason}",
+                             _retry_after_s(resp.headers.get("Retry-After")))
+        if not 200 <= resp.status < 300:
+            raise RowError(Status.FAILED_TO_DOWNLOAD, f"http_{resp.status}: {resp.reason}")
+        if self.config.respect_opt_out:
+            directives = opt_out_directives(resp.headers.getall("X-Robots-Tag", []))
+            if directives:
+                raise RowError(Status.OPTED_OUT,
+                               f"opted_out: X-Robots-Tag {', '.join(sorted(directives))}")
+        length = resp.content_length
+        if length is not None and length > self.config.max_image_bytes:
+            raise RowError(Status.FAILED_TO_DOWNLOAD,
+                           f"too_large: Content-Length {length} passes "
+                           f"max_image_bytes={self.config.max_image_bytes}")
+
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        # one growing buffer rather than a list of chunks joined at the end
+        body = bytearray()
+        limit = self.config.max_image_bytes
+        while chunk := await resp.content.readany():
+            if len(body) + len(chunk) > limit:
+                raise RowError(Status.FAILED_TO_DOWNLOAD,
+                               f"too_large: body passes max_image_bytes={limit}")
+            body += chunk
+        if not body:
+            raise RowError(Status.FAILED_TO_DOWNLOAD, "empty_body: the server sent no bytes")
+        return bytes(body)  # a brief copy; the worker then reads it without another
+
+
+def opt_out_directives(values: Iterable[str], agent: str = "clip-index") -> set[str]:
+    """The opt-out directives in X-Robots-Tag header values that apply to us: those with no
+    user-agent prefix, or prefixed by our agent name (``clip-index: noai``)."""
+    found: set[str] = set()
+    for value in values:
+        scoped: str | None = None
+        for part in value.split(","):
+            part = part.strip().lower()
+            if ":" in part:
+                scoped, part = (p.strip() for p in part.split(":", 1))
+            if part in OPT_OUT_DIRECTIVES and scoped in (None, agent):
+                found.add(part)
+    return found
+
+
+def normalise_url(url: str | None) -> str:
+    """The URL stripped of surrounding blanks; RowError(invalid_url) for an empty, over-long or
+    unparsable URL, or an http(s) URL without a host or with a bad port."""
+    url = (url or "").strip()
+    if not url:
+        raise RowError(Status.FAILED_TO_DOWNLOAD, "invalid_url: empty URL")
+    if len(url) > MAX_URL_CHARS:
+        raise RowError(Status.FAILED_TO_DOWNLOAD,
+                       f"invalid_url: {len(url)} characters, more than {MAX_URL_CHARS}")
+    try:
+        parts = urlsplit(url)
+        if parts.scheme.lower() in ("http", "https"):
+            if not parts.hostname:
+                raise ValueError("no host")
+            _ = parts.port  # raises ValueError for a port out of range
+    except ValueError as exc:
+        raise RowError(Status.FAILED_TO_DOWNLOAD,
+                       f"invalid_url: {exc} in {url[:200]!r}") from exc
+    return url
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _backoff_s(attempt: int, last: RowError) -> float:
+    """Retry-After when the server gave one, else exponential backoff with jitter (capped)."""
+    hinted = getattr(last, "retry_after_s", None)
+    if hinted is not None:
+        return min(hinted, _MAX_BACKOFF_S)
+    return min(_MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random())
 
 
 async def fetch_url_async(url: str, config: DownloadConfig) -> bytes:
-    """The body of `url`; raises `schema.RowError` (status blocked / failed_to_download, with the
-    reason) exactly as the download step records it for a row."""
+    """One URL's body at query time (search by image URL, the server's `image_url`), through the
+    download step's own fetcher: the same guard, redirect checks, retries and size cap. Raises
+    `schema.RowError` (blocked / failed_to_download, with the reason) as a row would record."""
     config.validate()
     connector = aiohttp.TCPConnector(limit=1, resolver=GuardedResolver(
         config.allow_private_networks))

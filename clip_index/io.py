@@ -9,6 +9,7 @@ import posixpath
 import re
 import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -102,7 +103,8 @@ class AtomicParquetWriter:
     untouched, so a crashed step never leaves a shard that looks complete.
     """
 
-    def __init__(self, path: str, schema: pa.Schema) -> None:
+    def __init__(self, path: str, schema: pa.Schema,
+                 compression: str | dict[str, str] = "zstd") -> None:
         self.path = path
         self.schema = schema
         self._fs, fs_path = filesystem(path)
@@ -110,7 +112,7 @@ class AtomicParquetWriter:
         self._final = fs_path
         self._tmp = _temp_name(fs_path)
         self._file = self._fs.open(self._tmp, "wb")
-        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(self._file, schema, compression=compression)
         self.rows = 0
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
@@ -131,15 +133,25 @@ class AtomicParquetWriter:
             self._fs.rm(self._tmp)
 
 
-def write_parquet_atomic(path: str, table: pa.Table) -> None:
-    """Write one table as a parquet file, atomically."""
-    with AtomicParquetWriter(path, table.schema) as writer:
+def write_parquet_atomic(path: str, table: pa.Table,
+                         compression: str | dict[str, str] = "zstd") -> None:
+    """Write one table as a parquet file, atomically (`compression`: one codec, or a codec
+    per column)."""
+    with AtomicParquetWriter(path, table.schema, compression) as writer:
         writer.write(table)
 
 
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     fs, fs_path = filesystem(path)
     return pq.read_table(fs_path, columns=columns, filesystem=fs)
+
+
+def iter_parquet_batches(path: str, columns: list[str] | None = None,
+                         batch_rows: int = 1000) -> Iterator[pa.RecordBatch]:
+    """A parquet file's rows in batches (bounded memory whatever the file's size)."""
+    fs, fs_path = filesystem(path)
+    with fs.open(fs_path, "rb") as f:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
 
 def check_writable(directory: str) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 import pyarrow as pa
+
+# Row statuses and the per-row error live in clip_index.status (no pyarrow there, so the
+# download step's decode workers stay small); they are part of this contract all the same.
+from clip_index.status import STATUSES, RowError, Status
+
+__all__ = ["STATUSES", "RowError", "Status"]
 
 # Column names shared by every step (the same names from pipeline to parquet).
 UID = "uid"
@@ -24,36 +28,6 @@ QUERY = "query"
 RANK = "rank"
 SCORE = "score"
 
-
-class Status(str, Enum):
-    """What happened to one row. Every row that enters a step leaves it with one of these."""
-
-    SUCCESS = "success"
-    FAILED_TO_DOWNLOAD = "failed_to_download"
-    FAILED_TO_DECODE = "failed_to_decode"
-    FILTERED = "filtered"
-    OPTED_OUT = "opted_out"
-    BLOCKED = "blocked"
-    FAILED_TO_EMBED = "failed_to_embed"
-
-
-STATUSES = [s.value for s in Status]
-
-
-class RowError(Exception):
-    """A per-row failure: recorded as the row's `status` and `error`, never raised out of a step.
-
-    The message starts with a short error kind (``http_404: Not Found``) that stats count by.
-    """
-
-    def __init__(self, status: Status, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-    def __reduce__(self) -> tuple[type[RowError], tuple[Status, str]]:
-        # raised in decode worker processes: must unpickle with both arguments, or the
-        # process pool breaks for every row after it
-        return (type(self), (self.status, str(self)))
 
 # load → download: one row per input row.
 URLS_SCHEMA = pa.schema(

@@ -61,9 +61,12 @@ def download_images(
     timeout_s: float = 20.0,
     retries: int = 2,
     concurrency: int = 128,
+    per_host_concurrency: int = 16,
     min_image_size: int = 0,
     max_aspect_ratio: float = 0.0,
+    max_image_bytes: int = 32 * 1024 * 1024,
     allow_private_networks: bool = False,
+    respect_opt_out: bool = True,
     max_failure_rate: float = 1.0,
 ) -> None:
     """Download, verify, resize and re-encode the images of one URL shard.
@@ -77,9 +80,13 @@ def download_images(
         timeout_s: Total deadline per request attempt, seconds.
         retries: Extra attempts after a retryable failure (timeouts, 429, 5xx).
         concurrency: Requests in flight.
+        per_host_concurrency: Requests in flight to one host (politeness).
         min_image_size: Images with a shorter side below this are filtered (pixels).
         max_aspect_ratio: Images more elongated than this are filtered (0 = off).
-        allow_private_networks: Allow private/loopback addresses (off on cloud workers).
+        max_image_bytes: Bodies larger than this are refused (bytes).
+        allow_private_networks: Allow private/loopback/link-local addresses (off on cloud
+            workers: it would expose the metadata server).
+        respect_opt_out: Honour X-Robots-Tag noai/noimageai (rows become opted_out).
         max_failure_rate: Fail the task when the shard's failure share passes this.
     """
     from clip_index.config import DownloadConfig
@@ -87,9 +94,11 @@ def download_images(
 
     config = DownloadConfig(image_size=image_size, resize_mode=resize_mode, timeout_s=timeout_s,
                             retries=retries, concurrency=concurrency,
+                            per_host_concurrency=per_host_concurrency,
                             min_image_size=min_image_size, max_aspect_ratio=max_aspect_ratio,
+                            max_image_bytes=max_image_bytes,
                             allow_private_networks=allow_private_networks,
-                            max_failure_rate=max_failure_rate)
+                            respect_opt_out=respect_opt_out, max_failure_rate=max_failure_rate)
     images.metadata.update(run_download(urls.path, int(shard), images.path, config).as_metadata())
 
 
