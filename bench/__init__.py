@@ -1,0 +1,1 @@
+"""Benchmarks for clip-index (not part of the installed package)."""
