@@ -155,7 +155,11 @@ class _BackgroundWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             while self.pending:
-                self.pending.popleft().result()
+                future = self.pending.popleft()
+                if exc_type is None:
+                    future.result()  # the first write error surfaces here
+                else:
+                    future.cancel()  # the step failed already: that error is the one to see
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
