@@ -118,7 +118,7 @@ def embed_images(
         dtype: Stored embedding type, float32 or float16 (half the disk).
         seed: Seed for random weights (pretrained='none').
         precision: auto (bf16 autocast on GPU, exact fp32 on CPU), fp32, bf16 or fp16.
-        num_workers: Image decoding processes (-1 = all cores but one on GPU, 1 on CPU).
+        num_workers: Image decoding processes (-1 = all cores but one on GPU, none on CPU).
     """
     from clip_index.config import EmbedConfig
     from clip_index.embed import run_embed
