@@ -166,7 +166,7 @@ class _BackgroundWriter:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class ImageRows(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+class ImageRows(torch.utils.data.IterableDataset):
     """Successful rows of an image parquet, decoded and transformed; row groups are divided
     among DataLoader workers. Yields dicts; undecodable images carry an error instead."""
 

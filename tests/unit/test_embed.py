@@ -180,3 +180,19 @@ def test_cli_names_the_closest_models_and_how_to_pass_a_checkpoint(tmp_path, cap
     assert main([*base, "--model", "ViT-B-32", "--pretrained", missing]) == 2
     assert "not a file nor a pretrained tag" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_decode_workers_give_the_same_rows(tmp_path) -> None:
+    """Decoding in DataLoader worker processes (the GPU default) changes nothing in the output."""
+    _image_shard(str(tmp_path / "images" / io.shard_name(0)))
+    outputs = {}
+    for workers in (0, 2):
+        config = EmbedConfig(**{**CONFIG.as_dict(), "num_workers": workers})
+        run_embed(str(tmp_path / "images"), 0, str(tmp_path / f"emb{workers}"), config)
+        rows = io.read_parquet(str(tmp_path / f"emb{workers}" / io.shard_name(0))).to_pylist()
+        outputs[workers] = {r["uid"]: (r["status"], r["embedding"]) for r in rows}
+    assert outputs[0].keys() == outputs[2].keys() and len(outputs[0]) == 7
+    for uid, (status, vector) in outputs[0].items():
+        assert outputs[2][uid][0] == status
+        if vector is not None:
+            np.testing.assert_array_equal(outputs[2][uid][1], vector)
