@@ -146,9 +146,14 @@ class EmbedConfig(_Config):
     model: an open_clip model name (``open_clip.list_models()``) or a custom config name.
     pretrained: an open_clip pretrained tag, a local checkpoint path, ``bundled`` (the tiny CLIP
         shipped with clip-index, for the `tiny-clip` model) or ``none`` (random weights, seeded).
-    batch_size: images per forward pass (0 = pick for the device: 256 on CUDA, 64 on CPU).
-    num_workers: DataLoader processes decoding and preprocessing (-1 = one per core, max 8).
-    dtype: the stored embedding type; float16 halves the disk.
+    batch_size: images per forward pass (0 = pick for the device: 256 per GPU, 64 on CPU);
+        halved on CUDA out-of-memory.
+    num_workers: DataLoader processes decoding and preprocessing (-1 = pick for the device: all
+        cores but one, max 16, on CUDA; 0 on CPU: decode in the main process, as the forward
+        pass needs the cores).
+    device: auto (CUDA when available; every visible GPU is used), cpu or cuda.
+    precision: auto (bf16 autocast on CUDA, exact fp32 on CPU), fp32, bf16 or fp16 (autocast).
+    dtype: the stored embedding type; float16 halves the disk (see BENCHMARKS.md for recall).
     """
 
     model: str = "ViT-B-32"

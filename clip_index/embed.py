@@ -7,11 +7,14 @@ on CUDA), embeddings are L2-normalised, and every input row leaves with a status
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import functools
 import io as _io
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +48,22 @@ class EmbedResult:
         return {**self.stats.as_dict(), **self.model}
 
 
-def default_batch_size(device: str) -> int:
-    return 256 if device == "cuda" else 64
+def default_batch_size(device: str, gpus: int = 1) -> int:
+    """Images per forward pass: 256 per GPU (bf16 ViT-B-32 uses ~2 GB at 256), 64 on CPU
+    (throughput is flat from 32 up, REFERENCES §5)."""
+    return 256 * max(1, gpus) if device == "cuda" else 64
 
 
 def default_num_workers(device: str) -> int:
-    # on CPU the forward pass needs the cores; one decoder keeps it fed (REFERENCES §5)
-    return min(8, os.cpu_count() or 1) if device == "cuda" else 1
+    """DataLoader decode processes: on CUDA all cores but the one feeding the GPU (max 16); on
+    CPU none: decoding costs ~2% of the forward pass's CPU, and on a small machine a worker
+    process only competes with the forward pass's threads (bench/embed: 94-101% of the
+    ceiling without a worker, 80-96% with one, on 2 cores)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(16, max(1, cores - 1)) if device == "cuda" else 0
 
 
 def run_embed(images_dir: str, shard: int, output_dir: str, config: EmbedConfig) -> EmbedResult:
@@ -76,7 +88,11 @@ def run_embed(images_dir: str, shard: int, output_dir: str, config: EmbedConfig)
 
 def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: EmbedConfig,
                 shard: int = 0) -> ShardStats:
-    """Embed every successful row of one image parquet; pass the other rows through."""
+    """Embed every successful row of one image parquet; pass the other rows through.
+
+    Workers decode and run the PIL part of the preprocess; the main process runs the forward
+    pass; a writer thread turns each batch into parquet rows while the next batch is encoded.
+    """
     start = time.monotonic()
     stats = ShardStats(shard=shard)
     out_schema = schema.embeddings_schema(clip.dim, config.dtype)
@@ -84,32 +100,26 @@ def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: Embe
     ok = pc.equal(meta.column(schema.STATUS), Status.SUCCESS.value)
     failed = meta.filter(pc.invert(ok))
     n_ok = meta.num_rows - failed.num_rows
-    batch_size = config.batch_size or default_batch_size(clip.device)
+    batch_size = config.batch_size or default_batch_size(clip.device, clip.gpus)
     workers = default_num_workers(clip.device) if config.num_workers < 0 else config.num_workers
     progress = Progress(f"embed shard {shard}", meta.num_rows)
-    with io.AtomicParquetWriter(output_path, out_schema) as writer:
+    with io.AtomicParquetWriter(output_path, out_schema) as writer, \
+            _BackgroundWriter(writer, stats, progress) as sink:
         if failed.num_rows:  # failures of earlier steps stay in the data, with their reasons
-            writer.write(failed.append_column(
+            sink.put(lambda: failed.append_column(
                 schema.EMBEDDING, pa.nulls(failed.num_rows, out_schema.field(schema.EMBEDDING).type)
             ))
-            for status, error in zip(failed.column(schema.STATUS).to_pylist(),
-                                     failed.column(schema.ERROR).to_pylist()):
-                stats.count(status, error)
-            progress.update(failed.num_rows)
         if n_ok:
+            transform = clip.split.pil_stage if clip.split else clip.preprocess
             loader = torch.utils.data.DataLoader(
-                ImageRows(input_path, clip.preprocess), batch_size=batch_size,
-                num_workers=workers, collate_fn=collate, pin_memory=clip.device == "cuda",
-                persistent_workers=False,
+                ImageRows(input_path, transform), batch_size=batch_size, num_workers=workers,
+                collate_fn=collate, pin_memory=clip.device == "cuda", persistent_workers=False,
             )
-            encoder = BatchEncoder(clip)
+            encoder = BatchEncoder(clip, config.precision)
             for batch in loader:
-                rows = _embedded_rows(batch, encoder, config.dtype, out_schema)
-                writer.write(rows)
-                for status, error in zip(rows.column(schema.STATUS).to_pylist(),
-                                         rows.column(schema.ERROR).to_pylist()):
-                    stats.count(status, error)
-                progress.update(rows.num_rows)
+                embeddings = encoder(batch["pixels"]) if batch["good"] else None
+                sink.put(functools.partial(_embedded_rows, batch, embeddings, config.dtype,
+                                           out_schema))
     stats.seconds = progress.close()
     log.info("embed: shard %d: %d rows, %d embedded in %.1fs (%.1f img/s)", shard, stats.rows,
              stats.successes, time.monotonic() - start,
@@ -117,13 +127,52 @@ def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: Embe
     return stats
 
 
-class ImageRows(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
-    """Successful rows of an image parquet, decoded and preprocessed; row groups are divided
+class _BackgroundWriter:
+    """Builds and writes each batch's rows on one thread, so writing overlaps the next forward
+    pass; at most `depth` batches wait. Leaving the block waits for every write and re-raises
+    the first error."""
+
+    def __init__(self, writer: io.AtomicParquetWriter, stats: ShardStats, progress: Progress,
+                 depth: int = 2) -> None:
+        self.writer, self.stats, self.progress, self.depth = writer, stats, progress, depth
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed-writer")
+        self.pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+
+    def put(self, make_rows: Callable[[], pa.Table]) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._write, make_rows))
+
+    def _write(self, make_rows: Callable[[], pa.Table]) -> None:
+        rows = make_rows()
+        self.writer.write(rows)
+        for status, error in zip(rows.column(schema.STATUS).to_pylist(),
+                                 rows.column(schema.ERROR).to_pylist()):
+            self.stats.count(status, error)
+        self.progress.update(rows.num_rows)
+
+    def __enter__(self) -> _BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            while self.pending:
+                future = self.pending.popleft()
+                if exc_type is None:
+                    future.result()  # the first write error surfaces here
+                else:
+                    future.cancel()  # the step failed already: that error is the one to see
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ImageRows(torch.utils.data.IterableDataset):
+    """Successful rows of an image parquet, decoded and transformed; row groups are divided
     among DataLoader workers. Yields dicts; undecodable images carry an error instead."""
 
-    def __init__(self, path: str, preprocess: Any) -> None:
+    def __init__(self, path: str, transform: Any) -> None:
         self.path = path
-        self.preprocess = preprocess
+        self.transform = transform  # PIL image -> tensor (3, H, W), float32 or uint8
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from PIL import Image
@@ -141,7 +190,7 @@ class ImageRows(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                     image = row.pop(schema.IMAGE)
                     try:
                         with Image.open(_io.BytesIO(image)) as img:
-                            row["pixels"] = self.preprocess(img.convert("RGB"))
+                            row["pixels"] = self.transform(img.convert("RGB"))
                     except Exception as exc:  # counted in collate, never a crash
                         row["pixels"] = None
                         row[schema.STATUS] = Status.FAILED_TO_DECODE.value
@@ -161,22 +210,25 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class BatchEncoder:
-    """Encodes image batches; on CUDA out-of-memory it halves the batch and goes on."""
+    """Encodes image batches; on CUDA out-of-memory it halves the batch and goes on (and keeps
+    the smaller size for the batches after)."""
 
-    def __init__(self, clip: ClipModel) -> None:
+    def __init__(self, clip: ClipModel, precision: str = "auto") -> None:
         self.clip = clip
+        self.precision = precision
         self.max_batch: int | None = None
 
     def __call__(self, pixels: Any) -> np.ndarray:
-        step = self.max_batch or len(pixels)
+        step = min(self.max_batch or len(pixels), len(pixels))
         parts = []
         start = 0
         while start < len(pixels):
             try:
-                parts.append(self.clip.encode_images(pixels[start:start + step]))
+                parts.append(self.clip.encode_images(pixels[start:start + step], self.precision))
                 start += step
             except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 if step == 1:
                     raise
                 step = max(1, step // 2)
@@ -185,14 +237,14 @@ class BatchEncoder:
         return np.concatenate(parts) if parts else np.zeros((0, self.clip.dim), np.float32)
 
 
-def _embedded_rows(batch: dict[str, Any], encoder: BatchEncoder, dtype: str,
+def _embedded_rows(batch: dict[str, Any], embeddings: np.ndarray | None, dtype: str,
                    out_schema: pa.Schema) -> pa.Table:
     """One table for a batch: the embedded rows, then the rows that failed to decode."""
     parts = []
     vector_type = out_schema.field(schema.EMBEDDING).type
     meta_schema = out_schema.remove(out_schema.get_field_index(schema.EMBEDDING))
-    if batch["good"]:
-        embeddings = encoder(batch["pixels"]).astype(dtype)
+    if batch["good"] and embeddings is not None:
+        embeddings = embeddings.astype(dtype)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)),
                                                     embeddings.shape[1])
         good = pa.Table.from_pylist(batch["good"], schema=meta_schema)

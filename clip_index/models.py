@@ -7,11 +7,13 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from clip_index.pixels import SplitPreprocess, split_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,11 @@ NO_WEIGHTS = "none"
 
 @dataclass
 class ClipModel:
-    """A loaded open_clip model with its image preprocess, tokenizer and embedding size."""
+    """A loaded open_clip model with its image preprocess, tokenizer and embedding size.
+
+    On CUDA with more than one visible GPU, image batches are split across all of them
+    (`torch.nn.DataParallel` over the image tower); the output is the same as on one GPU.
+    """
 
     name: str
     pretrained: str
@@ -31,6 +37,8 @@ class ClipModel:
     dim: int
     device: str
     seed: int = 0
+    _visual: Any = field(default=None, repr=False)  # the image tower, data-parallel when >1 GPU
+    _split: Any = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
         """What the embed manifest records about the model (and a query must match); the seed
@@ -38,22 +46,64 @@ class ClipModel:
         return {"model": self.name, "pretrained": self.pretrained, "dim": self.dim,
                 "seed": self.seed}
 
-    def encode_text(self, texts: list[str]) -> np.ndarray:
+    @property
+    def gpus(self) -> int:
+        """GPUs an image batch is spread over (0 on CPU)."""
+        if self.device != "cuda":
+            return 0
+        import torch
+
+        return int(torch.cuda.device_count())
+
+    @property
+    def split(self) -> SplitPreprocess | None:
+        """`preprocess` cut into a PIL stage (workers) and a tensor stage (device), or None."""
+        if self._split is None:
+            self._split = split_preprocess(self.preprocess) or False
+        return self._split or None
+
+    def encode_text(self, texts: list[str], precision: str = "auto") -> np.ndarray:
         """L2-normalised text embeddings, float32, shape (len(texts), dim)."""
         import torch
 
         tokens = self.tokenizer(texts).to(self.device)
-        with torch.inference_mode(), autocast(self.device, "auto"):
+        with torch.inference_mode(), autocast(self.device, precision):
             features = self.model.encode_text(tokens).float()
         return normalise(features.cpu().numpy())
 
-    def encode_images(self, pixels: Any) -> np.ndarray:
-        """L2-normalised image embeddings of a preprocessed (N, 3, H, W) tensor, float32."""
+    def encode_images(self, pixels: Any, precision: str = "auto") -> np.ndarray:
+        """L2-normalised image embeddings, float32, shape (N, dim), of a (N, 3, H, W) tensor:
+        float32 = `preprocess` output, or uint8 = the PIL stage of `split` (finished here, on
+        the device). precision: 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32', 'bf16',
+        'fp16'."""
         import torch
 
-        with torch.inference_mode(), autocast(self.device, "auto"):
-            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return normalise(features.float().cpu().numpy())
+        with torch.inference_mode():
+            pixels = pixels.to(self.device, non_blocking=True)
+            if pixels.dtype == torch.uint8:
+                if self.split is None:
+                    raise ValueError(f"uint8 pixels need a splittable preprocess; {self.name}'s "
+                                     "is not: pass preprocess() output")
+                pixels = self.split.tensor_stage(pixels)
+            with autocast(self.device, precision):
+                features = self._image_tower()(pixels)
+            return normalise(features.float().cpu().numpy())
+
+    def _image_tower(self) -> Any:
+        """A callable computing open_clip's `encode_image` (unnormalised). For the CLIP classes
+        that is the image tower alone, made data-parallel on >1 GPU (only it is replicated);
+        other classes (e.g. CoCa, whose tower returns more) run `encode_image` on one GPU."""
+        if self._visual is None:
+            if type(self.model).__name__ not in ("CLIP", "CustomTextCLIP"):
+                self._visual = self.model.encode_image
+            elif self.gpus > 1:
+                import torch
+
+                self._visual = torch.nn.DataParallel(self.model.visual)
+                log.info("image tower data-parallel over %d GPUs", self.gpus)
+            else:
+                self._visual = self.model.visual
+        return self._visual
 
 
 def normalise(x: np.ndarray) -> np.ndarray:

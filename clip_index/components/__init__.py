@@ -111,6 +111,8 @@ def embed_images(
     batch_size: int = 0,
     dtype: str = "float32",
     seed: int = 0,
+    precision: str = "auto",
+    num_workers: int = -1,
 ) -> None:
     """Embed the downloaded images of one shard with an open_clip model (GPU when present).
 
@@ -120,15 +122,18 @@ def embed_images(
         embeddings: Output folder: part-NNNNN.parquet (every row; L2-normalised embedding) + stats.
         model: open_clip model name.
         pretrained: Pretrained tag, checkpoint path, 'bundled' (tiny-clip) or 'none'.
-        batch_size: Images per forward pass (0 = 256 on GPU, 64 on CPU).
-        dtype: Stored embedding type, float32 or float16.
+        batch_size: Images per forward pass (0 = 256 per GPU, 64 on CPU); halved on CUDA
+            out-of-memory.
+        dtype: Stored embedding type, float32 or float16 (half the disk).
         seed: Seed for random weights (pretrained='none').
+        precision: auto (bf16 autocast on GPU, exact fp32 on CPU), fp32, bf16 or fp16.
+        num_workers: Image decoding processes (-1 = all cores but one on GPU, none on CPU).
     """
     from clip_index.config import EmbedConfig
     from clip_index.embed import run_embed
 
     config = EmbedConfig(model=model, pretrained=pretrained, batch_size=batch_size, dtype=dtype,
-                         seed=seed)
+                         seed=seed, precision=precision, num_workers=num_workers)
     embeddings.metadata.update(
         run_embed(images.path, int(shard), embeddings.path, config).as_metadata())
 

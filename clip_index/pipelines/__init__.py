@@ -126,6 +126,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         batch_size: int = 0,
         dtype: str = "float32",
         seed: int = 0,
+        precision: str = "auto",
         max_index_memory_usage: str = "4G",
         current_memory_available: str = "16G",
         max_index_query_time_ms: float = 10.0,
@@ -160,6 +161,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             embed = c.embed_images(
                 images=download.outputs["images"], shard=shard, model=model,
                 pretrained=pretrained, batch_size=batch_size, dtype=dtype, seed=seed,
+                precision=precision,
             ).set_display_name("Embed images")
             embed.set_cpu_limit(settings.embed_cpu).set_memory_limit(settings.embed_memory)
             if settings.gpu_count:
