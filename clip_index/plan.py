@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # ── Rates (images or rows per second) and where each figure comes from ────────────────────────
-# REFERENCES = /work/shared/REFERENCES.md (to move into BENCHMARKS.md with the lead's tables).
+# REFERENCES = the team's ../shared/REFERENCES.md (measured baselines and the reference run).
 RATES: dict[str, tuple[float, str]] = {
     # img2dataset's own claim, ~100 img/s per core; measured here on a DataComp-like size mix:
     # 259-260 img/s on 2 cores, CPU-bound, loopback (REFERENCES §2, §5). Real hosts add DNS and

@@ -142,7 +142,7 @@ def test_no_cache_turns_caching_off_for_every_task(tmp_path: Path) -> None:
     (["--param", "datset=x"], "unknown pipeline parameters ['datset']"),
     (["--param", "dataset=org/name"], "missing required pipeline parameters ['output_dir']"),
     (["--param", "limit=ten"], "limit='ten': expected number_integer"),
-    (["--param", "output_dir=/tmp/out"], "expected a gs:// folder"),
+    (["--param", "output_dir=out/index"], "expected a gs:// folder"),
     (["--param", "resize_mode=stretch"], "resize_mode='stretch'"),
     (["--labels", "Team=x"], "label 'Team=x'"),
 ])
