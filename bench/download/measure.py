@@ -96,7 +96,8 @@ def _tree(root: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _cpu_of(pids: Sequence[int]) -> float:
+def cpu_of(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes (the ones that still exist)."""
     total = 0.0
     for pid in pids:
         try:
@@ -192,7 +193,7 @@ def run_measured(
     others = others or {}
     become_subreaper()
     other_pids = {name: get() for name, get in others.items()}
-    other_before = {name: _cpu_of(pids) for name, pids in other_pids.items()}
+    other_before = {name: cpu_of(pids) for name, pids in other_pids.items()}
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     busy_before = machine_busy_s()
@@ -265,7 +266,7 @@ def run_measured(
     busy = machine_busy_s() - busy_before
     cpu = (usage_after.ru_utime - usage_before.ru_utime
            + usage_after.ru_stime - usage_before.ru_stime)
-    other_cpu = {name: round(_cpu_of(other_pids[name]) - other_before[name], 2) for name in others}
+    other_cpu = {name: round(cpu_of(other_pids[name]) - other_before[name], 2) for name in others}
     own = (self_after.ru_utime - self_before.ru_utime + self_after.ru_stime - self_before.ru_stime)
     background = max(0.0, busy - cpu - own - sum(other_cpu.values())) / wall if wall else 0.0
     m = Measurement(

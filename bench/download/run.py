@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from bench.download import corpus as corpus_mod
 from bench.download import peers, quality
 from bench.download.ceiling import measure_ceiling
-from bench.download.measure import machine_busy_s
+from bench.download.measure import cpu_of, machine_busy_s
 from bench.download.server import NginxServer, ServerError, ensure_nginx, nginx_version
 
 logger = logging.getLogger("bench.download")
@@ -189,11 +189,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             if args.wait_idle:
                 wait_for_idle(args.wait_idle, args.idle_cores)
             nginx_pids = server.pids()
-            cpu0 = _cpu(nginx_pids)
+            cpu0 = cpu_of(nginx_pids)
             ceiling = measure_ceiling(url_list, concurrency=args.ceiling_concurrency)
             results["ceiling"] = {**ceiling.__dict__, "req_per_s": round(ceiling.req_per_s),
                                   "mb_per_s": round(ceiling.mb_per_s, 1),
-                                  "nginx_cpu_s": round(_cpu(nginx_pids) - cpu0, 2)}
+                                  "nginx_cpu_s": round(cpu_of(nginx_pids) - cpu0, 2)}
         if i2d_exe is not None:
             for threads in args.i2d_threads:
                 tries = []
@@ -249,18 +249,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results
 
-
-def _cpu(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
 
 
 # ---------------------------------------------------------------- report
