@@ -7,7 +7,7 @@ The library never reads environment variables: everything comes in through these
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
@@ -34,11 +34,7 @@ class _Config:
         raise NotImplementedError
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload, no-any-return]
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        return asdict(self)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)

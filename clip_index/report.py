@@ -123,7 +123,8 @@ def sample_queries_of(output_dir: str, n: int, k: int) -> list[tuple[Thumb, list
         row = table.slice(pick, 1).to_pylist()[0]
         query = Thumb(row[schema.UID], row[schema.URL], row[schema.CAPTION], None, None)
         results = index.search_embedding(embeddings_array(table.slice(pick, 1)), k)[0]
-        samples.append((query, [Thumb(r.uid, r.url, r.caption, r.score, None) for r in results]))
+        samples.append((query, [Thumb(r.uid or str(r.id), r.url, r.caption, r.score, None)
+                                for r in results]))
     return samples
 
 

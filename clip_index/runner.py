@@ -18,7 +18,7 @@ from clip_index.config import DownloadConfig, EmbedConfig, IndexConfig, LoadConf
 log = logging.getLogger(__name__)
 
 # pipeline parameter → config field, where the names differ
-_RENAMES = {DownloadConfig: {"download_retries": "retries"}}
+_RENAMES: dict[type, dict[str, str]] = {DownloadConfig: {"download_retries": "retries"}}
 
 
 def configs_from_params(params: dict[str, Any]) -> dict[str, Any]:
