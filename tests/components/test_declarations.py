@@ -1,0 +1,41 @@
+"""Component declarations: every parameter documented (the Vertex UI shows the docstring), and
+every step parameter the same name and default as its config field (DESIGN convention 2)."""
+
+import dataclasses
+import inspect
+
+import pytest
+
+from clip_index import components
+from clip_index.config import DownloadConfig, EmbedConfig, IndexConfig, LoadConfig
+
+STEP_CONFIGS = {
+    components.load_dataset: LoadConfig,
+    components.download_images: DownloadConfig,
+    components.embed_images: EmbedConfig,
+    components.build_index: IndexConfig,
+}
+ALL = [f for f in vars(components).values()
+       if inspect.isfunction(f) and f.__module__ == components.__name__
+       and f.__name__ != "make_components"]
+
+
+@pytest.mark.parametrize("func", ALL, ids=lambda f: f.__name__)
+def test_every_parameter_is_documented(func) -> None:
+    doc = inspect.getdoc(func) or ""
+    assert "Args:" in doc, func.__name__
+    for name in inspect.signature(func).parameters:
+        assert f"\n    {name}:" in doc, f"{func.__name__}: parameter {name!r} not documented"
+
+
+@pytest.mark.parametrize("func", list(STEP_CONFIGS), ids=lambda f: f.__name__)
+def test_step_parameters_match_the_config(func) -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(STEP_CONFIGS[func])}
+    checked = 0
+    for name, param in inspect.signature(func).parameters.items():
+        if param.default is inspect.Parameter.empty or name not in fields:
+            continue
+        assert param.default == fields[name], f"{func.__name__}.{name}: component default " \
+            f"{param.default!r} != config default {fields[name]!r}"
+        checked += 1
+    assert checked >= 3, f"{func.__name__}: expected its step parameters to be config fields"
