@@ -168,7 +168,9 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
         "index_param": quality.get("index_param", infos.get("index_param")),
         "autofaiss_index_param": infos.get("index_param"),
         "metric": "inner_product", "vectors": n, "dim": dim, "size_bytes": size,
-        "build_seconds": round(build_s, 2), **quality,
+        "build_seconds": round(build_s, 2),
+        "seconds": round(time.monotonic() - start, 2),  # the whole step: build, tune, measure
+        **quality,
         "model": manifest["model"], "pretrained": manifest["pretrained"],
         "autofaiss": {k: v for k, v in infos.items() if k not in ("index_key", "index_param")},
     }

@@ -27,13 +27,15 @@ class WriteResult:
 
     output_dir: str
     manifest: dict[str, Any]
+    seconds: float = 0.0
 
     def as_metadata(self) -> dict[str, Any]:
         m = self.manifest
         return {"output_dir": self.output_dir, **{k: m[k] for k in MODEL_KEYS},
                 **{k: m["totals"][k] for k in ("rows", "successes", "failures", "success_rate")},
                 "statuses": m["totals"]["statuses"], "errors": m["totals"].get("errors", {}),
-                "shards": len(m["shards"]), "bytes": m["totals"].get("bytes", 0)}
+                "shards": len(m["shards"]), "bytes": m["totals"].get("bytes", 0),
+                "seconds": round(self.seconds, 2)}
 
 
 def find_embedding_shards(embedding_dirs: list[str]) -> list[tuple[int, str, dict[str, Any]]]:
@@ -93,4 +95,4 @@ def run_write(embedding_dirs: list[str], output_dir: str) -> WriteResult:
     io.write_json(io.join(output_dir, schema.MANIFEST), manifest)
     log.info("write: %d rows, %d embedded, into %s (%.1fs)", totals["rows"], totals["successes"],
              output_dir, time.monotonic() - start)
-    return WriteResult(output_dir, manifest)
+    return WriteResult(output_dir, manifest, time.monotonic() - start)

@@ -44,6 +44,8 @@ def test_run_accounts_for_every_row_and_finds_images(tmp_path, sample_dir, http_
     out = tmp_path / "out"
     summary = run_local(_params(urls, out), pipeline_root=str(tmp_path / "root"))
     assert "rows: 122" in summary
+    for step in ("download-images", "embed-images", "write-embeddings", "build-index"):
+        assert f"{step} " in summary  # seconds per step, from each task's artifact metadata
 
     manifest = io.read_json(str(out / "manifest.json"))
     totals = manifest["totals"]
