@@ -308,7 +308,7 @@ def report(results: dict[str, Any]) -> str:
         "sys of the tool's whole process tree (`getrusage(RUSAGE_CHILDREN)` delta); peak RSS = "
         "largest sum of RSS over the tree, sampled every 0.1 s (pages shared between processes "
         "count once per process); peak PSS = the same with shared pages split between their "
-        "processes (sampled every 0.5 s); nginx CPU is the server's, not included in the tool's. "
+        "processes (sampled every 1 s); nginx CPU is the server's, not included in the tool's. "
         "Both tools: "
         "JPEG q95 output to parquet, timeout 10 s (img2dataset) / tool default (clip-index), "
         "no retries for img2dataset. Other load = CPU used by unrelated processes during the "
