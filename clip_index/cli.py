@@ -237,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     from clip_index import config as cfg
     from clip_index.pipelines import make_index_pipeline
 
-    parser = argparse.ArgumentParser(prog="clip-index", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="clip-index",
+        description="Turn an image-URL dataset into a CLIP search index (a KFP pipeline that runs "
+        "locally, on Vertex AI and on Kubeflow), then query, serve and publish it.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
