@@ -271,13 +271,23 @@ def report(results: dict[str, Any]) -> str:
         f"{v['nginx']} on 127.0.0.1, 1 worker process, keep-alive.",
     ]
     ceiling = results.get("ceiling")
+    fastest = max((r["images_per_s"] for r in results["runs"] if r["available"]), default=0)
     if ceiling:
+        client_load = ceiling["client_cpu_s"] / ceiling["wall_s"] if ceiling["wall_s"] else 0
+        nginx_load = ceiling["nginx_cpu_s"] / ceiling["wall_s"] if ceiling["wall_s"] else 0
+        limit = ("the single-threaded Python client is the limit, not nginx"
+                 if client_load > 0.85 and client_load > nginx_load else
+                 "nginx's one worker is the limit" if nginx_load > 0.85 else
+                 "neither side saturated one core")
         lines.append(
             f"Server ceiling (one aiohttp client, {ceiling['concurrency']} concurrent, keep-alive, "
             f"bodies read and discarded): **{ceiling['req_per_s']:,} req/s, "
             f"{ceiling['mb_per_s']:,} MB/s** ({ceiling['ok']:,}/{ceiling['requests']:,} OK; "
             f"client CPU {ceiling['client_cpu_s']:.1f} s, nginx CPU {ceiling['nginx_cpu_s']:.1f} s "
-            f"in {ceiling['wall_s']:.1f} s; the Python client is the limit here, not nginx).")
+            f"in {ceiling['wall_s']:.1f} s: {limit})." + (
+                " The fastest downloader below reaches "
+                f"{100 * fastest / ceiling['req_per_s']:.0f}% of it."
+                if fastest and ceiling["req_per_s"] else ""))
     lines += ["", "| tool | images/s | success | wall s | CPU ms/img | peak RSS MB | "
               "peak PSS MB | nginx CPU s | other load (cores) | ratio vs img2dataset |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
