@@ -170,12 +170,6 @@ def check_writable(directory: str) -> None:
         ) from exc
 
 
-def directory_size_bytes(directory: str) -> int:
-    """Total size of the files under `directory`."""
-    fs, fs_path = filesystem(directory)
-    return int(sum(fs.du(fs_path, total=False).values())) if fs.exists(fs_path) else 0
-
-
 def local_path(path: str) -> str:
     """A local path for `path`: itself when local, else a downloaded temporary copy (for faiss,
     which reads only local files)."""

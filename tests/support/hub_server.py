@@ -160,6 +160,17 @@ class HubStandIn:
             return _error(401, "Invalid credentials in Authorization header")
         return found
 
+    def _revision(self, request: web.Request, repo: str, rev: str,
+                  write: bool = False) -> tuple[HubRepo, str] | web.Response:
+        """The repo and the commit sha `rev` names, or the Hub's error answer."""
+        found = self._repo(request, repo, write=write)
+        if isinstance(found, web.Response):
+            return found
+        sha = found.resolve(rev)
+        if sha is None:
+            return _error(404, f"Invalid rev id: {rev}", code="RevisionNotFound")
+        return found, sha
+
     def _new_commit(self, repo: HubRepo, parent: str | None, files: dict[str, HubFile]) -> str:
         self._counter += 1
         sha = hashlib.sha1(f"{repo.repo_id}/{self._counter}".encode()).hexdigest()
@@ -198,12 +209,10 @@ class HubStandIn:
 
     async def _repo_info(self, request: web.Request, kind: str, repo: str,
                          rev: str = "main") -> web.Response:
-        found = self._repo(request, repo)
-        if isinstance(found, web.Response):
-            return found
-        sha = found.resolve(rev)
-        if sha is None:
-            return _error(404, f"Invalid rev id: {rev}", code="RevisionNotFound")
+        resolved = self._revision(request, repo, rev)
+        if isinstance(resolved, web.Response):
+            return resolved
+        found, sha = resolved
         files = found.commits[sha]
         return web.json_response({
             "id": repo, "_id": repo, "sha": sha, "private": found.private, "disabled": False,
@@ -218,12 +227,10 @@ class HubStandIn:
 
     async def _preupload(self, request: web.Request, kind: str, repo: str,
                          rev: str) -> web.Response:
-        found = self._repo(request, repo, write=True)
-        if isinstance(found, web.Response):
-            return found
-        sha = found.resolve(rev)
-        if sha is None:
-            return _error(404, f"Invalid rev id: {rev}", code="RevisionNotFound")
+        resolved = self._revision(request, repo, rev, write=True)
+        if isinstance(resolved, web.Response):
+            return resolved
+        found, sha = resolved
         current = found.commits[sha]
         answers = []
         for f in (await request.json())["files"]:
@@ -258,12 +265,10 @@ class HubStandIn:
         return web.Response(status=200)
 
     async def _commit(self, request: web.Request, kind: str, repo: str, rev: str) -> web.Response:
-        found = self._repo(request, repo, write=True)
-        if isinstance(found, web.Response):
-            return found
-        parent = found.resolve(rev)
-        if parent is None:
-            return _error(404, f"Invalid rev id: {rev}", code="RevisionNotFound")
+        resolved = self._revision(request, repo, rev, write=True)
+        if isinstance(resolved, web.Response):
+            return resolved
+        found, parent = resolved
         files = dict(found.commits[parent])
         lines = [json.loads(line) for line in (await request.read()).splitlines() if line.strip()]
         header: dict[str, Any] = {}
@@ -294,12 +299,10 @@ class HubStandIn:
 
     async def _tree(self, request: web.Request, kind: str, repo: str, rev: str,
                     path: str = "") -> web.Response:
-        found = self._repo(request, repo)
-        if isinstance(found, web.Response):
-            return found
-        sha = found.resolve(rev)
-        if sha is None:
-            return _error(404, f"Invalid rev id: {rev}", code="RevisionNotFound")
+        resolved = self._revision(request, repo, rev)
+        if isinstance(resolved, web.Response):
+            return resolved
+        found, sha = resolved
         prefix = path.strip("/")
         recursive = request.query.get("recursive", "").lower() in ("1", "true")
         entries: dict[str, dict[str, Any]] = {}
@@ -324,12 +327,10 @@ class HubStandIn:
 
     async def _resolve(self, request: web.Request, kind: str, repo: str, rev: str,
                        path: str) -> web.Response:
-        found = self._repo(request, repo)
-        if isinstance(found, web.Response):
-            return found
-        sha = found.resolve(rev)
-        if sha is None:
-            return _error(404, f"Invalid rev id: {rev}", code="RevisionNotFound")
+        resolved = self._revision(request, repo, rev)
+        if isinstance(resolved, web.Response):
+            return resolved
+        found, sha = resolved
         f = found.commits[sha].get(path)
         if f is None:
             return _error(404, f"Entry not found: {path}", code="EntryNotFound")
