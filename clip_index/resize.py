@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from clip_index import webp
 from clip_index.config import DownloadConfig
-from clip_index.memory import malloc_trim
+from clip_index.memory import reuse_freed_memory, trim_if_above
 from clip_index.status import RowError, Status
 
 _FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -74,23 +75,68 @@ def process_image(data: bytes, config: DownloadConfig) -> ProcessedImage:
     Raises RowError(FAILED_TO_DECODE) for data that is not a complete image (truncated,
     HTML, decompression bombs) and RowError(FILTERED) for images the filters refuse.
     """
+    decoded = _decode_webp_scaled(data, config) or _decode(data, config)
+    img = _for_resize(decoded.image)
+    if config.resize_mode != "no" and decoded.stored_target != img.size:
+        # box-reduce to within 2x of the target, then an antialiased bilinear (triangle)
+        # filter: 2.5x cheaper than Lanczos with reducing_gap=3 and 46 dB PSNR against a
+        # full-resolution Lanczos reference on a DataComp-like mix (see BENCHMARKS.md)
+        img = img.resize(decoded.stored_target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if decoded.orientation in _TRANSPOSE:
+        # on the small image: cheaper than rotating the original
+        img = img.transpose(_TRANSPOSE[decoded.orientation])
+    img = _crop_or_pad(_to_rgb(img), config)
+    out = io.BytesIO()
+    fmt = _FORMATS[config.encode_format]
+    if fmt == "PNG":
+        img.save(out, fmt)
+    else:
+        img.save(out, fmt, quality=config.encode_quality)
+    return ProcessedImage(
+        data=out.getvalue(),
+        width=img.width,
+        height=img.height,
+        original_width=decoded.original_size[0],
+        original_height=decoded.original_size[1],
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded image (maybe already reduced), the size to resize it to before orienting
+    it, the EXIF orientation still to apply, and the original's size as displayed."""
+
+    image: Image.Image
+    stored_target: tuple[int, int]
+    orientation: int
+    original_size: tuple[int, int]
+
+
+def _check_size(width: int, height: int, config: DownloadConfig) -> None:
+    """Refuse decompression bombs and what the filters refuse, before decoding pixels."""
+    if width * height > config.max_image_pixels:
+        raise RowError(
+            Status.FAILED_TO_DECODE,
+            f"decompression_bomb: {width}x{height} passes "
+            f"max_image_pixels={config.max_image_pixels}",
+        )
+    _check_filters(width, height, config)
+
+
+def _decode(data: bytes, config: DownloadConfig) -> _Decoded:
+    """Decode with Pillow: JPEGs at the smallest DCT scale that stays >= the target."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data))
             stored_w, stored_h = img.size
-            if stored_w * stored_h > config.max_image_pixels:
-                raise RowError(
-                    Status.FAILED_TO_DECODE,
-                    f"decompression_bomb: {stored_w}x{stored_h} passes "
-                    f"max_image_pixels={config.max_image_pixels}",
-                )
-            _check_filters(stored_w, stored_h, config)
+            _check_size(stored_w, stored_h, config)
             orientation = _orientation(img)
             # sizes as displayed: orientations 5-8 swap the sides
             swap = orientation in (5, 6, 7, 8)
-            original_width, original_height = (stored_h, stored_w) if swap else (stored_w, stored_h)
-            target = _target_size(original_width, original_height, config)
+            original = (stored_h, stored_w) if swap else (stored_w, stored_h)
+            target = _target_size(*original, config)
             stored_target = (target[1], target[0]) if swap else target
             if img.format == "JPEG" and config.resize_mode != "no":
                 # DCT scaling: decode at 1/2, 1/4 or 1/8 size when that stays >= the target
@@ -103,30 +149,24 @@ def process_image(data: bytes, config: DownloadConfig) -> ProcessedImage:
         raise RowError(Status.FAILED_TO_DECODE, f"decompression_bomb: {exc}") from exc
     except Exception as exc:  # PIL raises many types for broken data
         raise RowError(Status.FAILED_TO_DECODE, f"decode_error: {exc}"[:300]) from exc
-    img = _for_resize(img)
-    if config.resize_mode != "no" and stored_target != img.size:
-        # box-reduce to within 2x of the target, then an antialiased bilinear (triangle)
-        # filter: 2.5x cheaper than Lanczos with reducing_gap=3 and 46 dB PSNR against a
-        # full-resolution Lanczos reference on a DataComp-like mix (see notes/BENCHMARKS-3.md)
-        img = img.resize(stored_target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    if orientation > 1:
-        # on the small image: cheaper than rotating the original
-        img = img.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else img
-    img = _crop_or_pad(_to_rgb(img), config)
-    out = io.BytesIO()
-    fmt = _FORMATS[config.encode_format]
-    if fmt == "PNG":
-        img.save(out, fmt)
-    else:
-        img.save(out, fmt, quality=config.encode_quality)
-    return ProcessedImage(
-        data=out.getvalue(),
-        width=img.width,
-        height=img.height,
-        original_width=original_width,
-        original_height=original_height,
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
+    return _Decoded(img, stored_target, orientation, original)
+
+
+def _decode_webp_scaled(data: bytes, config: DownloadConfig) -> _Decoded | None:
+    """A still WebP without EXIF, decoded by libwebp straight at the target size (see
+    webp.py); None for anything else, which `_decode` handles."""
+    if not (webp.is_webp(data) and not webp.needs_pillow(data) and webp.available()):
+        return None
+    try:
+        width, height, alpha = webp.features(data)
+        _check_size(width, height, config)
+        target = _target_size(width, height, config)
+        pixels = webp.decode(data, target, alpha, scale=target != (width, height))
+    except webp.WebPError as exc:
+        raise RowError(Status.FAILED_TO_DECODE, f"decode_error: {exc}"[:300]) from exc
+    mode = "RGBA" if alpha else "RGB"
+    img = Image.frombuffer(mode, target, pixels, "raw", mode, 0, 1)
+    return _Decoded(img, target, 1, (width, height))
 
 
 # EXIF orientation → the transpose that displays the image upright (as ImageOps.exif_transpose)
@@ -186,6 +226,7 @@ def init_worker(config: DownloadConfig) -> None:
     """Process-pool initializer: the config is sent once per worker, not once per image."""
     global _WORKER_CONFIG
     _WORKER_CONFIG = config
+    reuse_freed_memory()
 
 
 def process_batch(bodies: list[bytes]) -> list[ProcessedImage | tuple[str, str]]:
@@ -204,5 +245,5 @@ def process_batch(bodies: list[bytes]) -> list[ProcessedImage | tuple[str, str]]
         except Exception as exc:  # a decoder bug must cost one row, not the shard
             results.append((Status.FAILED_TO_DECODE.value,
                             f"decode_error: {type(exc).__name__}: {exc}"[:300]))
-    malloc_trim()  # decoded originals are tens of MB: do not let the worker's heap keep them
+    trim_if_above()  # decoded originals are tens of MB: bound what the worker's heap keeps
     return results
