@@ -148,17 +148,19 @@ class Fetcher:
                            f"max_image_bytes={self.config.max_image_bytes}")
 
     async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
-        # one growing buffer rather than a list of chunks joined at the end
-        body = bytearray()
-        limit = self.config.max_image_bytes
+        chunks: list[bytes] = []
+        size, limit = 0, self.config.max_image_bytes
         while chunk := await resp.content.readany():
-            if len(body) + len(chunk) > limit:
+            size += len(chunk)
+            if size > limit:
                 raise RowError(Status.FAILED_TO_DOWNLOAD,
                                f"too_large: body passes max_image_bytes={limit}")
-            body += chunk
-        if not body:
+            chunks.append(chunk)
+        if not size:
             raise RowError(Status.FAILED_TO_DOWNLOAD, "empty_body: the server sent no bytes")
-        return bytes(body)  # a brief copy; the worker then reads it without another
+        # one copy at the end (none for a body that arrived in one chunk), where growing a
+        # bytearray copied each chunk and then the whole body again
+        return b"".join(chunks)
 
 
 def opt_out_directives(values: Iterable[str], agent: str = "clip-index") -> set[str]:
