@@ -1,10 +1,11 @@
-"""Row checkpoints for a shard in progress: finished rows are written in small parquet chunks
+"""Row checkpoints for a shard in progress: finished rows are written in small chunks
 beside the shard's output, so a run killed mid-shard redoes only the rows of the chunk it was
 filling, and the finished shard holds every input row exactly once.
 
 Layout, for the output ``DIR/part-00042.parquet``: ``DIR/.part-00042.parquet.partial/`` holds
-``rows-00000.chunk``, ``rows-00001.chunk``, ... (parquet files, each written to a temporary name
-and renamed, so a chunk is whole or absent). Each chunk has the output schema plus ``_row``, the
+``rows-00000.arrow``, ``rows-00001.arrow``, ... (Arrow IPC files: written and read back without
+encoding work, where parquet chunks cost 0.1 ms per image; each written to a temporary name and
+renamed, so a chunk is whole or absent). Each chunk has the output schema plus ``_row``, the
 row's position in the input shard. `finish` streams the chunks into the output (atomically),
 one chunk in memory at a time, then removes the folder.
 """
@@ -18,14 +19,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from clip_index import io
 
 log = logging.getLogger(__name__)
 
 ROW = "_row"
-_CHUNK = re.compile(r"^rows-(\d{5,})\.chunk$")
+_CHUNK = re.compile(r"^rows-(\d{5,})\.arrow$")
 
 
 class ShardCheckpoint:
@@ -60,7 +60,7 @@ class ShardCheckpoint:
         done: set[int] = set()
         paths = self._chunk_paths()
         for path in paths:
-            table = io.read_parquet(path, columns=[ROW, "uid"])
+            table = io.read_arrow(path, columns=[ROW, "uid"])
             for row, uid in zip(table.column(ROW).to_pylist(), table.column("uid").to_pylist(),
                                 strict=True):
                 if row >= len(uids) or uids[row] != uid or row in done:
@@ -78,15 +78,13 @@ class ShardCheckpoint:
         if not records:
             return
         table = pa.Table.from_pylist(records, schema=self.chunk_schema)
-        # uncompressed: chunks are short-lived, and re-encoded images do not compress
-        io.write_parquet_atomic(posixpath.join(self.folder, f"rows-{self._next:05d}.chunk"),
-                                table, compression="none")
+        io.write_arrow_atomic(posixpath.join(self.folder, f"rows-{self._next:05d}.arrow"), table)
         self._next += 1
 
     def chunks(self) -> Iterator[pa.Table]:
         """The finished rows, one chunk at a time (without ``_row``)."""
         for path in self._chunk_paths():
-            yield pq.read_table(io.filesystem(path)[1], filesystem=self._fs).drop_columns([ROW])
+            yield io.read_arrow(path).drop_columns([ROW])
 
     def finish(self, on_chunk: Callable[[pa.Table], None]) -> None:
         """Stream every chunk into the output file (atomic), calling `on_chunk` on each (to

@@ -233,9 +233,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("run", "query", "compile", "demo", "load", "download", "embed", "write", "index",
+            *EXTERNAL_COMMANDS)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with `only`, just that command's (the others' imports, kfp's above
+    all, cost half a second at every start of a step)."""
     from clip_index import config as cfg
-    from clip_index.pipelines import make_index_pipeline
 
     parser = argparse.ArgumentParser(
         prog="clip-index",
@@ -249,72 +254,90 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    run = command("run", cmd_run, "run the whole pipeline locally (kfp.local)")
-    add_typed_flags(run, pipeline_params(make_index_pipeline().pipeline_func))
-    run.add_argument("--pipeline-root", default=None,
-                     help="where kfp.local keeps task artifacts (default: OUTPUT_DIR/.pipeline)")
-    add_settings_flags(run)
+    def wanted(name: str) -> bool:
+        return only is None or only == name
 
-    query = command("query", cmd_query, "search a published output folder")
-    query.add_argument("output_dir", help="an output folder (local or gs://), hf://ORG/NAME"
-                       "[@REVISION] on the Hugging Face Hub, or the reference's layout")
-    query.add_argument("--text", action="append", help="a prompt (repeat for a batch)")
-    query.add_argument("--image", action="append", help="an image file (repeat for a batch)")
-    query.add_argument("--image-url", help="an image URL, fetched like the download step does")
-    query.add_argument("--allow-private-networks", action="store_true",
-                       help="let --image-url reach private/loopback addresses")
-    query.add_argument("--embedding",
-                       help="JSON file: one embedding (a list of floats) or a list of them")
-    query.add_argument("-k", type=int, default=10)
-    query.add_argument("--deduplicate", action="store_true",
-                       help="drop near-identical results (cosine >= 0.94)")
-    query.add_argument("--json", action="store_true", help="print a JSON list, best first")
-    query.add_argument("--mmap", action="store_true", help="memory-map the index")
-    query.add_argument("--pretrained", default=None,
-                       help="a local checkpoint of the index's model (when its tag can't be "
-                       "downloaded)")
+    if wanted("run"):
+        from clip_index.pipelines import make_index_pipeline
 
-    comp = command("compile", cmd_compile, "compile every pipeline to YAML")
-    comp.add_argument("--output-dir", default="compiled")
-    add_settings_flags(comp)
+        run = command("run", cmd_run, "run the whole pipeline locally (kfp.local)")
+        add_typed_flags(run, pipeline_params(make_index_pipeline().pipeline_func))
+        run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
+                         "artifacts (default: OUTPUT_DIR/.pipeline)")
+        add_settings_flags(run)
 
-    demo = command("demo", cmd_demo, "the bundled sample, end to end, with the tiny CLIP")
-    demo.add_argument("--work-dir", default=".demo")
-    demo.add_argument("--shards", type=int, default=2)
+    if wanted("query"):
+        query = command("query", cmd_query, "search a published output folder")
+        query.add_argument("output_dir", help="an output folder (local or gs://), hf://ORG/NAME"
+                           "[@REVISION] on the Hugging Face Hub, or the reference's layout")
+        query.add_argument("--text", action="append", help="a prompt (repeat for a batch)")
+        query.add_argument("--image", action="append", help="an image file (repeat for a batch)")
+        query.add_argument("--image-url", help="an image URL, fetched like the download step does")
+        query.add_argument("--allow-private-networks", action="store_true",
+                           help="let --image-url reach private/loopback addresses")
+        query.add_argument("--embedding",
+                           help="JSON file: one embedding (a list of floats) or a list of them")
+        query.add_argument("-k", type=int, default=10)
+        query.add_argument("--deduplicate", action="store_true",
+                           help="drop near-identical results (cosine >= 0.94)")
+        query.add_argument("--json", action="store_true", help="print a JSON list, best first")
+        query.add_argument("--mmap", action="store_true", help="memory-map the index")
+        query.add_argument("--pretrained", default=None,
+                           help="a local checkpoint of the index's model (when its tag can't be "
+                           "downloaded)")
 
-    load = command("load", cmd_load, "step: dataset → URL shards")
-    load.add_argument("--output", required=True)
-    add_typed_flags(load, config_params(cfg.LoadConfig))
+    if wanted("compile"):
+        comp = command("compile", cmd_compile, "compile every pipeline to YAML")
+        comp.add_argument("--output-dir", default="compiled")
+        add_settings_flags(comp)
 
-    download = command("download", cmd_download, "step: one URL shard → image shard")
-    download.add_argument("--urls", help="the load step's folder (with --shard)")
-    download.add_argument("--shard", type=int, default=0)
-    download.add_argument("--input", help="or: one URL parquet file (uid, url, caption)")
-    download.add_argument("--output", required=True)
-    add_typed_flags(download, config_params(cfg.DownloadConfig))
+    if wanted("demo"):
+        demo = command("demo", cmd_demo, "the bundled sample, end to end, with the tiny CLIP")
+        demo.add_argument("--work-dir", default=".demo")
+        demo.add_argument("--shards", type=int, default=2)
 
-    embed = command("embed", cmd_embed, "step: one image shard → embedding shard")
-    embed.add_argument("--images", required=True)
-    embed.add_argument("--shard", type=int, default=0)
-    embed.add_argument("--output", required=True)
-    add_typed_flags(embed, config_params(cfg.EmbedConfig))
+    if wanted("load"):
+        load = command("load", cmd_load, "step: dataset → URL shards")
+        load.add_argument("--output", required=True)
+        add_typed_flags(load, config_params(cfg.LoadConfig))
 
-    write = command("write", cmd_write, "step: embedding shards → OUTPUT_DIR/data")
-    write.add_argument("--embeddings", nargs="+", required=True)
-    write.add_argument("--output-dir", required=True)
+    if wanted("download"):
+        download = command("download", cmd_download, "step: one URL shard → image shard")
+        download.add_argument("--urls", help="the load step's folder (with --shard)")
+        download.add_argument("--shard", type=int, default=0)
+        download.add_argument("--input", help="or: one URL parquet file (uid, url, caption)")
+        download.add_argument("--output", required=True)
+        add_typed_flags(download, config_params(cfg.DownloadConfig))
 
-    index = command("index", cmd_index, "step: OUTPUT_DIR/data → faiss index")
-    index.add_argument("--output-dir", required=True)
-    add_typed_flags(index, config_params(cfg.IndexConfig))
+    if wanted("embed"):
+        embed = command("embed", cmd_embed, "step: one image shard → embedding shard")
+        embed.add_argument("--images", required=True)
+        embed.add_argument("--shard", type=int, default=0)
+        embed.add_argument("--output", required=True)
+        add_typed_flags(embed, config_params(cfg.EmbedConfig))
+
+    if wanted("write"):
+        write = command("write", cmd_write, "step: embedding shards → OUTPUT_DIR/data")
+        write.add_argument("--embeddings", nargs="+", required=True)
+        write.add_argument("--output-dir", required=True)
+
+    if wanted("index"):
+        index = command("index", cmd_index, "step: OUTPUT_DIR/data → faiss index")
+        index.add_argument("--output-dir", required=True)
+        add_typed_flags(index, config_params(cfg.IndexConfig))
 
     for name, (module, text) in EXTERNAL_COMMANDS.items():
+        if not wanted(name):
+            continue
         mod = importlib.import_module(module)
         mod.add_arguments(command(name, mod.command, text))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    named = next((token for token in argv if not token.startswith("-")), None)
+    args = build_parser(only=named if named in COMMANDS else None).parse_args(argv)
     # a query prints results, not progress: only warnings unless -v
     configure_logging(args.verbose, quiet=args.command == "query")
     try:

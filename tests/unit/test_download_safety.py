@@ -120,7 +120,7 @@ def test_killed_mid_shard_resumes_with_every_row_once(tmp_path: Path,
                              start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 60
-        while len(list(partial.glob("rows-*.chunk"))) < 3:
+        while len(list(partial.glob("rows-*.arrow"))) < 3:
             assert child.poll() is None, "the child ended before it could be killed"
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.05)
