@@ -5,7 +5,9 @@ Bodies are sent in batches (one round trip for several images once every worker 
 image at a time while some are idle), the config is sent once per worker, and a worker that
 dies (a decoder crash, the OOM killer) costs the pool a restart, not the shard: the bodies of
 the lost batches are retried one at a time (quarantine), and a body that kills a worker there
-too is recorded as `failed_to_decode: decoder_crashed`.
+too is recorded as `failed_to_decode: decoder_crashed`. Workers that die before the pool has
+decoded anything at all (an environment that cannot run them) end the shard with
+`DecoderUnavailable` instead of recording every row as a crash.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ log = logging.getLogger(__name__)
 Result = ProcessedImage | tuple[str, str]
 BatchFunction = Callable[[list[bytes]], list[Result]]
 _Pending = tuple[bytes, "asyncio.Future[Result]", bool]  # body, its future, already retried
+# worker deaths tolerated before the first decoded batch: past this, the workers cannot run here
+MAX_DEATHS_BEFORE_ANY_IMAGE = 3
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decode workers cannot run at all (not one image's fault): the shard must stop."""
 
 
 def available_cpus() -> int:
@@ -59,6 +67,8 @@ class DecodePool:
         self._quarantine: collections.deque[_Pending] = collections.deque()
         self._quarantine_busy = False
         self._queued = 0  # bodies handed in and not yet answered
+        self._decoded_any = False
+        self._broken: DecoderUnavailable | None = None
         self._room = asyncio.Event()
         self._room.set()
 
@@ -89,7 +99,10 @@ class DecodePool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def process(self, body: bytes) -> Result:
-        """The processed image, or (status, error) when it cannot be used."""
+        """The processed image, or (status, error) when it cannot be used. Raises
+        DecoderUnavailable when the workers cannot run at all."""
+        if self._broken is not None:
+            raise self._broken
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((body, future, False))
         self._queued += 1
@@ -126,6 +139,7 @@ class DecodePool:
         self._in_flight -= 1
         exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
         if exc is None:
+            self._decoded_any = True
             for (_, future, _), result in zip(batch, done.result(), strict=True):
                 if not future.done():
                     future.set_result(result)
@@ -145,8 +159,20 @@ class DecodePool:
               exc: BaseException, quarantined: bool) -> None:
         """A worker died: restart the pool (once per death) and retry the lost bodies one at
         a time in quarantine, so that a body that kills a worker there is the one to blame."""
+        if self._broken is not None:
+            self._fail(batch)
+            return
         if executor is self._executor:
             self.restarts += 1
+            if not self._decoded_any and self.restarts >= MAX_DEATHS_BEFORE_ANY_IMAGE:
+                self._broken = DecoderUnavailable(
+                    f"decode workers died {self.restarts} times before decoding any image "
+                    f"(last: {exc!r}): they cannot run in this environment")
+                executor.shutdown(wait=False, cancel_futures=True)
+                self._fail(batch + self._pending + list(self._quarantine))
+                self._pending.clear()
+                self._quarantine.clear()
+                return
             log.warning("decode worker died (%s): restarting the pool (restart %d)",
                         exc, self.restarts)
             executor.shutdown(wait=False, cancel_futures=True)
@@ -159,6 +185,11 @@ class DecodePool:
                                    "decoder_crashed: the decoding process died on this image"))
             else:
                 self._quarantine.append((body, future, True))
+
+    def _fail(self, batch: list[_Pending]) -> None:
+        for _, future, _ in batch:
+            if not future.done():
+                future.set_exception(self._broken or DecoderUnavailable("decode pool closed"))
 
     def _drain_quarantine(self) -> None:
         if self._quarantine and not self._quarantine_busy:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from clip_index import io, schema
 from clip_index.checkpoint import ROW, ShardCheckpoint
 from clip_index.config import DownloadConfig
-from clip_index.decoder import DecodePool
+from clip_index.decoder import DecodePool, DecoderUnavailable
 from clip_index.fetch import Fetcher
 from clip_index.guard import GuardedResolver
 from clip_index.memory import reuse_freed_memory, trim_if_above
@@ -208,6 +208,8 @@ async def _process_row(row: dict[str, Any], fetcher: Fetcher, pool: DecodePool
     except RowError as exc:
         record.update(status=exc.status.value, error=str(exc))
         return record
+    except DecoderUnavailable:
+        raise  # not this row's fault: the shard stops, its checkpoint keeps the rows done
     except Exception as exc:  # never let one row end the shard: record it as data
         log.debug("unexpected error for %s", row[schema.URL], exc_info=True)
         record.update(status=Status.FAILED_TO_DOWNLOAD.value,

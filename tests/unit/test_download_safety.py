@@ -4,6 +4,7 @@ worker that dies, and a run killed mid-shard that resumes with every row exactly
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ import pytest
 
 from clip_index import guard, schema
 from clip_index.config import DownloadConfig
-from clip_index.decoder import DecodePool
+from clip_index import download
+from clip_index.decoder import MAX_DEATHS_BEFORE_ANY_IMAGE, DecodePool, DecoderUnavailable
 from clip_index.download import download_shard, run_download
 from tests.support import routes
 from tests.support.crashing import crash_on_marker
@@ -93,6 +95,39 @@ def test_a_dead_decode_worker_costs_one_row() -> None:
     assert results[:7] + results[8:-1] == [("success", f"ok-{i}") for i in range(20)]
     assert results[-1] == ("success", "still-working")
     assert restarts >= 1
+
+
+def test_workers_that_cannot_run_stop_the_pool_instead_of_failing_every_row() -> None:
+    async def main() -> tuple[list[Any], int]:
+        async with DecodePool(DownloadConfig(), workers=2, batch_size=4,
+                              function=crash_on_marker) as pool:
+            results = await asyncio.gather(*(pool.process(f"CRASH-{i}".encode())
+                                             for i in range(40)), return_exceptions=True)
+            with pytest.raises(DecoderUnavailable):  # and stays stopped
+                await pool.process(b"fine")
+            return results, pool.restarts
+
+    results, restarts = asyncio.run(main())
+    assert restarts == MAX_DEATHS_BEFORE_ANY_IMAGE  # not one restart per row
+    stopped = [r for r in results if isinstance(r, DecoderUnavailable)]
+    # a body confirmed in quarantine before the third death keeps its decoder_crashed row
+    assert len(stopped) >= len(results) - MAX_DEATHS_BEFORE_ANY_IMAGE
+    assert all(r == ("failed_to_decode",
+                     "decoder_crashed: the decoding process died on this image")
+               for r in results if not isinstance(r, DecoderUnavailable))
+    assert "died 3 times before decoding any image" in str(stopped[0])
+
+
+def test_a_shard_whose_decoder_cannot_run_fails_with_the_reason(
+        tmp_path: Path, http_server: TestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shard stops with the reason (and no output that looks complete) rather than writing
+    every row as a decoder crash that a re-run would then skip as done."""
+    url = http_server.add_bytes("/x.jpg", b"CRASH, as every body does in a broken decoder")
+    monkeypatch.setattr(download, "DecodePool",
+                        functools.partial(DecodePool, function=crash_on_marker))
+    with pytest.raises(DecoderUnavailable, match="cannot run in this environment"):
+        _shard(tmp_path, [f"{url}?i={i}" for i in range(30)], allow_private_networks=True)
+    assert not (tmp_path / "out" / "part-00000.parquet").exists()
 
 
 _CHILD = """
