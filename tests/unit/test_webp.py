@@ -125,3 +125,16 @@ def test_broken_and_oversized_webps_are_row_errors() -> None:
     tiny = DownloadConfig(image_size=224, min_image_size=500)
     with pytest.raises(RowError, match="too_small: 640x480"):
         resize.process_image(data, tiny)
+
+
+def test_without_a_usable_libwebp_pillow_decodes_webp(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _webp(photo_like(640, 480, seed=6), quality=90)
+    monkeypatch.setattr(webp, "_candidates", lambda: ["/nonexistent/libwebp.so"])
+    webp._library.cache_clear()
+    try:
+        assert not webp.available()
+        result = resize.process_image(data, CONFIG)
+    finally:
+        webp._library.cache_clear()
+    assert (result.width, result.height) == (299, 224)
+    assert (result.original_width, result.original_height) == (640, 480)
