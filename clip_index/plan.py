@@ -19,10 +19,11 @@ from typing import Any
 # ── Rates (images or rows per second) and where each figure comes from ────────────────────────
 # REFERENCES = the team's ../shared/REFERENCES.md (measured baselines and the reference run).
 RATES: dict[str, tuple[float, str]] = {
-    # img2dataset's own claim, ~100 img/s per core; measured here on a DataComp-like size mix:
-    # 259-260 img/s on 2 cores, CPU-bound, loopback (REFERENCES §2, §5). Real hosts add DNS and
-    # timeouts: the per-vCPU figure assumes enough concurrency to hide them.
-    "download_rows_per_s_per_vcpu": (100.0, "img2dataset claim, ~130/core measured (REF §2, §5)"),
+    # img2dataset's own claim, ~100 img/s per core, kept as the planning rate: real hosts add
+    # DNS, slow servers and timeouts. CPU-bound ceilings on loopback (bench/download,
+    # BENCHMARKS.md): clip-index ~180 img/s per core, img2dataset ~100 on the same corpus.
+    "download_rows_per_s_per_vcpu": (100.0, "img2dataset claim; clip-index's CPU-bound "
+                                     "ceiling ~180/core (BENCHMARKS.md)"),
     # decode + open_clip preprocess of a 512x512 JPEG on one core (REFERENCES §5); downloaded
     # images are 256 px, so this is a floor.
     "decode_img_per_s_per_vcpu": (316.0, "decode+preprocess, 512 px JPEG, one core (REF §5)"),
