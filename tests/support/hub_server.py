@@ -16,11 +16,14 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
+
+_Handler = Callable[..., Awaitable[web.StreamResponse]]
 
 LFS_SUFFIXES = (".parquet", ".index", ".npy", ".bin", ".safetensors")
 _REPO = r"(?P<kind>datasets|models|spaces)/(?P<repo>[^/]+/[^/]+)"
@@ -81,7 +84,7 @@ class HubStandIn:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._counter = 0
-        self._routes = [
+        self._routes: list[tuple[str, str, _Handler]] = [
             ("POST", r"/api/repos/create", self._create_repo),
             ("POST", rf"/api/{_REPO}/branch/(?P<branch>[^/]+)", self._create_branch),
             ("GET", rf"/api/{_REPO}(/revision/(?P<rev>[^/]+))?", self._repo_info),
