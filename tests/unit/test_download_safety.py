@@ -17,9 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clip_index import guard, schema
+from clip_index import download, guard, schema
 from clip_index.config import DownloadConfig
-from clip_index import download
 from clip_index.decoder import MAX_DEATHS_BEFORE_ANY_IMAGE, DecodePool, DecoderUnavailable
 from clip_index.download import download_shard, run_download
 from tests.support import routes
