@@ -1,0 +1,119 @@
+"""Where the download step's image work goes, per format: open, decode, resize, encode and
+sha256 of every corpus image in one process (no network, no pool), then the step's own
+`process_batch` over the same images with user and system CPU per image.
+
+    python -m bench.download.stages [--images 10000] [--sample 0]
+
+Uses the download benchmark's corpus (generated if missing). The split per stage mirrors
+`clip_index.resize.process_image` (same draft, filter and scaled WebP path); the last line is the
+real function, which is what the per-stage table in BENCHMARKS.md is checked against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+import random
+import resource
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from PIL import Image
+
+from bench.download import corpus as corpus_mod
+from bench.download.run import DEFAULT_WORK
+from clip_index import resize, webp
+from clip_index.config import DownloadConfig
+
+STAGES = ("open", "decode", "resize", "encode", "sha256")
+
+
+def _stages(data: bytes, config: DownloadConfig) -> dict[str, float]:
+    """Seconds per stage for one image, along the path `process_image` takes."""
+    t0 = time.perf_counter()
+    if webp.is_webp(data) and not webp.needs_pillow(data) and webp.available():
+        width, height, alpha = webp.features(data)
+        target = resize._target_size(width, height, config)
+        t1 = time.perf_counter()
+        mode = "RGBA" if alpha else "RGB"
+        img = Image.frombuffer(mode, target, webp.decode(data, target, alpha,
+                                                         scale=target != (width, height)),
+                               "raw", mode, 0, 1)
+    else:
+        img = Image.open(io.BytesIO(data))
+        target = resize._target_size(*img.size, config)
+        t1 = time.perf_counter()
+        if img.format == "JPEG":
+            img.draft("RGB", target)
+        img.load()
+    t2 = time.perf_counter()
+    img = resize._for_resize(img)
+    if img.size != target:
+        img = img.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    img = resize._to_rgb(img)
+    t3 = time.perf_counter()
+    img.save(io.BytesIO(), "JPEG", quality=config.encode_quality)
+    t4 = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    t5 = time.perf_counter()
+    return dict(zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=10_000, help="corpus size")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.add_argument("--sample", type=int, default=0, help="images to time (0 = all)")
+    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    corpus = corpus_mod.ensure(args.work_dir / f"corpus-{args.images}-seed{args.seed}",
+                               corpus_mod.CorpusParams(images=args.images, seed=args.seed))
+    rows = corpus.files.select(["relpath", "format"]).to_pylist()
+    if args.sample:
+        rows = random.Random(0).sample(rows, min(args.sample, len(rows)))
+    # read from disk per image, not held: the step's processes trim their heap past 512 MiB
+    # of RSS, which 2.5 GB of bodies held here would trigger after every batch
+    paths = [(corpus.root / r["relpath"], r["format"]) for r in rows]
+    config = DownloadConfig(image_size=224, resize_mode="keep_ratio")
+    resize.init_worker(config)  # the workers' allocator settings too
+
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    counts: Counter[str] = Counter()
+    for path, fmt in paths:
+        counts[fmt] += 1
+        for stage, seconds in _stages(path.read_bytes(), config).items():
+            totals[fmt][stage] += seconds
+    n = len(paths)
+    print(f"{n} images; ms per image of that format (share of the mix)")
+    print("| format | share | " + " | ".join(STAGES) + " | total |")
+    print("|---|---:|" + "---:|" * (len(STAGES) + 1))
+    mix: dict[str, float] = defaultdict(float)
+    for fmt in sorted(counts):
+        per = {s: totals[fmt][s] / counts[fmt] * 1000 for s in STAGES}
+        for s in STAGES:
+            mix[s] += totals[fmt][s] / n * 1000
+        print(f"| {fmt} | {counts[fmt] / n:.0%} | "
+              + " | ".join(f"{per[s]:.2f}" for s in STAGES) + f" | {sum(per.values()):.2f} |")
+    print("| **mix** | 100% | " + " | ".join(f"{mix[s]:.2f}" for s in STAGES)
+          + f" | {sum(mix.values()):.2f} |")
+
+    user = system = faults = 0.0
+    for start in range(0, n, 16):
+        batch = [path.read_bytes() for path, _ in paths[start:start + 16]]
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        resize.process_batch(batch)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user += after.ru_utime - before.ru_utime
+        system += after.ru_stime - before.ru_stime
+        faults += after.ru_minflt - before.ru_minflt
+    print(f"\nprocess_batch (the workers' function): {(user + system) / n * 1000:.2f} ms CPU "
+          f"per image ({user / n * 1000:.2f} user, {system / n * 1000:.2f} system), "
+          f"{faults / n:.0f} page faults per image")
+
+
+if __name__ == "__main__":
+    main()
