@@ -75,7 +75,26 @@ def process_image(data: bytes, config: DownloadConfig) -> ProcessedImage:
     Raises RowError(FAILED_TO_DECODE) for data that is not a complete image (truncated,
     HTML, decompression bombs) and RowError(FILTERED) for images the filters refuse.
     """
-    decoded = _decode_webp_scaled(data, config) or _decode(data, config)
+    decoded = decode(data, config)
+    img = fit(decoded, config)
+    return ProcessedImage(
+        data=encode(img, config),
+        width=img.width,
+        height=img.height,
+        original_width=decoded.original_size[0],
+        original_height=decoded.original_size[1],
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def decode(data: bytes, config: DownloadConfig) -> Decoded:
+    """The image, decoded as small as the target allows (libwebp's scaling for still WebPs,
+    DCT scaling for JPEGs), after the size checks."""
+    return _decode_webp_scaled(data, config) or _decode(data, config)
+
+
+def fit(decoded: Decoded, config: DownloadConfig) -> Image.Image:
+    """The decoded image resized, turned upright, flattened to RGB and cropped or padded."""
     img = _for_resize(decoded.image)
     if config.resize_mode != "no" and decoded.stored_target != img.size:
         # box-reduce to within 2x of the target, then an antialiased bilinear (triangle)
@@ -85,25 +104,21 @@ def process_image(data: bytes, config: DownloadConfig) -> ProcessedImage:
     if decoded.orientation in _TRANSPOSE:
         # on the small image: cheaper than rotating the original
         img = img.transpose(_TRANSPOSE[decoded.orientation])
-    img = _crop_or_pad(_to_rgb(img), config)
+    return _crop_or_pad(_to_rgb(img), config)
+
+
+def encode(img: Image.Image, config: DownloadConfig) -> bytes:
     out = io.BytesIO()
     fmt = _FORMATS[config.encode_format]
     if fmt == "PNG":
         img.save(out, fmt)
     else:
         img.save(out, fmt, quality=config.encode_quality)
-    return ProcessedImage(
-        data=out.getvalue(),
-        width=img.width,
-        height=img.height,
-        original_width=decoded.original_size[0],
-        original_height=decoded.original_size[1],
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
+    return out.getvalue()
 
 
 @dataclass(frozen=True)
-class _Decoded:
+class Decoded:
     """A decoded image (maybe already reduced), the size to resize it to before orienting
     it, the EXIF orientation still to apply, and the original's size as displayed."""
 
@@ -124,7 +139,7 @@ def _check_size(width: int, height: int, config: DownloadConfig) -> None:
     _check_filters(width, height, config)
 
 
-def _decode(data: bytes, config: DownloadConfig) -> _Decoded:
+def _decode(data: bytes, config: DownloadConfig) -> Decoded:
     """Decode with Pillow: JPEGs at the smallest DCT scale that stays >= the target."""
     try:
         with warnings.catch_warnings():
@@ -149,10 +164,10 @@ def _decode(data: bytes, config: DownloadConfig) -> _Decoded:
         raise RowError(Status.FAILED_TO_DECODE, f"decompression_bomb: {exc}") from exc
     except Exception as exc:  # PIL raises many types for broken data
         raise RowError(Status.FAILED_TO_DECODE, f"decode_error: {exc}"[:300]) from exc
-    return _Decoded(img, stored_target, orientation, original)
+    return Decoded(img, stored_target, orientation, original)
 
 
-def _decode_webp_scaled(data: bytes, config: DownloadConfig) -> _Decoded | None:
+def _decode_webp_scaled(data: bytes, config: DownloadConfig) -> Decoded | None:
     """A still WebP without EXIF, decoded by libwebp straight at the target size (see
     webp.py); None for anything else, which `_decode` handles."""
     if not (webp.is_webp(data) and not webp.needs_pillow(data) and webp.available()):
@@ -166,7 +181,7 @@ def _decode_webp_scaled(data: bytes, config: DownloadConfig) -> _Decoded | None:
         raise RowError(Status.FAILED_TO_DECODE, f"decode_error: {exc}"[:300]) from exc
     mode = "RGBA" if alpha else "RGB"
     img = Image.frombuffer(mode, target, pixels, "raw", mode, 0, 1)
-    return _Decoded(img, target, 1, (width, height))
+    return Decoded(img, target, 1, (width, height))
 
 
 # EXIF orientation → the transpose that displays the image upright (as ImageOps.exif_transpose)
