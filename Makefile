@@ -34,8 +34,8 @@ test-fast: install
 	$(PY) -m pytest -q -m "not integration"
 
 lint: install
-	$(VENV)/bin/ruff check clip_index tests bench compile.py
-	$(VENV)/bin/mypy clip_index
+	$(VENV)/bin/ruff check clip_index components pipelines tests bench compile.py scripts
+	$(VENV)/bin/mypy clip_index components pipelines
 
 compile: install
 	$(PY) compile.py --output-dir compiled --image-tag $${IMAGE_TAG:-dev}

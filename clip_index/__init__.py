@@ -12,7 +12,7 @@ __all__ = ["ClipIndex", "__version__"]
 def __getattr__(name: str) -> Any:
     # lazy: `import clip_index` must not pull in faiss and torch
     if name == "ClipIndex":
-        from clip_index.search import ClipIndex
+        from clip_index.search.searcher import ClipIndex
 
         return ClipIndex
     raise AttributeError(name)

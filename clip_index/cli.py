@@ -10,25 +10,33 @@ has `add_arguments(parser)` and `command(args) -> int`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import inspect
 import json
 import logging
 import sys
-import typing
 from pathlib import Path
 from typing import Any
+
+from clip_index.flags import (
+    add_settings_flags,
+    add_typed_flags,
+    config_from_args,
+    config_params,
+    pipeline_params,
+    settings_from_args,
+)
 
 log = logging.getLogger("clip_index")
 
 # name → (module with add_arguments/command, help)
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
-    "submit": ("clip_index.submit", "submit the pipeline to Vertex AI Pipelines"),
-    "plan": ("clip_index.plan", "estimate wall time, GPU hours and cost of a run"),
-    "publish": ("clip_index.publish", "upload an output folder to the Hugging Face Hub"),
-    "serve": ("clip_index.serve", "HTTP API (clip-retrieval's protocol) and search page"),
-    "retrieve": ("clip_index.retrieve_cli", "top matches of a file of prompts or embeddings"),
+    "submit": ("clip_index.launch.submit", "submit the pipeline to Vertex AI Pipelines"),
+    "plan": ("clip_index.launch.plan", "estimate wall time, GPU hours and cost of a run"),
+    "publish": ("clip_index.publish.step", "upload an output folder to the Hugging Face Hub"),
+    "serve": ("clip_index.search.server", "HTTP API (clip-retrieval's protocol) and search page"),
+    "retrieve": ("clip_index.search.retrieve_cli",
+                 "top matches of a file of prompts or embeddings"),
 }
 
 
@@ -38,89 +46,13 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
                         datefmt="%H:%M:%S")
 
 
-def flag(name: str) -> str:
-    """``max_image_bytes`` → ``--max-image-bytes``."""
-    return "--" + name.replace("_", "-")
-
-
-def add_typed_flags(parser: argparse.ArgumentParser, params: dict[str, tuple[Any, Any]]) -> None:
-    """One flag per (type, default) entry; a default of `inspect.Parameter.empty` is required;
-    bools are switches (`--allow-private-networks`) with a `--no-` form."""
-    for name, (kind, default) in params.items():
-        required = default is inspect.Parameter.empty or default is dataclasses.MISSING
-        if kind is bool:
-            parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                                default=False if required else default)
-            continue
-        parser.add_argument(flag(name), dest=name, type=kind, required=required,
-                            default=None if required else default,
-                            help=None if required else f"default: {default!r}")
-
-
-def config_params(cls: type) -> dict[str, tuple[Any, Any]]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls)}
-
-
-def pipeline_params(func: Any) -> dict[str, tuple[Any, Any]]:
-    return {n: (p.annotation, p.default) for n, p in inspect.signature(func).parameters.items()}
-
-
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-
-
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """Compile-time settings: images, the embed step's GPU, the fan-out limit, per-task CPU and
-    memory, retries (the defaults are `PipelineSettings`'s)."""
-    from clip_index.pipelines import PipelineSettings
-
-    d = PipelineSettings()
-    parser.add_argument("--image-tag", default="dev",
-                        help="tag of the clip-index-cpu/-gpu images (never 'latest')")
-    parser.add_argument("--image-repo", default=None,
-                        help="registry path of the images, e.g. us-docker.pkg.dev/P/clip-index")
-    parser.add_argument("--gpu-type", default=d.gpu_type,
-                        help=f"accelerator of the embed step (default: {d.gpu_type})")
-    parser.add_argument("--gpu-count", type=int, default=d.gpu_count,
-                        help=f"GPUs per embed task, 0 = none (default: {d.gpu_count})")
-    parser.add_argument("--parallelism", type=int, default=d.parallelism,
-                        help="shards downloaded/embedded at once: at most parallelism x "
-                             "gpu-count GPUs in use, the GPU-quota knob "
-                             f"(default: {d.parallelism})")
-    for step in ("download", "embed", "index"):
-        for kind in ("cpu", "memory"):
-            name = f"{step}_{kind}"
-            parser.add_argument(flag(name), dest=name, default=getattr(d, name),
-                                help=f"{kind} limit of each {step} task "
-                                     f"(default: {getattr(d, name)})")
-    parser.add_argument("--retries", type=int, default=d.retries,
-                        help=f"retries of a failed download/embed task (default: {d.retries})")
-    parser.add_argument("--backoff-s", type=int, default=d.backoff_s,
-                        help=f"seconds before the first retry, doubling (default: {d.backoff_s})")
-
-
-def settings_from_args(args: argparse.Namespace) -> Any:
-    from clip_index.pipelines import DEFAULT_IMAGE_REPO, PipelineSettings
-
-    repo = (args.image_repo or DEFAULT_IMAGE_REPO).rstrip("/")
-    sized = {f"{step}_{kind}": getattr(args, f"{step}_{kind}")
-             for step in ("download", "embed", "index") for kind in ("cpu", "memory")}
-    return PipelineSettings(
-        cpu_image=f"{repo}/clip-index-cpu:{args.image_tag}",
-        gpu_image=f"{repo}/clip-index-gpu:{args.image_tag}",
-        gpu_type=args.gpu_type, gpu_count=args.gpu_count, parallelism=args.parallelism,
-        retries=args.retries, backoff_s=args.backoff_s, **sized,
-    )
-
-
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from clip_index.launch.runner import run_local
     from clip_index.pipelines import make_index_pipeline
-    from clip_index.runner import run_local
 
     names = inspect.signature(make_index_pipeline().pipeline_func).parameters
     params = {name: getattr(args, name) for name in names}
@@ -129,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from clip_index.search import ClipIndex
+    from clip_index.search.searcher import ClipIndex
 
     given = [x for x in (args.text, args.image, args.image_url, args.embedding) if x]
     if len(given) != 1:
@@ -172,7 +104,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from clip_index.compiler import compile_all
+    from clip_index.launch.compiler import compile_all
 
     for path in compile_all(args.output_dir, settings_from_args(args)):
         print(path)
@@ -180,7 +112,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from clip_index.demo import run_demo
+    from clip_index.launch.demo import run_demo
 
     run_demo(Path(args.work_dir), shards=args.shards)
     return 0
@@ -188,7 +120,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from clip_index.config import LoadConfig
-    from clip_index.dataset import run_load
+    from clip_index.load.step import run_load
 
     _print_json(run_load(config_from_args(LoadConfig, args), args.output).as_metadata())
     return 0
@@ -196,7 +128,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from clip_index.config import DownloadConfig
-    from clip_index.download import download_shard, run_download
+    from clip_index.download.step import download_shard, run_download
 
     config = config_from_args(DownloadConfig, args)
     if args.input:  # one URL parquet file, e.g. for benchmarks
@@ -211,7 +143,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from clip_index.config import EmbedConfig
-    from clip_index.embed import run_embed
+    from clip_index.embed.step import run_embed
 
     config = config_from_args(EmbedConfig, args)
     _print_json(run_embed(args.images, args.shard, args.output, config).as_metadata())
@@ -219,7 +151,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from clip_index.write import run_write
+    from clip_index.index.write import run_write
 
     _print_json(run_write(args.embeddings, args.output_dir).as_metadata())
     return 0
@@ -227,7 +159,7 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from clip_index.config import IndexConfig
-    from clip_index.index import run_index
+    from clip_index.index.build import run_index
 
     _print_json(run_index(args.output_dir, config_from_args(IndexConfig, args)).infos)
     return 0

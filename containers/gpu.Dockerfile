@@ -17,11 +17,13 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HUB_DISABLE_TELEMETRY=1
 WORKDIR /opt/clip-index
 
-COPY pyproject.toml constraints.txt ./
-RUN mkdir clip_index && touch clip_index/__init__.py \
+COPY pyproject.toml constraints.txt containers/stub_packages.py ./
+RUN python stub_packages.py \
     && pip install -c constraints.txt ".[all]" "kfp==${KFP_VERSION}" \
-    && rm -rf clip_index build *.egg-info
+    && rm -rf clip_index components pipelines stub_packages.py build *.egg-info
 COPY clip_index ./clip_index
+COPY components ./components
+COPY pipelines ./pipelines
 RUN pip install --no-deps . \
     && python -c "import kfp, clip_index, torch; \
 assert kfp.__version__ == '${KFP_VERSION}', kfp.__version__; \

@@ -1,10 +1,11 @@
-"""Train `tiny-clip`, the bundled open_clip model, on synthetic shapes from `clip_index.sample`.
+"""Train `tiny-clip`, the bundled open_clip model, on synthetic shapes from
+`clip_index.launch.sample`.
 
 Command (from the repository root, CPU only, no network):
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python scripts/train_tiny_clip.py
 
-It writes clip_index/assets/tiny-clip.safetensors (fp16, 4,596,697 params, 9.22 MB): a
+It writes clip_index/embed/assets/tiny-clip.safetensors (fp16, 4,596,697 params, 9.22 MB): a
 ModifiedResNet image tower (64 px) and a 2-layer text transformer (16 tokens, the standard
 49,408-token vocabulary), trained with the CLIP contrastive loss for 6 epochs x 72 batches of
 36 image-caption pairs, one pair of each (shape, colour) kind per batch. Seed 1234: training
@@ -35,8 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from clip_index.assets import TINY_CLIP_MODEL, TINY_CLIP_WEIGHTS, register_model_configs
-from clip_index.sample import COLOURS, KINDS, SHAPES, caption, draw_shape, random_layout
+from clip_index.embed.assets import TINY_CLIP_MODEL, TINY_CLIP_WEIGHTS, register_model_configs
+from clip_index.launch.sample import COLOURS, KINDS, SHAPES, caption, draw_shape, random_layout
 
 logger = logging.getLogger("train_tiny_clip")
 

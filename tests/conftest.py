@@ -37,7 +37,7 @@ def jpeg_bytes(width: int = 64, height: int = 48, colour: tuple[int, int, int] =
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled synthetic sample (images + captions), made once per session."""
-    from clip_index.sample import make_sample
+    from clip_index.launch.sample import make_sample
 
     out = tmp_path_factory.mktemp("sample")
     make_sample(out, n_images=120)

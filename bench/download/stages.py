@@ -5,8 +5,8 @@ of every corpus image in one process (no network, no pool), then the step's own
     python -m bench.download.stages [--images 10000] [--sample 0]
 
 Uses the download benchmark's corpus (generated if missing). The stages are the functions
-`clip_index.resize.process_image` calls (decode, fit, encode) plus the sha256; the last line is
-the workers' whole function, without the per-stage timers.
+`clip_index.download.resize.process_image` calls (decode, fit, encode) plus the sha256; the
+last line is the workers' whole function, without the per-stage timers.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from bench.download import corpus as corpus_mod
 from bench.download.run import DEFAULT_WORK
-from clip_index import resize
 from clip_index.config import DownloadConfig
+from clip_index.download import resize
 
 STAGES = ("decode", "resize", "encode", "sha256")
 

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from clip_index.embed import default_batch_size
-from clip_index.models import autocast, load_model
+from clip_index.embed.models import autocast, load_model
+from clip_index.embed.step import default_batch_size
 
 
 def main() -> None:

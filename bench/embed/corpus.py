@@ -4,7 +4,8 @@ DataComp-like size mix, as the download step leaves them (256 px keep_ratio, JPE
 Original sizes (long side): ~3% under 50 px, ~10% 50-299 px, ~72% 300-1,200 px, ~15%
 1,200-4,000 px, with common photo aspect ratios. Originals are drawn at most at 2× the download
 size (the resize output is what the embed step sees, and drawing 4,000 px images would only slow
-the set-up), then go through `clip_index.resize.process_image` with the default DownloadConfig.
+the set-up), then go through `clip_index.download.resize.process_image` with the default
+DownloadConfig.
 The same images are also written as files (``files/NNNNN.jpg`` + ``.txt`` caption) for
 clip-retrieval's ``--input_format files``. Cached: ``manifest.json`` is written last.
 """
@@ -23,7 +24,7 @@ import pyarrow as pa
 
 from clip_index import io, schema
 from clip_index.config import DownloadConfig
-from clip_index.resize import process_image
+from clip_index.download.resize import process_image
 from tests.support.images import encoded, photo_like
 
 log = logging.getLogger(__name__)

@@ -84,7 +84,7 @@ def make_checkpoint(model: str, seed: int = 0) -> Path:
     """`model` with seeded random weights, saved as a local open_clip checkpoint (state dict)."""
     import torch
 
-    from clip_index.models import load_model
+    from clip_index.embed.models import load_model
 
     path = WORK / f"{model}-random-seed{seed}.pt"
     if not path.exists():

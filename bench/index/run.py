@@ -45,7 +45,7 @@ def _batch_qps(index: Any, queries: np.ndarray) -> float:
 
 def _quality(index: Any, queries: np.ndarray, exact: np.ndarray,
              latency_queries: int = 200) -> dict[str, float]:
-    from clip_index.tune import latency_ms, recall_at, search_ids
+    from clip_index.index.tune import latency_ms, recall_at, search_ids
 
     approx = search_ids(index, queries, K)
     p50, p99 = latency_ms(index, queries, K, latency_queries)
@@ -62,7 +62,7 @@ def measure_flat(folder: str, queries_path: str, truth_path: str) -> dict[str, A
     """Exact search: the ground truth (saved) and the Flat baseline."""
     import faiss
 
-    from clip_index.tune import VectorParts
+    from clip_index.index.tune import VectorParts
 
     parts = VectorParts.from_folder(folder)
     start = time.perf_counter()
@@ -86,7 +86,7 @@ def measure_autofaiss(folder: str, queries_path: str, truth_path: str,
     the same index key, the same build is then tuned the clip-index way and measured again."""
     from autofaiss import build_index
 
-    from clip_index.tune import VectorParts, tune_and_measure
+    from clip_index.index.tune import VectorParts, tune_and_measure
 
     path = os.path.join(os.path.dirname(truth_path), "autofaiss.index")
     start = time.perf_counter()
@@ -118,8 +118,8 @@ def measure_clip_index(folder: str, queries_path: str | None, truth_path: str | 
     import tempfile
 
     from clip_index.config import IndexConfig
-    from clip_index.index import build_with_autofaiss
-    from clip_index.tune import VectorParts, tune_and_measure
+    from clip_index.index.build import build_with_autofaiss
+    from clip_index.index.tune import VectorParts, tune_and_measure
 
     parts = VectorParts.from_folder(folder)
     config = IndexConfig()
@@ -183,7 +183,7 @@ def synthetic(n: int, dim: int, queries: int, kind: str) -> tuple[str, str]:
 def real(output_dir: str) -> str:
     """A published folder's data/ embeddings, staged as .npy parts."""
     from clip_index import io, schema
-    from clip_index.index import embeddings_array
+    from clip_index.index.build import embeddings_array
 
     folder = WORK / "real"
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def bench_dataset(label: str, folder: str, qpath: str, all_variants: bool) -> li
     from autofaiss.external.optimize import get_optimal_index_keys_v2
 
     from clip_index.config import IndexConfig
-    from clip_index.tune import VectorParts
+    from clip_index.index.tune import VectorParts
 
     truth = str(Path(folder).with_suffix("")) + "-truth.npy"
     rows = [_in_child(measure_flat, folder, qpath, truth)] if all_variants else []
@@ -251,7 +251,7 @@ def main() -> None:
         folder, qpath = synthetic(args.n, args.dim, args.queries, "clustered")
         rows += bench_dataset(f"clustered {args.n:,}×{args.dim}", folder, qpath, True)
     if args.real:
-        from clip_index.tune import VectorParts
+        from clip_index.index.tune import VectorParts
 
         folder = real(args.real)
         n = len(VectorParts.from_folder(folder))

@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
     parser.add_argument("--num-images", type=int, default=10)
     args = parser.parse_args()
-    from clip_index.search import ClipIndex
+    from clip_index.search.searcher import ClipIndex
 
     index = ClipIndex(args.output_dir)
     rng = np.random.default_rng(0)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-
-from clip_index.compiler import compile_all, compile_pipeline
 from clip_index.pipelines import PipelineSettings
+
+from clip_index.launch.compiler import compile_all, compile_pipeline
 
 SETTINGS = PipelineSettings(
     cpu_image="r/clip-index-cpu:abc", gpu_image="r/clip-index-gpu:abc", gpu_type="NVIDIA_TESLA_T4",

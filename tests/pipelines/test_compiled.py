@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from clip_index.compiler import compile_all
 from clip_index.pipelines import PipelineSettings
+
+from clip_index.launch.compiler import compile_all
 
 SETTINGS = PipelineSettings(cpu_image="reg.example/p/clip-index-cpu:abc123",
                             gpu_image="reg.example/p/clip-index-gpu:abc123",

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
-from clip_index.compiler import compile_pipeline
 from clip_index.pipelines import PIPELINES, PipelineSettings
+
+from clip_index.launch.compiler import compile_pipeline
 from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
 from tests.support.tiny_index import build_tiny_index

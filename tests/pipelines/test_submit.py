@@ -17,8 +17,8 @@ from google.cloud.aiplatform import pipeline_jobs  # noqa: E402
 from google.cloud.aiplatform.compat.types import pipeline_job as gca_pipeline_job  # noqa: E402
 from google.cloud.aiplatform.compat.types import pipeline_state  # noqa: E402
 
-from clip_index import submit  # noqa: E402
 from clip_index.cli import build_parser  # noqa: E402
+from clip_index.launch import submit  # noqa: E402
 
 PROJECT, REGION = "my-proj", "us-central1"
 REPO = "us-central1-docker.pkg.dev/my-proj/clip-index"
@@ -119,8 +119,9 @@ def _task_caching(spec: Any) -> dict[str, bool]:
 
 def test_no_cache_turns_caching_off_for_every_task(tmp_path: Path) -> None:
     template = tmp_path / "t.yaml"
-    from clip_index.compiler import compile_pipeline
     from clip_index.pipelines import PipelineSettings
+
+    from clip_index.launch.compiler import compile_pipeline
 
     compile_pipeline("clip-index", str(tmp_path), PipelineSettings())
     (tmp_path / "clip-index.yaml").rename(template)
@@ -148,8 +149,9 @@ def test_no_cache_turns_caching_off_for_every_task(tmp_path: Path) -> None:
 ])
 def test_bad_input_fails_before_any_request(tmp_path: Path, argv: list[str],
                                             message: str) -> None:
-    from clip_index.compiler import compile_pipeline
     from clip_index.pipelines import PipelineSettings
+
+    from clip_index.launch.compiler import compile_pipeline
 
     template = compile_pipeline("clip-index", str(tmp_path), PipelineSettings())
     base = {"dataset": "org/name", "output_dir": "gs://b/o"}
@@ -168,8 +170,9 @@ def test_bad_input_fails_before_any_request(tmp_path: Path, argv: list[str],
 
 def test_kubeflow_variant_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     pytest.importorskip("kfp.kubernetes")
-    from clip_index.compiler import compile_pipeline
     from clip_index.pipelines import PipelineSettings
+
+    from clip_index.launch.compiler import compile_pipeline
 
     template = compile_pipeline("clip-index-kubeflow", str(tmp_path), PipelineSettings())
     with pytest.raises(ValueError, match="Kubeflow variant"):
@@ -183,8 +186,9 @@ def test_compiling_for_submit_needs_the_image_repo() -> None:
 
 
 def test_wait_streams_state_changes_until_the_run_ends(tmp_path: Path) -> None:
-    from clip_index.compiler import compile_pipeline
     from clip_index.pipelines import PipelineSettings
+
+    from clip_index.launch.compiler import compile_pipeline
 
     template = compile_pipeline("clip-index", str(tmp_path), PipelineSettings())
     client = FakeApiClient(["PIPELINE_STATE_RUNNING"] * 4 + ["PIPELINE_STATE_FAILED"])

@@ -65,8 +65,8 @@ def make_embedding_shards(folder: Path, rows_per_shard: int = 60, shards: int = 
 def make_output_dir(tmp: Path, **kwargs: int | str) -> Path:
     """A clip-index output folder built by the real write and index steps (Flat index)."""
     from clip_index.config import IndexConfig
-    from clip_index.index import run_index
-    from clip_index.write import run_write
+    from clip_index.index.build import run_index
+    from clip_index.index.write import run_write
 
     embeddings = make_embedding_shards(tmp / "embeddings", **kwargs)  # type: ignore[arg-type]
     output = tmp / "output"

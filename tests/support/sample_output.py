@@ -37,12 +37,12 @@ def shape_jpeg(shape: str, colour: tuple[int, int, int], size: int = 96) -> byte
 def build_sample_output(work: Path, server: TestServer) -> Path:
     """Serve the sample from `server`, run every step, return the output folder."""
     from clip_index.config import DownloadConfig, EmbedConfig, IndexConfig, LoadConfig
-    from clip_index.dataset import plan_shards, run_load
-    from clip_index.download import run_download
-    from clip_index.embed import run_embed
-    from clip_index.index import run_index
-    from clip_index.report import run_report
-    from clip_index.write import run_write
+    from clip_index.download.step import run_download
+    from clip_index.embed.step import run_embed
+    from clip_index.index.build import run_index
+    from clip_index.index.write import run_write
+    from clip_index.load.step import plan_shards, run_load
+    from clip_index.publish.report import run_report
 
     rows = []
     for shape in SHAPES:

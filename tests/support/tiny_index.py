@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from clip_index.config import IndexConfig
-from clip_index.index import run_index
+from clip_index.index.build import run_index
 from tests.support.index_builder import random_unit, write_output_dir
 
 TINY_DIM = 64  # tiny-clip's embed_dim

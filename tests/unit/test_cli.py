@@ -11,8 +11,8 @@ import pytest
 from clip_index import io, schema
 from clip_index.cli import main
 from clip_index.config import IndexConfig
-from clip_index.index import run_index
-from clip_index.write import run_write
+from clip_index.index.build import run_index
+from clip_index.index.write import run_write
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from clip_index import io
 from clip_index.config import LoadConfig
-from clip_index.dataset import is_hub_id, plan_shards, run_load
+from clip_index.load.step import is_hub_id, plan_shards, run_load
 
 
 def _rows(n: int) -> pa.Table:
@@ -94,7 +94,7 @@ def test_missing_dataset_and_hub_ids(tmp_path) -> None:
 def test_hub_loader_streams_and_checks_columns(tmp_path) -> None:
     """The hub branch is `datasets.load_dataset(..., streaming=True)`; here it reads a local
     folder through that same call (the hub itself is unreachable in tests)."""
-    from clip_index.dataset import _hub_batches
+    from clip_index.load.step import _hub_batches
 
     src = tmp_path / "hub"
     src.mkdir()

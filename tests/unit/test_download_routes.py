@@ -16,7 +16,7 @@ from PIL import Image
 
 from clip_index import schema
 from clip_index.config import DownloadConfig
-from clip_index.download import download_shard
+from clip_index.download.step import download_shard
 from tests.support import routes
 from tests.support.http_server import TestServer
 

@@ -17,10 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clip_index import download, guard, schema
+from clip_index import schema
 from clip_index.config import DownloadConfig
-from clip_index.decoder import MAX_DEATHS_BEFORE_ANY_IMAGE, DecodePool, DecoderUnavailable
-from clip_index.download import download_shard, run_download
+from clip_index.download import guard
+from clip_index.download import step as download
+from clip_index.download.decoder import MAX_DEATHS_BEFORE_ANY_IMAGE, DecodePool, DecoderUnavailable
+from clip_index.download.step import download_shard, run_download
 from tests.support import routes
 from tests.support.crashing import crash_on_marker
 from tests.support.http_server import TestServer
@@ -132,7 +134,7 @@ def test_a_shard_whose_decoder_cannot_run_fails_with_the_reason(
 _CHILD = """
 import sys
 from clip_index.config import DownloadConfig
-from clip_index.download import download_shard
+from clip_index.download.step import download_shard
 if __name__ == "__main__":
     download_shard(sys.argv[1], sys.argv[2], DownloadConfig(
         allow_private_networks=True, concurrency=8, checkpoint_rows=20, image_size=32))
@@ -214,7 +216,7 @@ def test_stats_recounted_when_killed_before_they_were_written(
 
 def test_a_changed_input_discards_the_checkpoint(tmp_path: Path,
                                                  http_server: TestServer) -> None:
-    from clip_index.checkpoint import ShardCheckpoint
+    from clip_index.download.checkpoint import ShardCheckpoint
 
     out = tmp_path / "part-00000.parquet"
     checkpoint = ShardCheckpoint(str(out), schema.IMAGES_SCHEMA)

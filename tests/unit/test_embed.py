@@ -10,8 +10,8 @@ from PIL import Image
 
 from clip_index import io, schema
 from clip_index.config import EmbedConfig
-from clip_index.embed import run_embed
-from clip_index.models import load_model
+from clip_index.embed.models import load_model
+from clip_index.embed.step import run_embed
 from tests.conftest import jpeg_bytes
 
 CONFIG = EmbedConfig(model="tiny-clip", pretrained="none", batch_size=4, num_workers=0)
@@ -66,7 +66,7 @@ def test_finished_shard_is_skipped_and_float16_storage(tmp_path) -> None:
 
 
 def test_random_weights_are_reproducible_from_the_seed() -> None:
-    from clip_index.models import _load
+    from clip_index.embed.models import _load
 
     a = _load("tiny-clip", "none", "cpu", 7)
     _load.cache_clear()
@@ -76,7 +76,7 @@ def test_random_weights_are_reproducible_from_the_seed() -> None:
 
 
 def test_unknown_model_and_pretrained_are_named() -> None:
-    from clip_index.models import check_model_name, check_pretrained
+    from clip_index.embed.models import check_model_name, check_pretrained
 
     with pytest.raises(ValueError, match=r"ViT-B-31.*closest known names.*ViT-B-32"):
         check_model_name("ViT-B-31")
@@ -88,7 +88,7 @@ def test_split_preprocess_is_bit_identical_to_open_clips() -> None:
     """Workers run the PIL stage, the device the tensor stage: together exactly `preprocess`."""
     import open_clip
 
-    from clip_index.pixels import split_preprocess
+    from clip_index.embed.pixels import split_preprocess
     from tests.support.images import photo_like
 
     for preprocess in (load_model("tiny-clip", "none").preprocess,
@@ -110,8 +110,8 @@ def test_cuda_out_of_memory_halves_the_batch_and_goes_on(tmp_path) -> None:
     same vectors as without the errors."""
     import dataclasses
 
-    from clip_index.embed import embed_shard
-    from clip_index.models import ClipModel
+    from clip_index.embed.models import ClipModel
+    from clip_index.embed.step import embed_shard
 
     @dataclasses.dataclass
     class OutOfMemoryAbove(ClipModel):
@@ -147,7 +147,7 @@ def test_cuda_out_of_memory_halves_the_batch_and_goes_on(tmp_path) -> None:
 
 
 def test_out_of_memory_at_one_image_is_an_error(tmp_path) -> None:
-    from clip_index.embed import BatchEncoder
+    from clip_index.embed.step import BatchEncoder
 
     class NeverFits:
         dim = 64

@@ -12,9 +12,9 @@ import pytest
 
 from clip_index import schema
 from clip_index.config import ConfigError, IndexConfig
-from clip_index.index import run_index
-from clip_index.search import ClipIndex
-from clip_index.tune import VectorParts, exact_top_k, search_ids, tune_and_measure
+from clip_index.index.build import run_index
+from clip_index.index.tune import VectorParts, exact_top_k, search_ids, tune_and_measure
+from clip_index.search.searcher import ClipIndex
 from tests.support.index_builder import random_unit, write_output_dir
 
 DIM = 32
@@ -125,7 +125,7 @@ def test_memory_mapped_index_gives_the_same_results(tmp_path: Path) -> None:
 def test_tuning_stops_at_the_query_time_budget() -> None:
     import faiss
 
-    from clip_index.tune import tune
+    from clip_index.index.tune import tune
 
     x = random_unit(3000, DIM, seed=9)  # random: no efSearch reaches recall 1.0 for sure
     index = faiss.index_factory(DIM, "HNSW8", faiss.METRIC_INNER_PRODUCT)

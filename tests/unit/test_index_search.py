@@ -8,9 +8,9 @@ import pytest
 
 from clip_index import io, schema
 from clip_index.config import IndexConfig
-from clip_index.index import run_index
-from clip_index.search import ClipIndex
-from clip_index.write import run_write
+from clip_index.index.build import run_index
+from clip_index.index.write import run_write
+from clip_index.search.searcher import ClipIndex
 
 DIM = 16
 MODEL = {"model": "tiny-clip", "pretrained": "none", "dim": DIM, "seed": 0, "dtype": "float32",

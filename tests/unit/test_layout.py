@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_index.layout import CLIP_INDEX, REFERENCE, detect_layout
-from clip_index.search import ClipIndex
+from clip_index.index.layout import CLIP_INDEX, REFERENCE, detect_layout
+from clip_index.search.searcher import ClipIndex
 from tests.support.outputs import make_output_dir, make_reference_dir
 
 

@@ -1,4 +1,5 @@
-"""The allocator settings of the download step's processes (clip_index/memory.py), on glibc."""
+"""The allocator settings of the download step's processes (clip_index/download/memory.py), on
+glibc."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import platform
 
 import pytest
 
-from clip_index import memory
+from clip_index.download import memory
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from clip_index import plan
 from clip_index.cli import build_parser, main
+from clip_index.launch import plan
 
 
 def run(*argv: str) -> dict:

@@ -34,8 +34,8 @@ def make_run(tmp: Path, shards: int = 2, rows: int = 12) -> tuple[str, list[str]
     """Image shards as the download step writes them, embedding shards as embed writes them
     (one failed row per shard), then the real write and index steps."""
     from clip_index.config import IndexConfig
-    from clip_index.index import run_index
-    from clip_index.write import run_write
+    from clip_index.index.build import run_index
+    from clip_index.index.write import run_write
 
     rng = np.random.default_rng(0)
     images_dir, embed_dir = tmp / "images", tmp / "embeddings"
@@ -85,7 +85,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
 
 
 def test_report_tables_and_thumbnail_grid(run_dir: tuple[str, list[str]]) -> None:
-    from clip_index.report import build_report
+    from clip_index.publish.report import build_report
 
     out, image_dirs = run_dir
     report = build_report(out, image_dirs, sample_queries=3, k=4)
@@ -112,7 +112,7 @@ def test_report_tables_and_thumbnail_grid(run_dir: tuple[str, list[str]]) -> Non
 
 def test_results_outside_the_downloaded_shards_link_their_url(
         run_dir: tuple[str, list[str]], tmp_path: Path) -> None:
-    from clip_index.report import build_report
+    from clip_index.publish.report import build_report
 
     out, _ = run_dir
     report = build_report(out, image_dirs=[str(tmp_path)], sample_queries=2, k=3)
@@ -122,7 +122,7 @@ def test_results_outside_the_downloaded_shards_link_their_url(
 
 
 def test_run_report_writes_both_files(run_dir: tuple[str, list[str]]) -> None:
-    from clip_index.report import REPORT_HTML, run_report
+    from clip_index.publish.report import REPORT_HTML, run_report
 
     out, image_dirs = run_dir
     markdown = run_report(out, image_dirs=image_dirs)

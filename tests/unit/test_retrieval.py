@@ -11,9 +11,9 @@ import pytest
 
 from clip_index import schema
 from clip_index.config import DownloadConfig, RetrieveConfig
-from clip_index.retrieve import run_load_queries, run_retrieve
 from clip_index.schema import RowError, Status
-from clip_index.search import ClipIndex
+from clip_index.search.retrieve import run_load_queries, run_retrieve
+from clip_index.search.searcher import ClipIndex
 from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
 from tests.support.tiny_index import TINY_DIM, build_tiny_index

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from clip_index.sample import (
+from clip_index.launch.sample import (
     CAPTIONS_FILE,
     COLOURS,
     KINDS,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from clip_index.config import DownloadConfig
-from clip_index.search import ClipIndex
-from clip_index.serve import ServeSettings, create_app
+from clip_index.search.searcher import ClipIndex
+from clip_index.search.server import ServeSettings, create_app
 from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
 from tests.support.live_server import LiveServer

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_index.assets import (
+from clip_index.embed.assets import (
     MODEL_CONFIG_DIR,
     TINY_CLIP_MODEL,
     TINY_CLIP_WEIGHTS,
     register_model_configs,
 )
-from clip_index.sample import KINDS, make_sample
+from clip_index.launch.sample import KINDS, make_sample
 
 Model = tuple[open_clip.CLIP, Callable[[Image.Image], torch.Tensor], Callable[..., torch.Tensor]]
 

@@ -1,4 +1,4 @@
-"""Scaled WebP decoding (clip_index/webp.py) and its place in the download step's image
+"""Scaled WebP decoding (clip_index/download/webp.py) and its place in the download step's image
 processing: the same images as Pillow's full-size path at the same quality, alpha composited
 correctly, and everything it does not handle (animations, EXIF, broken data) still handled."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_index import resize, webp
 from clip_index.config import DownloadConfig
+from clip_index.download import resize, webp
 from clip_index.schema import RowError
 from tests.support.images import photo_like
 

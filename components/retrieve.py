@@ -1,5 +1,5 @@
 """KFP component declarations of the retrieve pipeline: load a Dataset of queries, then search a
-published index with it. Thin bodies that call clip_index.retrieve (no logic here).
+published index with it. Thin bodies that call clip_index.search.retrieve (no logic here).
 (No `from __future__ import annotations`: KFP reads these annotations at runtime.)
 """
 
@@ -26,7 +26,7 @@ def load_queries(
         embedding_column: Column of query embeddings, when the file has one.
     """
     from clip_index.config import RetrieveConfig
-    from clip_index.retrieve import run_load_queries
+    from clip_index.search.retrieve import run_load_queries
 
     config = RetrieveConfig(query_column=query_column, embedding_column=embedding_column)
     queries.metadata["queries"] = run_load_queries(source, queries.path, config)
@@ -58,7 +58,7 @@ def retrieve_matches(
         shard_size: Rows per URL shard of the matched images.
     """
     from clip_index.config import RetrieveConfig
-    from clip_index.retrieve import run_retrieve
+    from clip_index.search.retrieve import run_retrieve
 
     config = RetrieveConfig(num_images=num_images, deduplicate=deduplicate,
                             batch_size=batch_size, mmap=mmap, shard_size=shard_size)

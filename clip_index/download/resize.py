@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from clip_index import webp
 from clip_index.config import DownloadConfig
-from clip_index.memory import reuse_freed_memory, trim_if_above
+from clip_index.download import webp
+from clip_index.download.memory import reuse_freed_memory, trim_if_above
 from clip_index.status import RowError, Status
 
 _FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}

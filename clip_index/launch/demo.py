@@ -45,9 +45,9 @@ def serve_folder(folder: Path) -> Iterator[str]:
 
 def run_demo(work_dir: Path, n_images: int = 480, shards: int = 2) -> str:
     """The demo end to end; returns (and prints) the summary and the query results."""
-    from clip_index.runner import run_local
-    from clip_index.sample import make_sample, sample_urls
-    from clip_index.search import ClipIndex
+    from clip_index.launch.runner import run_local
+    from clip_index.launch.sample import make_sample, sample_urls
+    from clip_index.search.searcher import ClipIndex
 
     work_dir = work_dir.resolve()
     table = make_sample(work_dir / "sample", n_images=n_images)
@@ -62,7 +62,8 @@ def run_demo(work_dir: Path, n_images: int = 480, shards: int = 2) -> str:
         })
     index = ClipIndex(output_dir)
     lines = [summary, "",
-             "Model: tiny-clip with the bundled weights (clip_index/assets/tiny-clip.safetensors),",
+             "Model: tiny-clip with the bundled weights "
+             "(clip_index/embed/assets/tiny-clip.safetensors),",
              "a 'CLIP' trained in seconds on synthetic shapes by scripts/train_tiny_clip.py. It",
              "knows shapes and colours only; for real images use --model ViT-B-32 --pretrained",
              "laion2b_s34b_b79k (needs the internet, or a local checkpoint path).", ""]

@@ -109,8 +109,8 @@ def sample_queries_of(output_dir: str, n: int, k: int) -> list[tuple[Thumb, list
     when its own embedding is the query."""
     import numpy as np
 
-    from clip_index.index import embeddings_array
-    from clip_index.search import ClipIndex
+    from clip_index.index.build import embeddings_array
+    from clip_index.search.searcher import ClipIndex
 
     index = ClipIndex(output_dir)
     shards = io.list_shards(io.join(output_dir, schema.DATA_DIR))

@@ -34,7 +34,7 @@ def load_dataset(
         shard_size: Rows per shard, the unit of parallelism and resume.
     """
     from clip_index.config import LoadConfig
-    from clip_index.dataset import run_load
+    from clip_index.load.step import run_load
 
     config = LoadConfig(dataset=dataset, id_column=id_column, url_column=url_column,
                         caption_column=caption_column, limit=limit, shard_size=shard_size)
@@ -47,7 +47,7 @@ def plan_shards(urls: Input[Dataset]) -> list[int]:
     Args:
         urls: The load step's output folder.
     """
-    from clip_index.dataset import plan_shards as plan
+    from clip_index.load.step import plan_shards as plan
 
     return plan(urls.path)
 
@@ -90,7 +90,7 @@ def download_images(
         max_failure_rate: Fail the task when the shard's failure share passes this.
     """
     from clip_index.config import DownloadConfig
-    from clip_index.download import run_download
+    from clip_index.download.step import run_download
 
     config = DownloadConfig(image_size=image_size, resize_mode=resize_mode, timeout_s=timeout_s,
                             retries=retries, concurrency=concurrency,
@@ -130,7 +130,7 @@ def embed_images(
         num_workers: Image decoding processes (-1 = all cores but one on GPU, none on CPU).
     """
     from clip_index.config import EmbedConfig
-    from clip_index.embed import run_embed
+    from clip_index.embed.step import run_embed
 
     config = EmbedConfig(model=model, pretrained=pretrained, batch_size=batch_size, dtype=dtype,
                          seed=seed, precision=precision, num_workers=num_workers)
@@ -150,7 +150,7 @@ def write_embeddings(
         output_dir: The published folder (local or gs://): data/, failed/, manifest.json.
         data: Records what was written (metadata: rows, successes, model, dim).
     """
-    from clip_index.write import run_write
+    from clip_index.index.write import run_write
 
     result = run_write([e.path for e in embeddings], output_dir)
     data.metadata.update(result.as_metadata())
@@ -185,7 +185,7 @@ def build_index(
         should_be_memory_mappable: Only index types that can be memory-mapped at query time.
     """
     from clip_index.config import IndexConfig
-    from clip_index.index import run_index
+    from clip_index.index.build import run_index
 
     config = IndexConfig(max_index_memory_usage=max_index_memory_usage,
                          current_memory_available=current_memory_available,
@@ -218,7 +218,7 @@ def report(
         report_html: Self-contained HTML report with a thumbnail grid of sample query results.
     """
     from clip_index import io, schema
-    from clip_index.report import REPORT_HTML, build_report
+    from clip_index.publish.report import REPORT_HTML, build_report
 
     result = build_report(output_dir, image_dirs=[i.path for i in images])
     for artifact, text, name in ((report, result.markdown, schema.REPORT),
@@ -253,8 +253,8 @@ def publish_to_hub(
             (projects/P/secrets/S/versions/latest); "" = HF_TOKEN in the task's environment.
     """
     from clip_index.config import PublishConfig
-    from clip_index.hub import secret_token
-    from clip_index.publish import run_publish
+    from clip_index.publish.hub import secret_token
+    from clip_index.publish.step import run_publish
 
     config = PublishConfig(repo_id=repo_id, private=private, revision=revision, source=source)
     token = secret_token(token_secret) if token_secret else None

@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from clip_index.config import DownloadConfig
-from clip_index.resize import ProcessedImage, init_worker, process_batch
+from clip_index.download.resize import ProcessedImage, init_worker, process_batch
 from clip_index.status import Status
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class DecodePool:
         # forkserver: never fork a process that runs the event loop's threads; the server
         # imports Pillow once, so each worker starts fast
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["clip_index.resize"])
+        self._ctx.set_forkserver_preload(["clip_index.download.resize"])
         self._executor = self._new_executor()
         self._pending: list[_Pending] = []
         self._in_flight = 0

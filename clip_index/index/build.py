@@ -21,8 +21,8 @@ import pyarrow as pa
 
 from clip_index import io, schema
 from clip_index.config import IndexConfig
-from clip_index.models import normalise
-from clip_index.tune import VectorParts, tune_and_measure
+from clip_index.embed.models import normalise
+from clip_index.index.tune import VectorParts, tune_and_measure
 
 log = logging.getLogger(__name__)
 

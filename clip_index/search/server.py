@@ -49,9 +49,9 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
     from fastapi.responses import HTMLResponse, JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-    from clip_index.fetch import fetch_url_async
+    from clip_index.download.fetch import fetch_url_async
     from clip_index.schema import RowError, Status
-    from clip_index.serve_page import PAGE_HTML
+    from clip_index.search.page import PAGE_HTML
 
     if not indices:
         raise ValueError("serve: expected at least one index")
@@ -233,7 +233,7 @@ def command(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from clip_index.search import ClipIndex
+    from clip_index.search.searcher import ClipIndex
 
     indices = {}
     for spec in args.output_dir:

@@ -9,8 +9,8 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clip_index.cli import add_typed_flags, config_params
     from clip_index.config import RetrieveConfig
+    from clip_index.flags import add_typed_flags, config_params
 
     parser.add_argument("queries", help="txt / csv / jsonl / parquet prompts, or npy embeddings")
     parser.add_argument("index_dir", help="a published clip-index folder")
@@ -20,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from clip_index.cli import config_from_args
     from clip_index.config import RetrieveConfig
-    from clip_index.retrieve import run_load_queries, run_retrieve
+    from clip_index.flags import config_from_args
+    from clip_index.search.retrieve import run_load_queries, run_retrieve
 
     config = config_from_args(RetrieveConfig, args)
     queries, matches, urls = (os.path.join(args.output, d) for d in ("queries", "matches", "urls"))

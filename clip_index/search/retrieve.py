@@ -102,8 +102,8 @@ def run_retrieve(queries_dir: str, index_dir: str, matches_dir: str, urls_dir: s
     """Search every query of ``queries_dir/queries.parquet`` in the index at `index_dir`; write
     ``matches_dir/matches.parquet`` and the distinct matched images as URL shards + manifest in
     `urls_dir` (the load step's layout, so the download step reads them as they are)."""
-    from clip_index.index import embeddings_array
-    from clip_index.search import ClipIndex
+    from clip_index.index.build import embeddings_array
+    from clip_index.search.searcher import ClipIndex
 
     config.validate()
     start = time.monotonic()

@@ -26,7 +26,7 @@ import torch
 
 from clip_index import io, schema
 from clip_index.config import EmbedConfig
-from clip_index.models import ClipModel, load_model
+from clip_index.embed.models import ClipModel, load_model
 from clip_index.schema import Status
 from clip_index.stats import Progress, ShardStats, check_failure_rate
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_index.pixels import SplitPreprocess, split_preprocess
+from clip_index.embed.pixels import SplitPreprocess, split_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def autocast(device: str, precision: str) -> Any:
 
 def register_bundled_configs() -> None:
     """Make the model configs shipped with clip-index (e.g. `tiny-clip`) known to open_clip."""
-    from clip_index.assets import register_model_configs
+    from clip_index.embed.assets import register_model_configs
 
     register_model_configs()
 
@@ -195,7 +195,7 @@ def _load(name: str, pretrained: str, device: str, seed: int) -> ClipModel:
         log.warning("model %s with random weights (seed %d): the index will be meaningless",
                     name, seed)
     elif pretrained == BUNDLED:
-        from clip_index.assets import TINY_CLIP_WEIGHTS
+        from clip_index.embed.assets import TINY_CLIP_WEIGHTS
 
         weights = str(TINY_CLIP_WEIGHTS)
     try:

@@ -30,7 +30,7 @@ _DONE_STATES = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_S
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clip_index.cli import add_settings_flags
+    from clip_index.flags import add_settings_flags
 
     parser.add_argument("--project", required=True, help="GCP project id")
     parser.add_argument("--region", required=True, help="Vertex AI region, e.g. us-central1")
@@ -131,7 +131,7 @@ def load_parameters(config: str | None, pairs: list[str]) -> dict[str, Any]:
 def check_parameters(template_path: str, params: dict[str, Any]) -> dict[str, Any]:
     """Typed parameters for the template; raises on unknown names, missing required ones, bad
     types, values the step configs refuse, and an output_dir a Vertex worker cannot publish to."""
-    from clip_index.runner import configs_from_params
+    from clip_index.launch.runner import configs_from_params
 
     spec = template_parameters(template_path)
     unknown = sorted(set(params) - set(spec))
@@ -200,8 +200,8 @@ def wait(job: Any, poll_s: float, echo: Any = print) -> str:
 
 def compile_template(args: argparse.Namespace, directory: str) -> str:
     """Compile the Vertex AI pipeline with the compile flags of `args`; return the YAML path."""
-    from clip_index.cli import settings_from_args
-    from clip_index.compiler import compile_pipeline
+    from clip_index.flags import settings_from_args
+    from clip_index.launch.compiler import compile_pipeline
 
     if not args.image_repo:
         raise ValueError("submit: give --image-repo (where the clip-index-cpu/-gpu images were "

@@ -4,7 +4,7 @@ bytes, PIL, URL) or embedding, one query or a batch, with optional de-duplicatio
 
 The query model is exactly the one the manifest names (model, pretrained, dim), so query and
 index embeddings come from the same weights; the reference layout has no manifest and its model
-is known (see `clip_index.layout`).
+is known (see `clip_index.index.layout`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 
 from clip_index import io, schema
 from clip_index.config import DownloadConfig
-from clip_index.hub import download_index, is_hub_uri, parse_hub_uri
-from clip_index.layout import detect_layout, read_mapping
-from clip_index.models import ClipModel, load_model, normalise
+from clip_index.embed.models import ClipModel, load_model, normalise
+from clip_index.index.layout import detect_layout, read_mapping
+from clip_index.publish.hub import download_index, is_hub_uri, parse_hub_uri
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class SearchResult:
 class ClipIndex:
     """A published index folder, ready to query: a clip-index output folder (local, gs://, or
     ``hf://ORG/NAME[@REVISION]`` on the Hugging Face Hub) or the reference's published layout
-    (see `clip_index.layout`).
+    (see `clip_index.index.layout`).
 
     mmap: memory-map the faiss index instead of reading it into RAM (for indexes larger than
     memory; slower per query). device: where the query model runs ('auto', 'cpu', 'cuda').
@@ -182,7 +182,7 @@ class ClipIndex:
                          fetch: DownloadConfig | None = None) -> list[SearchResult]:
         """Top-k matches for the image at `url`, fetched like the download step fetches (the
         address guard, redirects checked hop by hop, the size cap; see DownloadConfig)."""
-        from clip_index.fetch import fetch_url
+        from clip_index.download.fetch import fetch_url
 
         return self.search_image(fetch_url(url, fetch or DownloadConfig()), k, deduplicate)
 

@@ -38,8 +38,8 @@ def configs_from_params(params: dict[str, Any]) -> dict[str, Any]:
 def preflight(params: dict[str, Any]) -> None:
     """Fail before any work on a bad value: configs, model name and weights, output folder,
     dataset location and columns."""
-    from clip_index.dataset import check_source
-    from clip_index.models import check_model_name, check_pretrained
+    from clip_index.embed.models import check_model_name, check_pretrained
+    from clip_index.load.step import check_source
 
     if not params.get("output_dir"):
         raise ValueError("output_dir is required: the folder the index is published to")

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kfp import dsl
-
 from clip_index.components import make_components
+from kfp import dsl
 
 # Vertex AI accelerator types (aiplatform AcceleratorType names) the embed step may ask for.
 GPU_TYPES = (

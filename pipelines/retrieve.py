@@ -4,10 +4,9 @@ from an index, the way the reference's users did it with clip-retrieval)."""
 
 from typing import Any
 
-from kfp import dsl
-
 from clip_index.components import make_components
 from clip_index.components.retrieve import make_retrieve_components
+from kfp import dsl
 
 
 def make_retrieve_pipeline(settings: Any = None) -> Any:

@@ -1,5 +1,5 @@
 """Publish step and `clip-index publish`: upload an output folder to the Hugging Face Hub as a
-dataset, with a generated dataset card (README.md, see `clip_index.card`).
+dataset, with a generated dataset card (README.md, see `clip_index.publish.card`).
 
 `huggingface_hub` does the upload: with hf_xet installed (the default) `upload_folder` streams
 the folder in several commits, resumes an interrupted upload when run again, and skips files the
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from clip_index import io, schema
-from clip_index.card import dataset_card
 from clip_index.config import PublishConfig
-from clip_index.hub import REPO_TYPE
-from clip_index.layout import CLIP_INDEX, detect_layout
+from clip_index.index.layout import CLIP_INDEX, detect_layout
+from clip_index.publish.card import dataset_card
+from clip_index.publish.hub import REPO_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class _local_copy:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`clip-index publish OUTPUT_DIR --repo-id ORG/NAME [--private] [--revision BRANCH]`."""
-    from clip_index.cli import add_typed_flags, config_params
+    from clip_index.flags import add_typed_flags, config_params
 
     parser.add_argument("output_dir", help="the clip-index output folder to publish")
     add_typed_flags(parser, config_params(PublishConfig))
@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from clip_index.cli import config_from_args
+    from clip_index.flags import config_from_args
 
     for name in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
         logging.getLogger(name).setLevel(logging.WARNING)

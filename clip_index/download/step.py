@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clip_index import io, schema
-from clip_index.checkpoint import ROW, ShardCheckpoint
 from clip_index.config import DownloadConfig
-from clip_index.decoder import DecodePool, DecoderUnavailable
-from clip_index.fetch import Fetcher
-from clip_index.guard import GuardedResolver
-from clip_index.memory import reuse_freed_memory, trim_if_above
-from clip_index.resize import ProcessedImage
+from clip_index.download.checkpoint import ROW, ShardCheckpoint
+from clip_index.download.decoder import DecodePool, DecoderUnavailable
+from clip_index.download.fetch import Fetcher
+from clip_index.download.guard import GuardedResolver
+from clip_index.download.memory import reuse_freed_memory, trim_if_above
+from clip_index.download.resize import ProcessedImage
 from clip_index.schema import RowError, Status
 from clip_index.stats import Progress, ShardStats, check_failure_rate
 

@@ -1,0 +1,1 @@
+"""Querying a published index: ClipIndex, the HTTP server and its page, batch retrieval."""
