@@ -46,6 +46,24 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
                         datefmt="%H:%M:%S")
 
 
+SHARDS_HELP = "shard numbers, e.g. 0-39 or 3,7,9-12 (default: 0)"
+
+
+def shard_list(spec: str) -> list[int]:
+    """``0-3,7`` → ``[0, 1, 2, 3, 7]``: the shards of a work unit, as the pipeline gives them."""
+    shards: list[int] = []
+    try:
+        for part in spec.split(","):
+            first, _, last = part.strip().partition("-")
+            shards.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: expected shard numbers like 0-39 or 3,7,9-12") from None
+    if not shards or min(shards) < 0:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected shard numbers >= 0")
+    return shards
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -135,9 +153,9 @@ def cmd_download(args: argparse.Namespace) -> int:
         stats = download_shard(args.input, str(Path(args.output) / "part-00000.parquet"), config)
         _print_json(stats.as_dict())
     elif args.urls:
-        _print_json(run_download(args.urls, args.shard, args.output, config).as_metadata())
+        _print_json(run_download(args.urls, args.shards, args.output, config).as_metadata())
     else:
-        raise ValueError("download: give --urls DIR (with --shard N) or --input FILE")
+        raise ValueError("download: give --urls DIR (with --shards) or --input FILE")
     return 0
 
 
@@ -146,7 +164,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clip_index.embed.step import run_embed
 
     config = config_from_args(EmbedConfig, args)
-    _print_json(run_embed(args.images, args.shard, args.output, config).as_metadata())
+    _print_json(run_embed(args.images, args.shards, args.output, config).as_metadata())
     return 0
 
 
@@ -234,17 +252,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_typed_flags(load, config_params(cfg.LoadConfig))
 
     if wanted("download"):
-        download = command("download", cmd_download, "step: one URL shard → image shard")
-        download.add_argument("--urls", help="the load step's folder (with --shard)")
-        download.add_argument("--shard", type=int, default=0)
+        download = command("download", cmd_download, "step: URL shards → image shards")
+        download.add_argument("--urls", help="the load step's folder (with --shards)")
+        download.add_argument("--shards", type=shard_list, default=[0], help=SHARDS_HELP)
         download.add_argument("--input", help="or: one URL parquet file (uid, url, caption)")
         download.add_argument("--output", required=True)
         add_typed_flags(download, config_params(cfg.DownloadConfig))
 
     if wanted("embed"):
-        embed = command("embed", cmd_embed, "step: one image shard → embedding shard")
-        embed.add_argument("--images", required=True)
-        embed.add_argument("--shard", type=int, default=0)
+        embed = command("embed", cmd_embed, "step: image shards → embedding shards")
+        embed.add_argument("--images", nargs="+", required=True,
+                           help="the download step's folders (one per download task)")
+        embed.add_argument("--shards", type=shard_list, default=[0], help=SHARDS_HELP)
         embed.add_argument("--output", required=True)
         add_typed_flags(embed, config_params(cfg.EmbedConfig))
 

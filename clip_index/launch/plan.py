@@ -184,7 +184,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = PipelineSettings()
     parser.add_argument("--rows", type=int, required=True, help="rows (URLs) in the dataset")
     parser.add_argument("--gpu-type", default=d.gpu_type)
-    parser.add_argument("--gpus", type=int, default=d.gpu_count * d.parallelism,
+    parser.add_argument("--gpus", type=int, default=d.gpu_count * d.embed_parallelism,
                         help="GPUs the run may use at once (your quota)")
     parser.add_argument("--gpu-count", type=int, default=d.gpu_count, help="GPUs per embed task")
     parser.add_argument("--shard-size", type=int, default=10_000)

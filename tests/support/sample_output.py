@@ -67,8 +67,8 @@ def build_sample_output(work: Path, server: TestServer) -> Path:
                               timeout_s=10)
     embed = EmbedConfig(model="tiny-clip", pretrained="none", device="cpu", num_workers=0)
     for shard in plan_shards(urls):
-        run_download(urls, shard, images, download)
-        run_embed(images, shard, embeddings, embed)
+        run_download(urls, [shard], images, download)
+        run_embed([images], [shard], embeddings, embed)
     run_write([embeddings], output)
     run_index(output, IndexConfig(index_key="Flat", recall_queries=10))
     run_report(output)
