@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,15 +53,13 @@ SHARDS_HELP = "shard numbers, e.g. 0-39 or 3,7,9-12 (default: 0)"
 def shard_list(spec: str) -> list[int]:
     """``0-3,7`` → ``[0, 1, 2, 3, 7]``: the shards of a work unit, as the pipeline gives them."""
     shards: list[int] = []
-    try:
-        for part in spec.split(","):
-            first, _, last = part.strip().partition("-")
-            shards.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{spec!r}: expected shard numbers like 0-39 or 3,7,9-12") from None
-    if not shards or min(shards) < 0:
-        raise argparse.ArgumentTypeError(f"{spec!r}: expected shard numbers >= 0")
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", part)
+        if not match:
+            raise argparse.ArgumentTypeError(
+                f"{spec!r}: expected shard numbers like 0-39 or 3,7,9-12")
+        first = int(match.group(1))
+        shards.extend(range(first, int(match.group(2) or first) + 1))
     return shards
 
 
@@ -74,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     names = inspect.signature(make_index_pipeline().pipeline_func).parameters
     params = {name: getattr(args, name) for name in names}
-    print(run_local(params, pipeline_root=args.pipeline_root, settings=settings_from_args(args)))
+    print(run_local(params, pipeline_root=args.pipeline_root, settings=settings_from_args(args),
+                    cache=not args.no_cache))
     return 0
 
 
@@ -214,6 +214,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_typed_flags(run, pipeline_params(make_index_pipeline().pipeline_func))
         run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
                          "artifacts (default: OUTPUT_DIR/.pipeline)")
+        run.add_argument("--no-cache", action="store_true",
+                         help="redo every task; by default a repeated run (same parameters and "
+                              "pipeline root) reuses the tasks that finished, so a killed run "
+                              "resumes")
         add_settings_flags(run)
 
     if wanted("query"):

@@ -56,9 +56,13 @@ def preflight(params: dict[str, Any]) -> None:
 
 
 def run_local(params: dict[str, Any], pipeline_root: str | None = None,
-              settings: Any = None) -> str:
+              settings: Any = None, cache: bool = True) -> str:
     """Run the clip-index pipeline on this machine; return a summary of what it produced.
-    Parameters not given take the pipeline's defaults."""
+    Parameters not given take the pipeline's defaults.
+
+    With `cache` (the default), a run repeated with the same parameters and pipeline root
+    reuses every task that finished before (kfp.local's cache, as Vertex AI's): a run killed
+    midway resumes from its finished work units instead of starting over."""
     from kfp import local
 
     from clip_index.pipelines import PipelineSettings, make_index_pipeline
@@ -70,7 +74,7 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
     root = pipeline_root or os.path.join(params["output_dir"], ".pipeline")
     os.makedirs(root, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
-               raise_on_error=True)
+               raise_on_error=True, enable_caching=cache)
     # expected locally, and said once here instead of per task: resources, accelerators and
     # display names only apply on Vertex/Kubeflow, and tasks run in this Python, not the images
     log.info("kfp.local: tasks run in this Python environment; GPU/CPU/memory settings and "
@@ -132,7 +136,7 @@ def summary(output_dir: str, wall_s: float, pipeline_root: str | None = None) ->
     if pipeline_root:
         times = step_times(pipeline_root)
         if times:
-            lines.append("  step seconds (summed over shards): " +
+            lines.append("  step seconds (summed over tasks): " +
                          ", ".join(f"{k} {v:.1f}" for k, v in sorted(times.items())))
     lines.append(f"  query it: clip-index query {output_dir} --text 'a red circle'")
     return "\n".join(lines)

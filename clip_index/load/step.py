@@ -109,8 +109,9 @@ def plan_units(urls_dir: str, max_units: int) -> list[dict[str, Any]]:
     units: list[dict[str, Any]] = [{"unit": i, "shards": [], "rows": 0} for i in range(count)]
     seen = 0
     for index, (shard, rows) in enumerate(shards):
-        # unit by the rows before this shard, but never leave a later unit without a shard
-        unit = min(seen * count // total, count - 1) if total else index * count // len(shards)
+        # the unit its middle row falls in, but never leave a later unit without a shard
+        unit = (min(int((seen + rows / 2) * count / total), count - 1) if total
+                else index * count // len(shards))
         unit = max(unit, count - (len(shards) - index))
         units[unit]["shards"].append(shard)
         units[unit]["rows"] += rows
