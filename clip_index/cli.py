@@ -73,7 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     names = inspect.signature(make_index_pipeline().pipeline_func).parameters
     params = {name: getattr(args, name) for name in names}
-    print(run_local(params, pipeline_root=args.pipeline_root, settings=settings_from_args(args),
+    settings = settings_from_args(args)
+    settings.validate()  # loop widths and sizes first: cheaper than checking the dataset
+    print(run_local(params, pipeline_root=args.pipeline_root, settings=settings,
                     cache=not args.no_cache))
     return 0
 
