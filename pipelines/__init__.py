@@ -137,10 +137,12 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         target_recall: float = 0.95,
         recall_queries: int = 1000,
         should_be_memory_mappable: bool = False,
+        dataset_fingerprint: str = "",
     ) -> None:
         load = c.load_dataset(
             dataset=dataset, id_column=id_column, url_column=url_column,
             caption_column=caption_column, limit=limit, shard_size=shard_size,
+            fingerprint=dataset_fingerprint,  # the cache key follows the content (issue 16)
         ).set_display_name("Load dataset")
         plan = c.plan_shards(urls=load.outputs["urls"]).set_display_name("Plan shards")
         for task in (load, plan):

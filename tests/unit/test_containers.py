@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.checkout import needs_checkout
+
+pytestmark = needs_checkout("containers", "cloudbuild.yaml", ".dockerignore")
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((ROOT / "containers").glob("*.Dockerfile"))
 
