@@ -46,12 +46,14 @@ class PipelineSettings:
     gpu_type: str = "NVIDIA_L4"
     gpu_count: int = 1
     parallelism: int = 8
-    embed_cpu: str = "8"
-    embed_memory: str = "32G"
-    download_cpu: str = "8"
+    # Limits become Kubernetes requests: each fits the allocatable CPU/memory (after GKE's
+    # reservations and daemon pods) of the node shape beside it (README "Node shapes").
+    embed_cpu: str = "6"  # g2-standard-8 + 1 L4; n1-standard-8 + 1 T4
+    embed_memory: str = "24G"
+    download_cpu: str = "7"  # e2-/n2-standard-8
     download_memory: str = "16G"
-    index_cpu: str = "16"
-    index_memory: str = "64G"
+    index_cpu: str = "14"  # n2-standard-16
+    index_memory: str = "48G"
     retries: int = 2
     backoff_s: int = 60
     backoff_factor: float = 2.0

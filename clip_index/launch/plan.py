@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -113,7 +114,12 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
     parallel = args.gpus // args.gpu_count
     shards = math.ceil(args.rows / args.shard_size)
     images = args.rows * args.success_rate
-    dl_cpu, emb_cpu, idx_cpu = float(args.download_cpu), float(args.embed_cpu), 16.0
+    from clip_index.pipelines import PipelineSettings
+
+    index = PipelineSettings()  # the index task's compiled defaults
+    idx_cpu = float(index.index_cpu)
+    idx_gib = float(re.sub("[A-Za-z]", "", index.index_memory))
+    dl_cpu, emb_cpu = float(args.download_cpu), float(args.embed_cpu)
     waves = math.ceil(shards / parallel)
 
     def cost(task_h: float, vcpu: float, gib: float, gpus: int = 0) -> float:
@@ -139,7 +145,7 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
         StepPlan("write", 1, write_s / 3600, 0.0, write_s / 3600 * 8,
                  cost(write_s / 3600, 8, 32), "200 MB/s"),
         StepPlan("index", 1, idx_s / 3600, 0.0, idx_s / 3600 * idx_cpu,
-                 cost(idx_s / 3600, idx_cpu, 64), f"{idx_rate:.0f} vectors/s"),
+                 cost(idx_s / 3600, idx_cpu, idx_gib), f"{idx_rate:.0f} vectors/s"),
     ]
     total = {"wall_h": sum(s.wall_h for s in steps), "gpu_h": sum(s.gpu_h for s in steps),
              "cost_usd": sum(s.cost_usd for s in steps) + RUN_FEE_USD}

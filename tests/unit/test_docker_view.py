@@ -106,6 +106,8 @@ def test_view_holds_what_the_copy_lines_put_there(view: dv.View) -> None:
     assert view.test_command[:3] == ["python", "-m", "pytest"]
     assert "tests/unit" in view.test_command
     assert view.env.get("HF_HUB_OFFLINE") == "1"
+    # both images read and write gs:// and s3:// (the Kubeflow README offers both)
+    assert {"gcsfs", "s3fs", "kfp", "torch"} <= dv.closure(view.requirements)
 
 
 def test_image_test_command_passes_in_the_view(view: dv.View,
