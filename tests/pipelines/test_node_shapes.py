@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clip_index.pipelines import PipelineSettings
 
 from clip_index.launch.compiler import compile_pipeline
-from clip_index.pipelines import PipelineSettings
 
 # machine type → (vCPU, memory GiB), Compute Engine's published shapes
 SHAPES = {"g2-standard-8": (8, 32), "n1-standard-8": (8, 30), "e2-standard-8": (8, 32),
@@ -78,4 +78,4 @@ def test_default_limits_fit_the_named_node_shapes(tmp_path: Path, variant: str) 
 def test_the_old_defaults_would_not_have_scheduled() -> None:
     # 8 vCPU / 32G for embed on a g2-standard-8: more than the node can ever offer
     alloc_cpu, alloc_gib = allocatable(*SHAPES["g2-standard-8"])
-    assert 8 > alloc_cpu and quantity_gib("32G") > alloc_gib
+    assert alloc_cpu < 8 and quantity_gib("32G") > alloc_gib

@@ -3,8 +3,9 @@ the `s3` extra installs and `all` (what both images install) includes."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from clip_index import io
 
