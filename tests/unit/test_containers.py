@@ -134,7 +134,13 @@ def test_cloudbuild_order_and_tags() -> None:
         name = "build-" + image.split("clip-index-")[1].split(":")[0]
         assert f"-t {image} ." in steps[name]["args"][-1]
     compile_args = steps["compile"]["args"]
-    assert compile_args[0] == "compile.py"
+    # the installed command: `python compile.py` from /workspace would import the checkout's
+    # clip_index/, which lacks clip_index.pipelines (mapped by package-dir at install time)
+    assert steps["compile"]["entrypoint"] == "clip-index" and compile_args[0] == "compile"
+    for step in build["steps"]:
+        if step["name"].startswith("${_IMAGE_REPO}/"):
+            script = " ".join([step.get("entrypoint", ""), *step.get("args", [])])
+            assert "compile.py" not in script and "-m clip_index" not in script, step["id"]
     assert compile_args[compile_args.index("--image-tag") + 1] == "$COMMIT_SHA"
     assert compile_args[compile_args.index("--image-repo") + 1] == "${_IMAGE_REPO}"
     assert "compiled/clip-index.yaml" in steps["upload-registry"]["args"][-1]
