@@ -158,7 +158,7 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
         "network keeps up",
         f"embed: min({gpu_rate:.0f} img/s per {args.gpu_type} [{gpu_src}] x {args.gpu_count}, "
         f"{RATES['decode_img_per_s_per_vcpu'][0]:.0f} img/s per vCPU decode x {args.embed_cpu})",
-        f"index: {RATES['index_vectors_per_s_per_vcpu'][0]:.0f} vectors/s per vCPU x 16 "
+        f"index: {RATES['index_vectors_per_s_per_vcpu'][0]:.0f} vectors/s per vCPU x {idx_cpu:.0f} "
         f"({RATES['index_vectors_per_s_per_vcpu'][1]}), assumed linear in cores",
         f"{TASK_START_S:.0f} s start-up per task (scheduling, image pull); no retries, no quota "
         "waits",
