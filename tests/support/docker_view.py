@@ -254,16 +254,33 @@ def closure(requirements: list[str]) -> set[str]:
             continue
         seen.add(key)
         names.add(key[0])
-        try:
-            requires = metadata.distribution(req.name).requires or []
-        except metadata.PackageNotFoundError:
-            continue
+        if key[0] == "clip-index":  # this project: what pyproject.toml says now, not the
+            requires = _project_requires()  # (possibly stale) metadata of an editable install
+        else:
+            try:
+                requires = metadata.distribution(req.name).requires or []
+            except metadata.PackageNotFoundError:
+                continue
         for text in requires:
             sub = Requirement(text)
             if sub.marker is None or any(sub.marker.evaluate({"extra": e})
                                          for e in (*req.extras, "")):
                 todo.append(sub)
     return names
+
+
+def _project_requires() -> list[str]:
+    """pyproject.toml's dependencies and extras as requirement strings with `extra` markers."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    out = list(project.get("dependencies", []))
+    for extra, reqs in project.get("optional-dependencies", {}).items():
+        for r in reqs:
+            spec, _, marker = r.partition(";")
+            out.append(f'{spec}; ({marker}) and extra == "{extra}"' if marker.strip()
+                       else f'{spec}; extra == "{extra}"')
+    return out
 
 
 def blocked_modules(installed: set[str]) -> dict[str, str]:
@@ -285,7 +302,8 @@ def _ours(x):
     return "__editable__" in getattr(x, "__module__", "")
 sys.meta_path[:] = [f for f in sys.meta_path if not _ours(f)]
 sys.path_hooks[:] = [h for h in sys.path_hooks if not _ours(h)]
-sys.path[:] = [p for p in sys.path if p != _cfg["repo"] and not p.startswith(_cfg["repo"] + "/")]
+# (the checkout itself, not folders inside it: a venv in .venv/ is where the packages are)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _cfg["repo"]]
 sys.path_importer_cache.clear()
 
 class _NotInImage:
