@@ -202,8 +202,6 @@ def check_parameters(template_path: str, params: dict[str, Any], project: str | 
     from clip_index.launch.runner import configs_from_params
 
     spec = template_parameters(template_path, project, credentials)
-    if fingerprint and "dataset_fingerprint" in spec:
-        params = with_fingerprint(params)
     unknown = sorted(set(params) - set(spec))
     if unknown:
         raise ValueError(f"unknown pipeline parameters {unknown}: expected some of {sorted(spec)}")
@@ -220,6 +218,8 @@ def check_parameters(template_path: str, params: dict[str, Any], project: str | 
     if output_dir and not output_dir.startswith(("gs://", "/gcs/")):
         raise ValueError(f"output_dir={output_dir!r}: expected a gs:// folder (a local path "
                          "would be written inside a worker's container and lost)")
+    if fingerprint and "dataset_fingerprint" in spec:  # after the checks: it may list gs://
+        typed = with_fingerprint(typed)
     return typed
 
 

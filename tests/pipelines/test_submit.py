@@ -61,11 +61,15 @@ def no_bucket_creation(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(autouse=True)
-def offline_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No listing of gs:// or the Hub from here: the dataset's fingerprint is its name."""
+def fingerprinted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No listing of gs:// or the Hub from here: the dataset's fingerprint is its name; the
+    datasets fingerprinted are recorded."""
     from clip_index.launch import fingerprint
 
-    monkeypatch.setattr(fingerprint, "dataset_fingerprint", lambda dataset: f"fp:{dataset}")
+    calls: list[str] = []
+    monkeypatch.setattr(fingerprint, "dataset_fingerprint",
+                        lambda dataset: calls.append(dataset) or f"fp:{dataset}")
+    return calls
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -158,7 +162,7 @@ def test_no_cache_turns_caching_off_for_every_task(tmp_path: Path) -> None:
     (["--labels", "Team=x"], "label 'Team=x'"),
 ])
 def test_bad_input_fails_before_any_request(tmp_path: Path, argv: list[str],
-                                            message: str) -> None:
+                                            message: str, fingerprinted: list[str]) -> None:
     from clip_index.pipelines import PipelineSettings
 
     from clip_index.launch.compiler import compile_pipeline
@@ -176,6 +180,7 @@ def test_bad_input_fails_before_any_request(tmp_path: Path, argv: list[str],
         submit.run_submit(parse("--template", template, *extra, *argv),
                           credentials=AnonymousCredentials(), api_client=client)
     assert client.created == []
+    assert fingerprinted == []  # nothing listed for a submit that was going to fail
 
 
 def test_kubeflow_variant_is_refused_with_a_clear_message(tmp_path: Path) -> None:
