@@ -32,7 +32,11 @@ RUN python stub_packages.py \
 COPY clip_index ./clip_index
 COPY components ./components
 COPY pipelines ./pipelines
+# The source goes once installed: left in the WORKDIR it would shadow the installed package
+# (`python -m ...` puts the WORKDIR first on sys.path), whose clip_index.components/.pipelines
+# exist only in site-packages (pyproject's package-dir), so every import of them would fail.
 RUN pip install --no-deps . \
+    && rm -rf clip_index components pipelines build *.egg-info \
     && python -c "import kfp, clip_index, torch; \
 assert kfp.__version__ == '${KFP_VERSION}', kfp.__version__; \
 assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__" \
@@ -41,6 +45,9 @@ assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__"
 # Components run `python -m kfp.dsl.executor_main` with their source; nothing to start here.
 CMD ["clip-index", "--help"]
 
+# The unit tests against the installed package. Tests of repository files (containers/,
+# cloudbuild.yaml, notebooks/) skip here: Cloud Build's `test` step runs them on the checkout.
+# tests/unit/test_docker_view.py replays this stage without Docker.
 FROM runtime AS test
 COPY tests ./tests
 RUN pip install -c constraints.txt pytest pytest-timeout pyyaml \

@@ -57,12 +57,14 @@ class PipelineSettings:
     gpu_count: int = 1
     download_parallelism: int = 32
     embed_parallelism: int = 8
-    embed_cpu: str = "8"
-    embed_memory: str = "32G"
-    download_cpu: str = "8"
+    # Limits become Kubernetes requests: each fits the allocatable CPU/memory (after GKE's
+    # reservations and daemon pods) of the node shape beside it (README "Node shapes").
+    embed_cpu: str = "6"  # g2-standard-8 + 1 L4; n1-standard-8 + 1 T4
+    embed_memory: str = "24G"
+    download_cpu: str = "7"  # e2-/n2-standard-8
     download_memory: str = "16G"
-    index_cpu: str = "16"
-    index_memory: str = "64G"
+    index_cpu: str = "14"  # n2-standard-16
+    index_memory: str = "48G"
     retries: int = 2
     backoff_s: int = 60
     backoff_factor: float = 2.0
@@ -191,10 +193,12 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         target_recall: float = 0.95,
         recall_queries: int = 1000,
         should_be_memory_mappable: bool = False,
+        dataset_fingerprint: str = "",
     ) -> None:
         load = c.load_dataset(
             dataset=dataset, id_column=id_column, url_column=url_column,
             caption_column=caption_column, limit=limit, shard_size=shard_size,
+            fingerprint=dataset_fingerprint,  # the cache key follows the content (issue 16)
         ).set_display_name("Load dataset")
         load.set_caching_options(True)
         urls = load.outputs["urls"]

@@ -151,7 +151,11 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
     # the longest unit holds ceil(shards / units) shards (plan_units balances them)
     dl_unit_rows = math.ceil(shards / dl_units) * args.shard_size
     emb_unit_images = math.ceil(shards / emb_units) * args.shard_size * args.success_rate
-    dl_cpu, emb_cpu, idx_cpu = float(args.download_cpu), float(args.embed_cpu), 16.0
+    from clip_index.pipelines import PipelineSettings
+
+    index = PipelineSettings()  # the index task's compiled defaults
+    idx_cpu, idx_gib = float(index.index_cpu), gib(index.index_memory)
+    dl_cpu, emb_cpu = float(args.download_cpu), float(args.embed_cpu)
 
     def price(vcpu: float, mem_gib: float, gpus: int = 0) -> float:
         return vcpu * args.vcpu_price_per_h + mem_gib * args.gib_price_per_h + gpus * gpu_price
@@ -182,7 +186,7 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
              busy_s=images / emb_rate),
         step("write", 1, images * 2048 / RATES["write_bytes_per_s"][0], small_cpu, small_gib,
              "200 MB/s"),
-        step("index", 1, images / idx_rate, idx_cpu, 64.0, f"{idx_rate:,.0f} vectors/s"),
+        step("index", 1, images / idx_rate, idx_cpu, idx_gib, f"{idx_rate:,.0f} vectors/s"),
         step("report", 1, 60.0, small_cpu, small_gib, "one minute"),
     ]
     total = {"wall_h": sum(s.wall_h for s in steps), "gpu_h": sum(s.gpu_h for s in steps),
@@ -204,7 +208,7 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
         f"embed: min({per_gpu:,.0f} img/s per {args.gpu_type} [{gpu_src}] x {args.gpu_count}, "
         f"{RATES['decode_img_per_s_per_vcpu'][0]:.0f} img/s per vCPU decode x {args.embed_cpu} "
         f"[{RATES['decode_img_per_s_per_vcpu'][1]}])",
-        f"index: {RATES['index_vectors_per_s_per_vcpu'][0]:.0f} vectors/s per vCPU x 16 "
+        f"index: {RATES['index_vectors_per_s_per_vcpu'][0]:.0f} vectors/s per vCPU x {idx_cpu:.0f} "
         f"({RATES['index_vectors_per_s_per_vcpu'][1]})",
         f"load: {RATES['load_rows_per_s'][1]}; write: {RATES['write_bytes_per_s'][1]}",
         f"{TASK_START_S:.0f} s start-up per task (estimate: scheduling, VM, image pull); "

@@ -71,6 +71,9 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
     params["output_dir"] = os.path.abspath(params["output_dir"]) if "://" not in str(
         params.get("output_dir")) else params["output_dir"]
     preflight(params)
+    from clip_index.launch.fingerprint import with_fingerprint
+
+    params = with_fingerprint(params)  # the load step's cache key follows the content
     root = pipeline_root or os.path.join(params["output_dir"], ".pipeline")
     os.makedirs(root, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,

@@ -5,6 +5,12 @@ the run's state and its tasks' states until it ends.
 Everything that can be checked is checked before the request: parameter names and types against
 the template, step configs (`validate()`), gs:// locations, label syntax, and that the template
 is a single-document YAML (the Kubeflow variant is not: Vertex AI refuses it).
+
+`--template` takes what aiplatform's `PipelineJob(template_path=...)` takes: a local file, a
+gs:// object, an Artifact Registry URL (https://REGION-kfp.pkg.dev/PROJECT/REPO/NAME/TAG or
+.../sha256:DIGEST, where Cloud Build uploads it) or an https URL of a .yaml/.json file. Remote
+templates are read with aiplatform's own loader (`utils.yaml_utils.load_yaml`), so the checks
+see what the job will be built from.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ VERTEX_PIPELINE = "clip-index"
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _DONE_STATES = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
+# The patterns aiplatform's PipelineJob and yaml_utils.load_yaml accept for an https template
+# (google/cloud/aiplatform/constants/pipeline.py: _VALID_AR_URL, _VALID_HTTPS_URL); copied so
+# that a wrong URL is refused with our message before aiplatform is imported.
+AR_TEMPLATE = re.compile(r"^https://([\w-]+)-kfp\.pkg\.dev/.*", re.IGNORECASE)
+HTTPS_TEMPLATE = re.compile(r"^https://([./\w-]+)/.*(json|yaml|yml)$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-root", required=True,
                         help="gs:// folder for the run's artifacts")
     parser.add_argument("--template", default=None,
-                        help="a compiled clip-index.yaml (default: compile now with the flags "
-                             "below; then --image-repo is required)")
+                        help="a compiled clip-index.yaml: a local file, gs://..., or the "
+                             "Artifact Registry URL Cloud Build uploaded it to, "
+                             "https://REGION-kfp.pkg.dev/PROJECT/REPO/clip-index/TAG (default: "
+                             "compile now with the flags below; then --image-repo is required)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a pipeline parameter (repeatable; overrides --config)")
     parser.add_argument("--config", default=None,
@@ -71,19 +84,70 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-def template_parameters(template_path: str) -> dict[str, dict[str, Any]]:
-    """The root parameters of a compiled template: name → {parameterType, defaultValue?}.
-    Refuses a multi-document YAML (the kfp-kubernetes variant) with a clear message."""
+def is_remote_template(template: str) -> bool:
+    """True for a template aiplatform reads itself (gs://, Artifact Registry or https URL)."""
+    return template.startswith(("gs://", "https://", "http://"))
+
+
+def _kubeflow_variant(template: str, documents: int | str) -> ValueError:
+    return ValueError(f"template {template!r} has {documents} YAML documents: it is the "
+                      "Kubeflow variant (kfp-kubernetes settings), which Vertex AI refuses; "
+                      f"submit {VERTEX_PIPELINE}.yaml")
+
+
+def read_template(template: str, project: str | None = None,
+                  credentials: Any = None) -> dict[str, Any]:
+    """The compiled pipeline spec of a local file, gs:// object, Artifact Registry URL or https
+    .yaml/.json URL (read as aiplatform's PipelineJob reads it). Raises ValueError naming the
+    template on a URL aiplatform would refuse, an HTTP error (with what to do), or a
+    multi-document YAML."""
     import yaml
 
-    docs = [d for d in yaml.safe_load_all(Path(template_path).read_text()) if d is not None]
-    if len(docs) != 1:
-        raise ValueError(f"template {template_path!r} has {len(docs)} YAML documents: it is the "
-                         "Kubeflow variant (kfp-kubernetes settings), which Vertex AI refuses; "
-                         f"submit {VERTEX_PIPELINE}.yaml")
-    spec = docs[0]
-    if "root" not in spec or "pipelineInfo" not in spec:
-        raise ValueError(f"template {template_path!r} is not a compiled KFP pipeline")
+    if not is_remote_template(template):
+        if not os.path.exists(template):
+            raise FileNotFoundError(f"--template {template!r}: no such file")
+        docs = [d for d in yaml.safe_load_all(Path(template).read_text()) if d is not None]
+        if len(docs) != 1:
+            raise _kubeflow_variant(template, len(docs))
+        loaded: Any = docs[0]
+    else:
+        if template.startswith("http") and not (AR_TEMPLATE.match(template)
+                                                 or HTTPS_TEMPLATE.match(template)):
+            raise ValueError(f"--template {template!r}: expected an Artifact Registry URL "
+                             "https://REGION-kfp.pkg.dev/PROJECT/REPO/NAME/TAG (or "
+                             ".../sha256:DIGEST), an https URL ending in .yaml/.yml/.json, a "
+                             "gs:// object or a local file")
+        loaded = _read_remote(template, project, credentials)
+    if not isinstance(loaded, dict) or "root" not in loaded or "pipelineInfo" not in loaded:
+        raise ValueError(f"template {template!r} is not a compiled KFP pipeline")
+    return loaded
+
+
+def _read_remote(template: str, project: str | None, credentials: Any) -> Any:
+    import urllib.error
+
+    import yaml
+    from google.cloud.aiplatform.utils import yaml_utils
+
+    try:
+        return yaml_utils.load_yaml(template, project, credentials)
+    except yaml.composer.ComposerError:  # "expected a single document in the stream"
+        raise _kubeflow_variant(template, "several") from None
+    except urllib.error.HTTPError as e:
+        hint = {401: "run `gcloud auth application-default login` (or give the job's service "
+                     "account) so the request carries credentials",
+                403: "grant the caller roles/artifactregistry.reader on the repository",
+                404: "no such package, tag or digest: list them with `gcloud artifacts tags "
+                     "list --repository=REPO --location=REGION --package=clip-index`"}
+        raise ValueError(f"--template {template!r}: HTTP {e.code} {e.reason}; "
+                         f"{hint.get(e.code, 'check the URL')}") from None
+
+
+def template_parameters(template_path: str, project: str | None = None,
+                        credentials: Any = None) -> dict[str, dict[str, Any]]:
+    """The root parameters of a compiled template: name → {parameterType, defaultValue?}.
+    Refuses a multi-document YAML (the kfp-kubernetes variant) with a clear message."""
+    spec = read_template(template_path, project, credentials)
     params: dict[str, dict[str, Any]] = spec["root"].get("inputDefinitions", {}).get(
         "parameters", {})
     return params
@@ -128,12 +192,16 @@ def load_parameters(config: str | None, pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def check_parameters(template_path: str, params: dict[str, Any]) -> dict[str, Any]:
+def check_parameters(template_path: str, params: dict[str, Any], project: str | None = None,
+                     credentials: Any = None, fingerprint: bool = False) -> dict[str, Any]:
     """Typed parameters for the template; raises on unknown names, missing required ones, bad
-    types, values the step configs refuse, and an output_dir a Vertex worker cannot publish to."""
+    types, values the step configs refuse, and an output_dir a Vertex worker cannot publish to.
+    With `fingerprint`, a template that takes `dataset_fingerprint` gets it computed from the
+    dataset unless given (see launch/fingerprint.py: the load step's cache key)."""
+    from clip_index.launch.fingerprint import with_fingerprint
     from clip_index.launch.runner import configs_from_params
 
-    spec = template_parameters(template_path)
+    spec = template_parameters(template_path, project, credentials)
     unknown = sorted(set(params) - set(spec))
     if unknown:
         raise ValueError(f"unknown pipeline parameters {unknown}: expected some of {sorted(spec)}")
@@ -150,6 +218,8 @@ def check_parameters(template_path: str, params: dict[str, Any]) -> dict[str, An
     if output_dir and not output_dir.startswith(("gs://", "/gcs/")):
         raise ValueError(f"output_dir={output_dir!r}: expected a gs:// folder (a local path "
                          "would be written inside a worker's container and lost)")
+    if fingerprint and "dataset_fingerprint" in spec:  # after the checks: it may list gs://
+        typed = with_fingerprint(typed)
     return typed
 
 
@@ -157,12 +227,18 @@ def build_job(template_path: str, params: dict[str, Any], project: str, region: 
               pipeline_root: str, labels: dict[str, str] | None = None,
               enable_caching: bool | None = None, display_name: str | None = None,
               job_id: str | None = None, credentials: Any = None) -> Any:
-    """The aiplatform.PipelineJob a submit would create (nothing is sent yet)."""
+    """The aiplatform.PipelineJob a submit would create (nothing is sent yet). A remote
+    template is read twice: here for the checks, then by PipelineJob, which records its URL
+    (`template_uri`) on the run."""
     from google.cloud import aiplatform
+    from google.cloud.aiplatform import initializer
 
     if not pipeline_root.startswith("gs://"):
         raise ValueError(f"pipeline_root={pipeline_root!r}: expected a gs:// folder")
-    typed = check_parameters(template_path, params)
+    if credentials is None and is_remote_template(template_path):
+        # what PipelineJob itself would use: the Artifact Registry read needs a token
+        credentials = initializer.global_config.credentials
+    typed = check_parameters(template_path, params, project, credentials, fingerprint=True)
     return aiplatform.PipelineJob(
         display_name=display_name or VERTEX_PIPELINE, template_path=template_path,
         job_id=job_id, pipeline_root=pipeline_root, parameter_values=typed,
@@ -217,8 +293,6 @@ def run_submit(args: argparse.Namespace, credentials: Any = None,
     """Build and submit the job; return it. `credentials`/`api_client` are for tests."""
     with tempfile.TemporaryDirectory() as tmp:
         template = args.template or compile_template(args, tmp)
-        if not os.path.exists(template):
-            raise FileNotFoundError(f"--template {template!r}: no such file")
         job = build_job(template, load_parameters(args.config, args.param), args.project,
                         args.region, args.pipeline_root, parse_labels(args.labels),
                         False if args.no_cache else None, args.display_name, args.job_id,

@@ -60,6 +60,18 @@ def no_bucket_creation(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
+@pytest.fixture(autouse=True)
+def fingerprinted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No listing of gs:// or the Hub from here: the dataset's fingerprint is its name; the
+    datasets fingerprinted are recorded."""
+    from clip_index.launch import fingerprint
+
+    calls: list[str] = []
+    monkeypatch.setattr(fingerprint, "dataset_fingerprint",
+                        lambda dataset: calls.append(dataset) or f"fp:{dataset}")
+    return calls
+
+
 def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["submit", "--project", PROJECT, "--region", REGION,
                                       "--pipeline-root", "gs://bucket/root", *argv])
@@ -92,6 +104,8 @@ def test_submit_sends_template_parameters_account_labels_network(
     assert values["limit"] == 100  # --param wins over --config, typed as the template says
     assert values["shard_size"] == 5000
     assert values["allow_private_networks"] is False
+    # the load step's cache key follows the dataset's content (launch/fingerprint.py)
+    assert values["dataset_fingerprint"] == "fp:gs://bucket/datacomp/"
     # the template compiled with the flags: pushed images, T4 on the embed step
     spec = sent.pipeline_spec
     executors = spec["deploymentSpec"]["executors"]
@@ -147,7 +161,7 @@ def test_no_cache_turns_caching_off_for_every_task(tmp_path: Path) -> None:
     (["--labels", "Team=x"], "label 'Team=x'"),
 ])
 def test_bad_input_fails_before_any_request(tmp_path: Path, argv: list[str],
-                                            message: str) -> None:
+                                            message: str, fingerprinted: list[str]) -> None:
     from clip_index.launch.compiler import compile_pipeline
     from clip_index.pipelines import PipelineSettings
 
@@ -164,6 +178,7 @@ def test_bad_input_fails_before_any_request(tmp_path: Path, argv: list[str],
         submit.run_submit(parse("--template", template, *extra, *argv),
                           credentials=AnonymousCredentials(), api_client=client)
     assert client.created == []
+    assert fingerprinted == []  # nothing listed for a submit that was going to fail
 
 
 def test_kubeflow_variant_is_refused_with_a_clear_message(tmp_path: Path) -> None:
@@ -208,3 +223,103 @@ def test_template_is_read_as_yaml(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"a": 1}))
     with pytest.raises(ValueError, match="not a compiled KFP pipeline"):
         submit.template_parameters(str(bad))
+
+
+# --- templates in Artifact Registry (where Cloud Build's upload-registry step puts them) -------
+
+AR_URL = f"https://{REGION}-kfp.pkg.dev/{PROJECT}/clip-index-pipelines/clip-index"
+
+
+class FakeRegistry:
+    """Stands in for Artifact Registry's KFP endpoint behind urllib (aiplatform's yaml_utils
+    reads https templates with `urllib.request.urlopen`): serves `body` for every URL under
+    AR_URL, or answers `status`; records the URL and Authorization header of each request."""
+
+    def __init__(self, body: bytes = b"", status: int = 200) -> None:
+        self.body, self.status = body, status
+        self.requests: list[tuple[str, str | None]] = []
+
+    def urlopen(self, req: Any, *args: Any, **kwargs: Any) -> Any:
+        import io
+        import urllib.error
+
+        url = req.full_url if hasattr(req, "full_url") else req
+        self.requests.append((url, req.get_header("Authorization")))
+        if self.status != 200:
+            raise urllib.error.HTTPError(url, self.status, "Forbidden", None, None)  # type: ignore[arg-type]
+        assert url.startswith(AR_URL + "/"), url
+        return io.BytesIO(self.body)
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeRegistry:
+    from google.cloud.aiplatform.utils import yaml_utils
+
+    from clip_index.launch.compiler import compile_pipeline
+    from clip_index.pipelines import PipelineSettings
+
+    body = Path(compile_pipeline("clip-index", str(tmp_path), PipelineSettings())).read_bytes()
+    fake = FakeRegistry(body)
+    monkeypatch.setattr(yaml_utils.request, "urlopen", fake.urlopen)
+    return fake
+
+
+@pytest.mark.parametrize("version", ["latest", "0123abc",
+                                     "sha256:" + "ab" * 32])
+def test_submit_starts_the_template_cloud_build_uploaded(registry: FakeRegistry,
+                                                         version: str) -> None:
+    from google.oauth2.credentials import Credentials
+
+    url = f"{AR_URL}/{version}"
+    client = FakeApiClient()
+    submit.run_submit(parse("--template", url, "--param", "dataset=org/name",
+                            "--param", "output_dir=gs://b/o"),
+                      credentials=Credentials(token="ya29.token"), api_client=client)
+    (request,) = client.created
+    sent = request["job"]
+    assert sent.template_uri == url  # the run links to the registry version it came from
+    assert sent.pipeline_spec["pipelineInfo"]["name"] == "clip-index"
+    assert sent.runtime_config.parameter_values["dataset_fingerprint"] == "fp:org/name"
+    # read twice (our checks, then PipelineJob), each time with the caller's token
+    assert registry.requests == [(url, "Bearer ya29.token")] * 2
+
+
+def test_registry_errors_say_what_to_do(registry: FakeRegistry) -> None:
+    registry.status = 403
+    client = FakeApiClient()
+    with pytest.raises(ValueError, match=r"HTTP 403 .*roles/artifactregistry.reader"):
+        submit.run_submit(parse("--template", f"{AR_URL}/latest", "--param", "dataset=a/b",
+                                "--param", "output_dir=gs://b/o"),
+                          credentials=AnonymousCredentials(), api_client=client)
+    assert client.created == []
+
+
+def test_registry_kubeflow_variant_is_refused(registry: FakeRegistry, tmp_path: Path) -> None:
+    pytest.importorskip("kfp.kubernetes")
+    from clip_index.launch.compiler import compile_pipeline
+    from clip_index.pipelines import PipelineSettings
+
+    registry.body = Path(compile_pipeline("clip-index-kubeflow", str(tmp_path),
+                                          PipelineSettings())).read_bytes()
+    with pytest.raises(ValueError, match="Kubeflow variant"):
+        submit.template_parameters(f"{AR_URL}/latest", PROJECT, AnonymousCredentials())
+
+
+@pytest.mark.parametrize("template", [
+    f"https://{REGION}-docker.pkg.dev/{PROJECT}/clip-index/clip-index-cpu:abc",  # images, not KFP
+    "http://example.com/clip-index.yaml",
+])
+def test_a_template_url_aiplatform_refuses_is_refused_first(registry: FakeRegistry,
+                                                            template: str) -> None:
+    with pytest.raises(ValueError, match="expected an Artifact Registry URL"):
+        submit.run_submit(parse("--template", template, "--param", "dataset=a/b",
+                                "--param", "output_dir=gs://b/o"),
+                          credentials=AnonymousCredentials(), api_client=FakeApiClient())
+    assert registry.requests == []
+
+
+def test_missing_local_template_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        submit.run_submit(parse("--template", str(tmp_path / "nope.yaml"), "--param",
+                                "dataset=a/b", "--param", "output_dir=gs://b/o"),
+                          credentials=AnonymousCredentials(), api_client=FakeApiClient())

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.support.checkout import needs_checkout
+
+pytestmark = needs_checkout("notebooks/explore.ipynb")
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "explore.ipynb"
 
 

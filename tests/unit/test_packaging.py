@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from tests.support.checkout import needs_checkout
+
+pytestmark = needs_checkout("clip_index/__init__.py", "components", "pipelines")
 ROOT = Path(__file__).resolve().parents[2]
 
 
