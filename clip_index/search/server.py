@@ -32,6 +32,10 @@ class ServeSettings:
         decoded, or fetched from image_url). fetch: how image_url is fetched (the download
         step's settings; allow_private_networks is off unless asked).
     cors_origins: origins allowed to call the API from a browser (none = same origin only).
+    max_drain_bytes: an oversized body is read and discarded up to this many bytes before the
+        413 is sent, so that the client, still sending, reads the 413 instead of a connection
+        reset (closing a socket with unread data makes the kernel answer with RST); past this
+        bound the connection is closed.
     """
 
     max_num_images: int = 1000
@@ -40,6 +44,7 @@ class ServeSettings:
     fetch: DownloadConfig = field(default_factory=lambda: DownloadConfig(
         timeout_s=10.0, retries=0, max_image_bytes=8 * 1024 * 1024))
     cors_origins: tuple[str, ...] = ()
+    max_drain_bytes: int = 64 * 1024 * 1024
 
 
 def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -> Any:
@@ -69,8 +74,16 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) >
                                    settings.max_request_bytes):
-            return JSONResponse({"detail": f"request body of {length} bytes: expected at most "
-                                 f"{settings.max_request_bytes} bytes"}, status_code=413)
+            drained = 0
+            if length.isdigit() and int(length) <= settings.max_drain_bytes:
+                async for chunk in request.stream():  # discarded, chunk by chunk
+                    drained += len(chunk)
+                    if drained > settings.max_drain_bytes:
+                        break
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes: expected at most "
+                 f"{settings.max_request_bytes} bytes"}, status_code=413,
+                headers={} if drained else {"Connection": "close"})
         if length is None and request.method == "POST":
             return JSONResponse({"detail": "a POST needs a Content-Length header"},
                                 status_code=411)
