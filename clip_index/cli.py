@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from clip_index.flags import (
+    add_config_flags,
     add_settings_flags,
+    flag,
     add_typed_flags,
     config_from_args,
-    config_params,
+    pipeline_docs,
     pipeline_params,
     settings_from_args,
+    step_help,
 )
 
 log = logging.getLogger("clip_index")
@@ -225,7 +228,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="clip-index",
         description="Turn an image-URL dataset into a CLIP search index (a KFP pipeline that runs "
         "locally, on Vertex AI and on Kubeflow), then query, serve and publish it.")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every log line (for run/demo: kfp.local's full task logs)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:  # noqa: A002
@@ -240,7 +244,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         from clip_index.pipelines import make_index_pipeline
 
         run = command("run", cmd_run, "run the whole pipeline locally (kfp.local)")
-        add_typed_flags(run, pipeline_params(make_index_pipeline().pipeline_func))
+        params = pipeline_params(make_index_pipeline().pipeline_func)
+        add_typed_flags(run, params, pipeline_docs(params))
         run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
                          "artifacts (default: OUTPUT_DIR/.pipeline)")
         add_settings_flags(run)
@@ -256,7 +261,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            help="let --image-url reach private/loopback addresses")
         query.add_argument("--embedding",
                            help="JSON file: one embedding (a list of floats) or a list of them")
-        query.add_argument("-k", type=int, default=10)
+        query.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
         query.add_argument("--deduplicate", action="store_true",
                            help="drop near-identical results (cosine >= 0.94)")
         query.add_argument("--json", action="store_true", help="print a JSON list, best first")
@@ -267,52 +272,60 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if wanted("compile"):
         comp = command("compile", cmd_compile, "compile every pipeline to YAML")
-        comp.add_argument("--output-dir", default="compiled")
+        comp.add_argument("--output-dir", default="compiled", help="folder for the compiled "
+                          "pipeline and component YAML files (default: compiled)")
         add_settings_flags(comp)
 
     if wanted("demo"):
         demo = command("demo", cmd_demo, "the bundled sample, end to end, with the tiny CLIP")
-        demo.add_argument("--work-dir", default=".demo")
-        demo.add_argument("--shards", type=int, default=2)
+        demo.add_argument("--work-dir", default=".demo", help="folder for the sample images, "
+                          "the output index and the run's logs (default: .demo)")
+        demo.add_argument("--shards", type=int, default=2,
+                          help="URL shards the sample is cut into (default: 2)")
 
     if wanted("load"):
         load = command("load", cmd_load, "step: dataset → URL shards")
-        load.add_argument("--output", required=True)
-        add_typed_flags(load, config_params(cfg.LoadConfig))
+        load.add_argument("--output", required=True, help=step_help("load_dataset", "urls"))
+        add_config_flags(load, cfg.LoadConfig)
 
     if wanted("download"):
         download = command("download", cmd_download, "step: one URL shard → image shard")
-        download.add_argument("--urls", help="the load step's folder (with --shard)")
-        download.add_argument("--shard", type=int, default=0)
+        download.add_argument("--urls", help=step_help("download_images", "urls"))
+        download.add_argument("--shard", type=int, default=0, help=step_help(
+            "download_images", "shard") + " (with --urls; default: 0)")
         download.add_argument("--input", help="or: one parquet file of URLs (see the "
                               "--*-column flags for its column names)")
-        download.add_argument("--output", required=True, help="the output folder: "
-                              "part-NNNNN.parquet (every row, with status and error) + stats")
-        download.add_argument("--id-column", default="uid", help="with --input: the column "
-                              "holding a stable row id ('' = the row number; default: uid)")
-        download.add_argument("--url-column", default="url", help="with --input: the column "
-                              "holding the image URL (default: url)")
-        download.add_argument("--caption-column", default=None, help="with --input: the column "
-                              "holding the caption ('' = none; default: caption, else text, "
-                              "else none)")
-        add_typed_flags(download, config_params(cfg.DownloadConfig))
+        download.add_argument("--output", required=True,
+                              help=step_help("download_images", "images"))
+        for name, default in (("id_column", "uid"), ("url_column", "url")):
+            download.add_argument(flag(name), default=default, help=step_help(
+                "load_dataset", name) + f" (with --input; default: {default})")
+        download.add_argument("--caption-column", default=None, help=step_help(
+            "load_dataset", "caption_column") + " (with --input; default: caption, else text, "
+            "else none)")
+        add_config_flags(download, cfg.DownloadConfig)
 
     if wanted("embed"):
         embed = command("embed", cmd_embed, "step: one image shard → embedding shard")
-        embed.add_argument("--images", required=True)
-        embed.add_argument("--shard", type=int, default=0)
-        embed.add_argument("--output", required=True)
-        add_typed_flags(embed, config_params(cfg.EmbedConfig))
+        embed.add_argument("--images", required=True, help=step_help("embed_images", "images"))
+        embed.add_argument("--shard", type=int, default=0,
+                           help=step_help("embed_images", "shard") + " (default: 0)")
+        embed.add_argument("--output", required=True,
+                           help=step_help("embed_images", "embeddings"))
+        add_config_flags(embed, cfg.EmbedConfig)
 
     if wanted("write"):
         write = command("write", cmd_write, "step: embedding shards → OUTPUT_DIR/data")
-        write.add_argument("--embeddings", nargs="+", required=True)
-        write.add_argument("--output-dir", required=True)
+        write.add_argument("--embeddings", nargs="+", required=True,
+                           help=step_help("write_embeddings", "embeddings"))
+        write.add_argument("--output-dir", required=True,
+                           help=step_help("write_embeddings", "output_dir"))
 
     if wanted("index"):
         index = command("index", cmd_index, "step: OUTPUT_DIR/data → faiss index")
-        index.add_argument("--output-dir", required=True)
-        add_typed_flags(index, config_params(cfg.IndexConfig))
+        index.add_argument("--output-dir", required=True,
+                           help=step_help("build_index", "output_dir"))
+        add_config_flags(index, cfg.IndexConfig)
 
     for name, (module, text) in EXTERNAL_COMMANDS.items():
         if not wanted(name):

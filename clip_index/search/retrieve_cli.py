@@ -10,13 +10,13 @@ import os
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from clip_index.config import RetrieveConfig
-    from clip_index.flags import add_typed_flags, config_params
+    from clip_index.flags import add_config_flags
 
     parser.add_argument("queries", help="txt / csv / jsonl / parquet prompts, or npy embeddings")
     parser.add_argument("index_dir", help="a published clip-index folder")
     parser.add_argument("--output", required=True,
                         help="folder for queries/, matches/matches.parquet and urls/ (shards)")
-    add_typed_flags(parser, config_params(RetrieveConfig))
+    add_config_flags(parser, RetrieveConfig)
 
 
 def command(args: argparse.Namespace) -> int:

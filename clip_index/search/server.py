@@ -227,12 +227,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", nargs="+",
                         help="published clip-index folder(s); NAME=DIR names an index "
                              "(default name: the folder's name)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1234)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=1234, help="TCP port (default: 1234)")
     parser.add_argument("--mmap", action="store_true", help="memory-map the index")
-    parser.add_argument("--max-num-images", type=int, default=ServeSettings.max_num_images)
+    parser.add_argument("--max-num-images", type=int, default=ServeSettings.max_num_images,
+                        help="the most results or ids one request may ask (default: "
+                        f"{ServeSettings.max_num_images})")
     parser.add_argument("--max-request-bytes", type=int,
-                        default=ServeSettings.max_request_bytes)
+                        default=ServeSettings.max_request_bytes,
+                        help="the largest request body, bytes (default: "
+                        f"{ServeSettings.max_request_bytes})")
     parser.add_argument("--cors-origin", action="append", default=[],
                         help="allow browser calls from this origin (repeat; default: none)")
     parser.add_argument("--allow-private-networks", action="store_true",
