@@ -21,9 +21,9 @@ from typing import Any
 from clip_index.flags import (
     add_config_flags,
     add_settings_flags,
-    flag,
     add_typed_flags,
     config_from_args,
+    flag,
     pipeline_docs,
     pipeline_params,
     settings_from_args,
@@ -203,7 +203,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_write(args: argparse.Namespace) -> int:
     from clip_index.index.write import run_write
 
-    _print_json(run_write(args.embeddings, args.output_dir).as_metadata())
+    _print_json(run_write(args.embeddings, args.output_dir, image_dirs=args.images,
+                          thumbnail_px=args.thumbnail_px).as_metadata())
     return 0
 
 
@@ -320,6 +321,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            help=step_help("write_embeddings", "embeddings"))
         write.add_argument("--output-dir", required=True,
                            help=step_help("write_embeddings", "output_dir"))
+        write.add_argument("--images", nargs="*", default=[],
+                           help=step_help("write_embeddings", "images") + " (default: none, "
+                           "so no thumbnails)")
+        write.add_argument("--thumbnail-px", type=int, default=128, help=step_help(
+            "write_embeddings", "thumbnail_px") + " (default: 128)")
 
     if wanted("index"):
         index = command("index", cmd_index, "step: OUTPUT_DIR/data → faiss index")

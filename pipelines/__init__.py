@@ -178,7 +178,8 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
                 task_hook("download", download)
                 task_hook("embed", embed)
         write = c.write_embeddings(
-            embeddings=dsl.Collected(embed.outputs["embeddings"]), output_dir=output_dir,
+            embeddings=dsl.Collected(embed.outputs["embeddings"]),
+            images=dsl.Collected(download.outputs["images"]), output_dir=output_dir,
         ).set_display_name("Write embeddings")
         index = c.build_index(
             data=write.outputs["data"], output_dir=output_dir,

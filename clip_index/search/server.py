@@ -1,6 +1,8 @@
 """HTTP API over ClipIndex that speaks clip-retrieval's back-end protocol (`POST /knn-service`,
 `POST /metadata`, `GET /indices-list`), so clip-retrieval's own ClipClient works against it, plus
-`GET /health` and a small search page at `/`. No search logic of its own.
+`GET /health`, `GET /thumbnail/{indice_name}/{id}` (the image kept in the published folder,
+so results show after their URL dies; each result names it in a `thumbnail` field, a path
+relative to the server) and a small search page at `/`. No search logic of its own.
 
 Hardened where clip-retrieval's back end is not: every request is validated (4xx with a message,
 never a 500 for bad input), num_images, ids and payloads are bounded, `image_url` is fetched by
@@ -51,10 +53,11 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
     """The FastAPI application serving `indices` (name → ClipIndex)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     from clip_index.download.fetch import fetch_url_async
+    from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
     from clip_index.schema import RowError, Status
     from clip_index.search.page import PAGE_HTML
 
@@ -62,6 +65,7 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         raise ValueError("serve: expected at least one index")
     settings = settings or ServeSettings()
     limit = settings.max_num_images
+    thumbnails = {name: Thumbnails(ix.output_dir, len(ix)) for name, ix in indices.items()}
     app = FastAPI(title="clip-index", description=__doc__.split("\n")[0], docs_url="/docs")
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -161,6 +165,18 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
                                                    "model": ix.manifest.get("model")}
                                             for name, ix in indices.items()}}
 
+    @app.get("/thumbnail/{indice_name}/{i}")
+    def thumbnail(indice_name: str, i: int) -> Any:
+        name, index = pick(indice_name)
+        body = thumbnails[name].get(i) if 0 <= i < len(index) else None
+        if body is None:
+            raise HTTPException(404, f"no thumbnail for id {i} in {name!r}")
+        return Response(body, media_type=MEDIA_TYPE,
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+    def thumbnail_path(name: str, i: int) -> dict[str, str]:
+        return {"thumbnail": f"thumbnail/{name}/{i}"} if thumbnails[name].available else {}
+
     @app.get("/indices-list")
     def indices_list() -> list[str]:
         return list(indices)
@@ -178,7 +194,7 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
                                 "expected modality='image'")
         if q.use_mclip:
             raise HTTPException(400, "use_mclip=true: multilingual CLIP is not served here")
-        _, index = pick(q.indice_name)
+        name, index = pick(q.indice_name)
         wanted = max(q.num_images, q.num_result_ids or q.num_images)
         try:
             if q.text:
@@ -207,18 +223,20 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         for rank, r in enumerate(results):
             row: dict[str, Any] = {"id": r.id, "similarity": r.score}
             if rank < q.num_images:
-                row.update(uid=r.uid, url=r.url, caption=r.caption)
+                row.update(uid=r.uid, url=r.url, caption=r.caption,
+                           **thumbnail_path(name, r.id))
             out.append(row)
         return out
 
     @app.post("/metadata")
     async def metadata(request: Request) -> list[dict[str, Any]]:
         q = await parse(request, MetadataQuery)
-        _, index = pick(q.indice_name)
+        name, index = pick(q.indice_name)
         bad = [i for i in q.ids if not 0 <= i < len(index)]
         if bad:
             raise HTTPException(400, f"ids {bad[:10]}: expected ids in 0..{len(index) - 1}")
-        return [{"id": i, "metadata": index.metadata(i)} for i in q.ids]
+        return [{"id": i, "metadata": {**index.metadata(i), **thumbnail_path(name, i)}}
+                for i in q.ids]
 
     return app
 
