@@ -59,7 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     names = inspect.signature(make_index_pipeline().pipeline_func).parameters
     params = {name: getattr(args, name) for name in names}
-    print(run_local(params, pipeline_root=args.pipeline_root, settings=settings_from_args(args)))
+    print(run_local(params, pipeline_root=args.pipeline_root, settings=settings_from_args(args),
+                    verbose=args.verbose))
     return 0
 
 
@@ -117,7 +118,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from clip_index.launch.demo import run_demo
 
-    run_demo(Path(args.work_dir), shards=args.shards)
+    run_demo(Path(args.work_dir), shards=args.shards, verbose=args.verbose)
     return 0
 
 
@@ -345,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     named = next((token for token in argv if not token.startswith("-")), None)
     args = build_parser(only=named if named in COMMANDS else None).parse_args(argv)
-    # a query prints results, not progress: only warnings unless -v
-    configure_logging(args.verbose, quiet=args.command == "query")
+    # a query prints results, not progress; run and demo print their own short lines (-v: all)
+    configure_logging(args.verbose, quiet=args.command in ("query", "run", "demo"))
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:

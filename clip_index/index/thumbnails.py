@@ -149,6 +149,29 @@ def posixpath_name(path: str) -> str:
     return io.shard_name(io.shard_index(path))
 
 
+def thumbnails_by_uid(output_dir: str, uids: set[str]) -> dict[str, bytes]:
+    """uid → stored thumbnail for the given uids (those without one are left out). Reads the
+    id mapping's `uid` column to find each uid's shard, then only those thumbnail shards."""
+    found: dict[str, bytes] = {}
+    if not uids:
+        return found
+    value_set = pa.array(sorted(uids), pa.string())
+    for path in io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR)):
+        column = io.read_parquet(path, [schema.UID]).column(schema.UID)
+        if not pc.any(pc.is_in(column, value_set=value_set)).as_py():
+            continue
+        thumbs_path = io.join(output_dir, THUMBNAILS_DIR, posixpath_name(path))
+        if not io.exists(thumbs_path):
+            continue
+        table = io.read_parquet(thumbs_path)
+        table = table.filter(pc.is_in(table.column(schema.UID), value_set=value_set))
+        for uid, body in zip(table.column(schema.UID).to_pylist(),
+                             table.column(THUMBNAIL).to_pylist()):
+            if body is not None:
+                found[uid] = body
+    return found
+
+
 class Thumbnails:
     """The thumbnails of a published folder, by faiss id. `available` is False when the folder
     has none, or when they do not cover the index (written by another run): then every lookup

@@ -37,13 +37,26 @@ def _params(urls: Path, out: Path) -> dict:
             "allow_private_networks": True, "timeout_s": 5.0, "download_retries": 0}
 
 
-def test_run_accounts_for_every_row_and_finds_images(tmp_path, sample_dir, http_server) -> None:
+def test_run_accounts_for_every_row_and_finds_images(tmp_path, sample_dir, http_server,
+                                                    capsys) -> None:
     urls = tmp_path / "urls.parquet"
     table = _urls(sample_dir, http_server)
     pq.write_table(table, urls)
     out = tmp_path / "out"
     summary = run_local(_params(urls, out), pipeline_root=str(tmp_path / "root"))
     assert "rows: 122" in summary
+    # the terminal: a line per task start and end, no kfp.local executor JSON; that goes to
+    # a task.log per task under the run's folder
+    terminal = capsys.readouterr().out
+    assert "executor_input" not in terminal and '"outputFile"' not in terminal
+    assert terminal.count("▸ download-images started") == 3  # 122 rows, 50 per shard
+    assert "✓ download-images [shard 2]: 22 rows, 2 failures" in terminal
+    assert len(terminal.splitlines()) < 30, terminal
+    logs = list((tmp_path / "root").rglob("task.log"))
+    assert len(logs) == 3 + 3 + 5  # download and embed per shard; load, plan, write, index, report
+    download_log = next(p for p in logs if p.parent.name == "download-images" and
+                        "iteration-2" in str(p)).read_text()
+    assert "Got executor_input" in download_log and "download: shard 2" in download_log
     for step in ("download-images", "embed-images", "write-embeddings", "build-index"):
         assert f"{step} " in summary  # seconds per step, from each task's artifact metadata
 
