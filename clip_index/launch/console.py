@@ -39,6 +39,7 @@ class _Task:
     log_path: str | None = None
     output_file: str | None = None
     progress: str | None = None
+    done: bool = False
 
 
 class TaskConsole:
@@ -141,9 +142,18 @@ class TaskConsole:
             task.log.close()
             task.log = None
 
+    def unfinished(self) -> None:
+        """Say where the log of every task that did not finish is, with its last lines: with
+        raise_on_error, kfp.local raises on a failed task without logging its end."""
+        with self.lock:
+            for task in self.tasks.values():
+                if not task.done:
+                    self._finished(task, "FAILURE")
+
     def _finished(self, task: _Task, status: str) -> None:
         seconds = time.monotonic() - task.start
         task.progress = None
+        task.done = True
         if task.log:
             task.log.flush()
         if status != "SUCCESS":

@@ -108,9 +108,20 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
         terminal.write(f"kfp.local: each task's full output goes to its folder's {LOG_NAME} "
                        f"under {root} (-v shows it here)\n")
         console = TaskConsole(terminal, os.path.join(root, "kfp-local.log"))
+        # kfp.local's per-task logger swaps race between the two threads of a loop, and a
+        # swap can put back the level and handlers of before the run: make those INFO and
+        # the console too, so no task's "finished" line is lost whichever swap wins
+        root_logger.handlers[:] = [logging.StreamHandler(console)]
+        root_logger.setLevel(logging.INFO)
         try:
             with contextlib.redirect_stdout(console):
                 pipeline(**params)
+            if console.failed:  # a task in a loop fails without raising in kfp.local
+                raise RuntimeError(f"{len(console.failed)} task(s) failed; their logs: "
+                                   + ", ".join(console.failed))
+        except RuntimeError:
+            console.unfinished()
+            raise
         finally:
             restore()
             console.close()

@@ -100,3 +100,19 @@ def test_compiled_yaml_runs_locally(tmp_path, sample_dir, http_server) -> None:
     totals = io.read_json(str(out / "manifest.json"))["totals"]
     assert totals["rows"] == 60 and totals["successes"] == 60
     assert ClipIndex(out).search_text("a red circle", k=5)
+
+
+def test_a_failed_task_says_where_its_log_is(tmp_path, sample_dir, http_server,
+                                              capsys) -> None:
+    """A download task that fails (its failure rate passes max_failure_rate=0): the terminal
+    names the task, where its full log is, and ends with the step's own error."""
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(_urls(sample_dir, http_server).slice(115), urls)  # 5 images, 2 broken
+    params = {**_params(urls, tmp_path / "out"), "max_failure_rate": 0.0}
+    with pytest.raises(RuntimeError):
+        run_local(params, pipeline_root=str(tmp_path / "root"))
+    terminal = capsys.readouterr().out
+    assert "✗ download-images failure after" in terminal, terminal
+    log = next((tmp_path / "root").rglob("download-images/task.log"))
+    assert f"its log: {log}" in terminal
+    assert "max_failure_rate" in terminal.split("its log:")[1]  # the tail shows the reason
