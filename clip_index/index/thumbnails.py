@@ -98,7 +98,7 @@ def write_thumbnails(output_dir: str, image_dirs: list[str],
     workers = min(len(jobs), config.workers or os.cpu_count() or 1)
     if workers <= 1:
         results = [_thumbnail_shard(job) for job in jobs]
-    else:
+    else:  # forked workers: fsspec resets its event loop and locks after a fork (gs:// is safe)
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_thumbnail_shard, jobs))
     for result in results:
