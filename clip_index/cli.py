@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,22 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
                         datefmt="%H:%M:%S")
 
 
+SHARDS_HELP = "shard numbers, e.g. 0-39 or 3,7,9-12 (default: 0)"
+
+
+def shard_list(spec: str) -> list[int]:
+    """``0-3,7`` → ``[0, 1, 2, 3, 7]``: the shards of a work unit, as the pipeline gives them."""
+    shards: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", part)
+        if not match:
+            raise argparse.ArgumentTypeError(
+                f"{spec!r}: expected shard numbers like 0-39 or 3,7,9-12")
+        first = int(match.group(1))
+        shards.extend(range(first, int(match.group(2) or first) + 1))
+    return shards
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -59,8 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     names = inspect.signature(make_index_pipeline().pipeline_func).parameters
     params = {name: getattr(args, name) for name in names}
-    print(run_local(params, pipeline_root=args.pipeline_root, settings=settings_from_args(args),
-                    verbose=args.verbose))
+    settings = settings_from_args(args)
+    settings.validate()  # loop widths and sizes first: cheaper than checking the dataset
+    print(run_local(params, pipeline_root=args.pipeline_root, settings=settings,
+                    cache=not args.no_cache, verbose=args.verbose))
     return 0
 
 
@@ -142,9 +161,9 @@ def cmd_download(args: argparse.Namespace) -> int:
         stats = download_shard(urls, str(Path(args.output) / "part-00000.parquet"), config)
         _print_json(stats.as_dict())
     elif args.urls:
-        _print_json(run_download(args.urls, args.shard, args.output, config).as_metadata())
+        _print_json(run_download(args.urls, args.shards, args.output, config).as_metadata())
     else:
-        raise ValueError("download: give --urls DIR (with --shard N) or --input FILE")
+        raise ValueError("download: give --urls DIR (with --shards) or --input FILE")
     return 0
 
 
@@ -197,7 +216,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clip_index.embed.step import run_embed
 
     config = config_from_args(EmbedConfig, args)
-    _print_json(run_embed(args.images, args.shard, args.output, config).as_metadata())
+    _print_json(run_embed(args.images, args.shards, args.output, config).as_metadata())
     return 0
 
 
@@ -250,6 +269,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_typed_flags(run, params, pipeline_docs(params))
         run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
                          "artifacts (default: OUTPUT_DIR/.pipeline)")
+        run.add_argument("--no-cache", action="store_true",
+                         help="redo every task; by default a repeated run (same parameters and "
+                              "pipeline root) reuses the tasks that finished, so a killed run "
+                              "resumes")
         add_settings_flags(run)
 
     if wanted("query"):
@@ -291,10 +314,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_config_flags(load, cfg.LoadConfig)
 
     if wanted("download"):
-        download = command("download", cmd_download, "step: one URL shard → image shard")
+        download = command("download", cmd_download, "step: URL shards → image shards")
         download.add_argument("--urls", help=step_help("download_images", "urls"))
-        download.add_argument("--shard", type=int, default=0, help=step_help(
-            "download_images", "shard") + " (with --urls; default: 0)")
+        download.add_argument("--shards", type=shard_list, default=[0],
+                              help="with --urls: " + SHARDS_HELP)
         download.add_argument("--input", help="or: one parquet file of URLs (see the "
                               "--*-column flags for its column names)")
         download.add_argument("--output", required=True,
@@ -308,10 +331,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_config_flags(download, cfg.DownloadConfig)
 
     if wanted("embed"):
-        embed = command("embed", cmd_embed, "step: one image shard → embedding shard")
-        embed.add_argument("--images", required=True, help=step_help("embed_images", "images"))
-        embed.add_argument("--shard", type=int, default=0,
-                           help=step_help("embed_images", "shard") + " (default: 0)")
+        embed = command("embed", cmd_embed, "step: image shards → embedding shards")
+        embed.add_argument("--images", nargs="+", required=True,
+                           help=step_help("embed_images", "images"))
+        embed.add_argument("--shards", type=shard_list, default=[0], help=SHARDS_HELP)
         embed.add_argument("--output", required=True,
                            help=step_help("embed_images", "embeddings"))
         add_config_flags(embed, cfg.EmbedConfig)

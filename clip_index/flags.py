@@ -142,10 +142,14 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"accelerator of the embed step (default: {d.gpu_type})")
     parser.add_argument("--gpu-count", type=int, default=d.gpu_count,
                         help=f"GPUs per embed task, 0 = none (default: {d.gpu_count})")
-    parser.add_argument("--parallelism", type=int, default=d.parallelism,
-                        help="shards downloaded/embedded at once: at most parallelism x "
-                             "gpu-count GPUs in use, the GPU-quota knob "
-                             f"(default: {d.parallelism})")
+    parser.add_argument("--download-parallelism", type=int, default=d.download_parallelism,
+                        help="download tasks, each streaming its share of the shards: the "
+                             "download loop's width, 1-100; x download-cpu = vCPUs in use "
+                             f"(default: {d.download_parallelism})")
+    parser.add_argument("--embed-parallelism", type=int, default=d.embed_parallelism,
+                        help="embed tasks, each streaming its share of the shards: the embed "
+                             "loop's width, 1-100; x gpu-count = GPUs in use, the GPU-quota "
+                             f"knob (default: {d.embed_parallelism})")
     for step in ("download", "embed", "index"):
         for kind in ("cpu", "memory"):
             name = f"{step}_{kind}"
@@ -167,6 +171,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return PipelineSettings(
         cpu_image=f"{repo}/clip-index-cpu:{args.image_tag}",
         gpu_image=f"{repo}/clip-index-gpu:{args.image_tag}",
-        gpu_type=args.gpu_type, gpu_count=args.gpu_count, parallelism=args.parallelism,
+        gpu_type=args.gpu_type, gpu_count=args.gpu_count,
+        download_parallelism=args.download_parallelism,
+        embed_parallelism=args.embed_parallelism,
         retries=args.retries, backoff_s=args.backoff_s, **sized,
     )

@@ -9,7 +9,7 @@ import posixpath
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -58,6 +58,47 @@ def list_shards(directory: str) -> list[str]:
     names = [posixpath.basename(p) for p in fs.ls(fs_dir, detail=False)]
     shards = sorted((shard_index(n), n) for n in names if _SHARD.match(n))
     return [join(directory, n) for _, n in shards]
+
+
+def complete_shards(directories: Sequence[str]) -> dict[int, str]:
+    """shard number → the folder holding it, for every shard whose stats file (written last, the
+    "done" marker) exists in one of `directories`: the outputs of a loop's tasks, one folder per
+    work unit, each with many shards. One listing per folder. A shard found in two folders is an
+    error: two tasks wrote it, and which one is right cannot be told."""
+    found: dict[int, str] = {}
+    for directory in directories:
+        fs, fs_dir = filesystem(directory)
+        if not fs.isdir(fs_dir):
+            continue
+        names = {posixpath.basename(p) for p in fs.ls(fs_dir, detail=False)}
+        for name in names:
+            if not _SHARD.match(name) or stats_name(shard_index(name)) not in names:
+                continue
+            shard = shard_index(name)
+            if shard in found:
+                raise RuntimeError(f"shard {shard} is in two folders, {found[shard]} and "
+                                   f"{directory}: two tasks wrote it")
+            found[shard] = directory
+    return found
+
+
+def require_shards(found: Iterable[int], expected: Iterable[int], what: str) -> None:
+    """Raise unless `found` is exactly the `expected` shards (what the load step planned), so
+    that a step never publishes part of a run in silence: a task that lost its outputs, a
+    collected input the platform handed over incompletely, a folder listed while empty."""
+    have, want = set(found), set(expected)
+    if have == want:
+        return
+    missing, extra = sorted(want - have), sorted(have - want)
+    raise RuntimeError(
+        f"{what}: found {len(have)} of the {len(want)} shards the load step planned"
+        + (f"; missing {_numbers(missing)}" if missing else "")
+        + (f"; not planned {_numbers(extra)}" if extra else ""))
+
+
+def _numbers(shards: list[int]) -> str:
+    return ", ".join(map(str, shards[:20])) + (f" ... ({len(shards)} in all)"
+                                               if len(shards) > 20 else "")
 
 
 def exists(path: str) -> bool:

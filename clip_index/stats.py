@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,18 +104,58 @@ def merge(stats: list[ShardStats]) -> dict[str, Any]:
     }
 
 
-def check_failure_rate(stats: ShardStats, max_failure_rate: float, step: str) -> None:
-    """Raise when a shard has no success at all, or more failures than allowed."""
-    if stats.rows and stats.successes == 0:
-        raise RuntimeError(
-            f"{step}: shard {stats.shard} had 0 successes out of {stats.rows} rows "
-            f"(statuses {dict(stats.statuses)}, top errors {dict(stats.errors.most_common(3))})"
-        )
-    if stats.failure_rate > max_failure_rate:
-        raise RuntimeError(
-            f"{step}: shard {stats.shard} failure rate {stats.failure_rate:.1%} passes "
-            f"max_failure_rate={max_failure_rate} (statuses {dict(stats.statuses)})"
-        )
+def check_failure_rate(stats: Sequence[ShardStats], max_failure_rate: float, step: str) -> None:
+    """Raise when a task's shards, together, have no success at all or more failures than
+    allowed. Checked once every shard of the task is written, so one bad shard (a dead host)
+    neither stops the others nor is lost: its rows are on disk with their reasons."""
+    rows = sum(s.rows for s in stats)
+    successes = sum(s.successes for s in stats)
+    if not rows:
+        return
+    totals = merge(list(stats))
+    where = f"shards {_shard_span(stats)}"
+    if successes == 0:
+        raise RuntimeError(f"{step}: {where} had 0 successes out of {rows} rows "
+                           f"(statuses {totals['statuses']}, top errors "
+                           f"{dict(list(totals['errors'].items())[:3])})")
+    if (rows - successes) / rows > max_failure_rate:
+        raise RuntimeError(f"{step}: {where} failure rate {(rows - successes) / rows:.1%} passes "
+                           f"max_failure_rate={max_failure_rate} (statuses {totals['statuses']})")
+
+
+def _shard_span(stats: Sequence[ShardStats]) -> str:
+    numbers = sorted(s.shard for s in stats)
+    return str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What one task did over its work unit: its shards, one after another, each a row of
+    `shards`, plus `extra` facts shared by all of them (the embed step's model)."""
+
+    output_dir: str
+    shards: list[ShardStats]
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_metadata(self) -> dict[str, Any]:
+        """Totals, rates and a compact per-shard table, for the task's output artifact: the
+        Vertex console shows one artifact per unit, with every shard's counts inside."""
+        totals = merge(self.shards)
+        done = [s for s in self.shards if not s.skipped]
+        busy_s = sum(s.seconds for s in done)
+        return {
+            "output_dir": self.output_dir,
+            **totals,
+            "shard_numbers": _shard_span(self.shards) if self.shards else "",
+            "shards_skipped": len(self.shards) - len(done),
+            "seconds": round(self.seconds, 2),
+            "images_per_s": round(sum(s.successes for s in done) / busy_s, 2) if busy_s else 0.0,
+            "per_shard": [{"shard": s.shard, "rows": s.rows, "successes": s.successes,
+                           "seconds": round(s.seconds, 2), "skipped": s.skipped}
+                          for s in self.shards],
+            **self.extra,
+        }
 
 
 class Progress:

@@ -41,20 +41,22 @@ def load_dataset(
     urls.metadata.update(run_load(config, urls.path).as_metadata())
 
 
-def plan_shards(urls: Input[Dataset]) -> list[int]:
-    """List the shard numbers of a loaded dataset (the fan-out of the download/embed loop).
+def plan_units(urls: Input[Dataset], max_units: int) -> list[dict]:
+    """Split the loaded shards into at most `max_units` work units, one per loop iteration.
 
     Args:
         urls: The load step's output folder.
+        max_units: Units wanted: the loop's width, fixed when the pipeline is compiled
+            (download or embed parallelism), never derived from the row count.
     """
-    from clip_index.load.step import plan_shards as plan
+    from clip_index.load.step import plan_units as plan
 
-    return plan(urls.path)
+    return plan(urls.path, int(max_units))
 
 
 def download_images(
     urls: Input[Dataset],
-    shard: int,
+    unit: dict,
     images: Output[Dataset],
     image_size: int = 256,
     resize_mode: str = "keep_ratio",
@@ -69,12 +71,13 @@ def download_images(
     respect_opt_out: bool = True,
     max_failure_rate: float = 1.0,
 ) -> None:
-    """Download, verify, resize and re-encode the images of one URL shard.
+    """Download, verify, resize and re-encode the images of a work unit's URL shards.
 
     Args:
         urls: The load step's output folder.
-        shard: Shard number to download.
-        images: Output folder: part-NNNNN.parquet (every row, with status and error) + stats.
+        unit: The work unit from plan_units: {"unit": N, "shards": [shard numbers]}.
+        images: Output folder: part-NNNNN.parquet per shard (every row, with status and error)
+            + part-NNNNN_stats.json; metadata: totals and a per-shard table.
         image_size: Target size in pixels (shorter side for keep_ratio); never upscaled.
         resize_mode: keep_ratio, center_crop, border or no.
         timeout_s: Total deadline per request attempt, seconds.
@@ -99,12 +102,13 @@ def download_images(
                             max_image_bytes=max_image_bytes,
                             allow_private_networks=allow_private_networks,
                             respect_opt_out=respect_opt_out, max_failure_rate=max_failure_rate)
-    images.metadata.update(run_download(urls.path, int(shard), images.path, config).as_metadata())
+    shards = [int(s) for s in unit["shards"]]  # kfp.local hands numbers back as floats
+    images.metadata.update(run_download(urls.path, shards, images.path, config).as_metadata())
 
 
 def embed_images(
-    images: Input[Dataset],
-    shard: int,
+    images: Input[list[Dataset]],
+    unit: dict,
     embeddings: Output[Dataset],
     model: str = "ViT-B-32",
     pretrained: str = "laion2b_s34b_b79k",
@@ -114,12 +118,14 @@ def embed_images(
     precision: str = "auto",
     num_workers: int = -1,
 ) -> None:
-    """Embed the downloaded images of one shard with an open_clip model (GPU when present).
+    """Embed the downloaded images of a work unit's shards with an open_clip model, the model
+    built once for all of them (GPU when present).
 
     Args:
-        images: The download step's output folder.
-        shard: Shard number to embed.
-        embeddings: Output folder: part-NNNNN.parquet (every row; L2-normalised embedding) + stats.
+        images: Every download task's output folder (the unit's shards are found among them).
+        unit: The work unit from plan_units: {"unit": N, "shards": [shard numbers]}.
+        embeddings: Output folder: part-NNNNN.parquet per shard (every row; L2-normalised
+            embedding) + stats; metadata: totals, the model and a per-shard table.
         model: open_clip model name.
         pretrained: Pretrained tag, checkpoint path, 'bundled' (tiny-clip) or 'none'.
         batch_size: Images per forward pass (0 = 256 per GPU, 64 on CPU); halved on CUDA
@@ -134,12 +140,14 @@ def embed_images(
 
     config = EmbedConfig(model=model, pretrained=pretrained, batch_size=batch_size, dtype=dtype,
                          seed=seed, precision=precision, num_workers=num_workers)
+    shards = [int(s) for s in unit["shards"]]  # kfp.local hands numbers back as floats
     embeddings.metadata.update(
-        run_embed(images.path, int(shard), embeddings.path, config).as_metadata())
+        run_embed([i.path for i in images], shards, embeddings.path, config).as_metadata())
 
 
 def write_embeddings(
     embeddings: Input[list[Dataset]],
+    urls: Input[Dataset],
     images: Input[list[Dataset]],
     output_dir: str,
     data: Output[Dataset],
@@ -150,6 +158,7 @@ def write_embeddings(
 
     Args:
         embeddings: Every embed task's output folder.
+        urls: The load step's output (its manifest lists the shards that must all be there).
         images: Every download task's output folder: the thumbnails are cut from them.
         output_dir: The published folder (local or gs://): data/, failed/, thumbnails/,
             manifest.json.
@@ -157,8 +166,10 @@ def write_embeddings(
         thumbnail_px: Long side of the WebP thumbnail kept per indexed image, pixels (0 = none).
     """
     from clip_index.index.write import run_write
+    from clip_index.load.step import plan_shards
 
     result = run_write([e.path for e in embeddings], output_dir,
+                       expected_shards=plan_shards(urls.path),
                        image_dirs=[i.path for i in images], thumbnail_px=thumbnail_px)
     data.metadata.update(result.as_metadata())
 
@@ -274,7 +285,7 @@ class Components:
     """The pipeline's components, bound to container images."""
 
     load_dataset: Any
-    plan_shards: Any
+    plan_units: Any
     download_images: Any
     embed_images: Any
     write_embeddings: Any
@@ -291,7 +302,7 @@ def make_components(cpu_image: str, gpu_image: str) -> Components:
 
     return Components(
         load_dataset=on(cpu_image, load_dataset),
-        plan_shards=on(cpu_image, plan_shards),
+        plan_units=on(cpu_image, plan_units),
         download_images=on(cpu_image, download_images),
         embed_images=on(gpu_image, embed_images),
         write_embeddings=on(cpu_image, write_embeddings),

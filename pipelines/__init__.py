@@ -11,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clip_index.components import make_components
 from kfp import dsl
+from kfp.dsl import Dataset, Input
+
+from clip_index.components import make_components
+from clip_index.limits import MAX_LOOP_WIDTH
 
 # Vertex AI accelerator types (aiplatform AcceleratorType names) the embed step may ask for.
 GPU_TYPES = (
@@ -34,8 +37,15 @@ class PipelineSettings:
     """Compile-time settings: container images, the embed step's GPU, the fan-out limit.
 
     gpu_type / gpu_count: the embed task's accelerator (Vertex AI type names; count 0 = CPU).
-    parallelism: shards downloaded and embedded at once: at most `parallelism × gpu_count` GPUs
-        are in use, so this is the knob that fits a run into the project's GPU quota.
+    download_parallelism: download tasks, each streaming its own share of the shards: the
+        width of the download loop (CPU quota: `download_parallelism × download_cpu` vCPUs).
+    embed_parallelism: embed tasks, each streaming its share of the shards through one model:
+        the width of the embed loop; `embed_parallelism × gpu_count` GPUs are in use, so this
+        is the knob that fits a run into the project's GPU quota.
+    Both widths are fixed here, at compile time, never derived from the dataset: a run of 480
+    rows and one of 12.8M (1,280 shards) have the same loops, one task per work unit, each
+    unit a range of shards (the unit of resume stays the shard). At most `MAX_LOOP_WIDTH`
+    (100): every loop's outputs are collected, and Vertex AI refuses more artifacts.
     *_cpu / *_memory: per-task limits (Kubernetes quantities: "8", "500m"; "32G", "16Gi").
     retries: extra attempts of a failed download or embed task, the first after `backoff_s`
         seconds, each next one `backoff_factor` times later, at most `max_backoff_s`.
@@ -45,7 +55,8 @@ class PipelineSettings:
     gpu_image: str = f"{DEFAULT_IMAGE_REPO}/clip-index-gpu:dev"
     gpu_type: str = "NVIDIA_L4"
     gpu_count: int = 1
-    parallelism: int = 8
+    download_parallelism: int = 32
+    embed_parallelism: int = 8
     embed_cpu: str = "8"
     embed_memory: str = "32G"
     download_cpu: str = "8"
@@ -70,8 +81,14 @@ class PipelineSettings:
             raise ValueError(f"gpu_count={self.gpu_count}: expected an integer >= 0")
         if self.gpu_count and self.gpu_type not in GPU_TYPES:
             raise ValueError(f"gpu_type={self.gpu_type!r}: expected one of {GPU_TYPES}")
-        if self.parallelism < 1:
-            raise ValueError(f"parallelism={self.parallelism}: expected an integer >= 1")
+        for name in ("download_parallelism", "embed_parallelism"):
+            width = getattr(self, name)
+            if not 1 <= width <= MAX_LOOP_WIDTH:
+                raise ValueError(
+                    f"{name}={width}: expected 1 to {MAX_LOOP_WIDTH} tasks (--"
+                    f"{name.replace('_', '-')}): each loop's outputs are collected by a later "
+                    f"step, and Vertex AI refuses a task input of more than {MAX_LOOP_WIDTH} "
+                    "artifacts; more tasks are not needed either, since each streams many shards")
         for step in ("download", "embed", "index"):
             cpu, memory = getattr(self, f"{step}_cpu"), getattr(self, f"{step}_memory")
             if not _CPU.match(cpu) or float(cpu.rstrip("m") or 0) <= 0:
@@ -90,11 +107,48 @@ class PipelineSettings:
 
 def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
                         task_hook: TaskHook | None = None) -> Any:
-    """The clip-index pipeline: load → plan → ParallelFor(download → embed) → write → index →
-    report → (when hub_repo_id is set) publish to the Hugging Face Hub. `task_hook(name, task)`
-    may add platform settings to the download/embed tasks."""
+    """The clip-index pipeline: load → plan download units → ParallelFor(download unit) →
+    [embed-units: plan embed units → ParallelFor(embed unit)] → write → index → report →
+    (when hub_repo_id is set) publish to the Hugging Face Hub. Each loop's width is a
+    compile-time setting (one task per work unit, a unit = a range of shards), and each
+    collected input holds one artifact per unit. `task_hook(name, task)` may add platform
+    settings to the download/embed tasks."""
     settings.validate()
     c = make_components(settings.cpu_image, settings.gpu_image)
+
+    def _retry_and_cache(task: Any) -> None:
+        task.set_retry(num_retries=settings.retries, backoff_duration=f"{settings.backoff_s}s",
+                       backoff_factor=settings.backoff_factor,
+                       backoff_max_duration=f"{settings.max_backoff_s}s")
+        # a re-submitted run reuses every finished unit (same inputs → cache hit), and a retried
+        # task skips the shards it finished; `clip-index submit --no-cache` turns caching off
+        task.set_caching_options(True)
+
+    @dsl.pipeline(name="embed-units", description="Embed every shard, one task per work unit.")
+    def embed_units(
+        images: Input[list[Dataset]],
+        units: list,
+        model: str,
+        pretrained: str,
+        batch_size: int,
+        dtype: str,
+        seed: int,
+        precision: str,
+    ) -> list[Dataset]:
+        with dsl.ParallelFor(units, parallelism=settings.embed_parallelism,
+                             name="embed-units") as unit:
+            embed = c.embed_images(
+                images=images, unit=unit, model=model, pretrained=pretrained,
+                batch_size=batch_size, dtype=dtype, seed=seed, precision=precision,
+            ).set_display_name("Embed images")
+            embed.set_cpu_limit(settings.embed_cpu).set_memory_limit(settings.embed_memory)
+            if settings.gpu_count:
+                embed.set_accelerator_type(settings.gpu_type).set_accelerator_limit(
+                    settings.gpu_count)
+            _retry_and_cache(embed)
+            if task_hook is not None:
+                task_hook("embed", embed)
+        return dsl.Collected(embed.outputs["embeddings"])  # one artifact per embed unit
 
     @dsl.pipeline(
         name="clip-index",
@@ -142,13 +196,17 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             dataset=dataset, id_column=id_column, url_column=url_column,
             caption_column=caption_column, limit=limit, shard_size=shard_size,
         ).set_display_name("Load dataset")
-        plan = c.plan_shards(urls=load.outputs["urls"]).set_display_name("Plan shards")
-        for task in (load, plan):
-            task.set_caching_options(True)
-        with dsl.ParallelFor(plan.output, parallelism=settings.parallelism,
-                             name="shards") as shard:
+        load.set_caching_options(True)
+        urls = load.outputs["urls"]
+        download_units = c.plan_units(urls=urls, max_units=settings.download_parallelism)
+        download_units.set_display_name("Plan download units")
+        # planned beside the downloads, not after them: one task start-up less on the path
+        embed_plan = c.plan_units(urls=urls, max_units=settings.embed_parallelism)
+        embed_plan.set_display_name("Plan embed units")
+        with dsl.ParallelFor(download_units.output, parallelism=settings.download_parallelism,
+                             name="download-units") as unit:
             download = c.download_images(
-                urls=load.outputs["urls"], shard=shard, image_size=image_size,
+                urls=urls, unit=unit, image_size=image_size,
                 resize_mode=resize_mode, timeout_s=timeout_s, retries=download_retries,
                 concurrency=concurrency, per_host_concurrency=per_host_concurrency,
                 min_image_size=min_image_size, max_aspect_ratio=max_aspect_ratio,
@@ -157,28 +215,24 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             ).set_display_name("Download images")
             download.set_cpu_limit(settings.download_cpu).set_memory_limit(
                 settings.download_memory)
-            embed = c.embed_images(
-                images=download.outputs["images"], shard=shard, model=model,
-                pretrained=pretrained, batch_size=batch_size, dtype=dtype, seed=seed,
-                precision=precision,
-            ).set_display_name("Embed images")
-            embed.set_cpu_limit(settings.embed_cpu).set_memory_limit(settings.embed_memory)
-            if settings.gpu_count:
-                embed.set_accelerator_type(settings.gpu_type).set_accelerator_limit(
-                    settings.gpu_count)
-            for task in (download, embed):
-                task.set_retry(num_retries=settings.retries,
-                               backoff_duration=f"{settings.backoff_s}s",
-                               backoff_factor=settings.backoff_factor,
-                               backoff_max_duration=f"{settings.max_backoff_s}s")
-                # a re-submitted run reuses every finished shard (same inputs → cache hit);
-                # `clip-index submit --no-cache` turns this off for the whole run
-                task.set_caching_options(True)
-            if task_hook is not None:
-                task_hook("download", download)
-                task_hook("embed", embed)
+        # The embed loop starts when every download unit is done: no GPU is held (or billed)
+        # while the images are fetched, and each embed task keeps its GPU busy from its first
+        # shard to its last. It is a pipeline of its own because KFP accepts a collected list
+        # inside a loop only as a pipeline input (a Collected consumed in a sibling loop does
+        # not compile).
+        embedded = embed_units(
+            images=dsl.Collected(download.outputs["images"]), units=embed_plan.output,
+            model=model,
+            pretrained=pretrained, batch_size=batch_size, dtype=dtype, seed=seed,
+            precision=precision,
+        ).set_display_name("Embed units")
+        for plan in (download_units, embed_plan):
+            plan.set_caching_options(True)
+        _retry_and_cache(download)
+        if task_hook is not None:
+            task_hook("download", download)
         write = c.write_embeddings(
-            embeddings=dsl.Collected(embed.outputs["embeddings"]),
+            embeddings=embedded.output, urls=urls,
             images=dsl.Collected(download.outputs["images"]), output_dir=output_dir,
         ).set_display_name("Write embeddings")
         index = c.build_index(

@@ -4,14 +4,15 @@ from an index, the way the reference's users did it with clip-retrieval)."""
 
 from typing import Any
 
+from kfp import dsl
+
 from clip_index.components import make_components
 from clip_index.components.retrieve import make_retrieve_components
-from kfp import dsl
 
 
 def make_retrieve_pipeline(settings: Any = None) -> Any:
-    """retrieve: load_queries → retrieve_matches → [If download_matches: plan → ParallelFor
-    download]."""
+    """retrieve: load_queries → retrieve_matches → [If download_matches: plan units →
+    ParallelFor(download unit)], the same bounded fan-out as the index pipeline."""
     from clip_index.pipelines import PipelineSettings
 
     settings = settings or PipelineSettings()
@@ -52,12 +53,13 @@ def make_retrieve_pipeline(settings: Any = None) -> Any:
         for task in (load, retrieve):  # the index folder may change under the same path
             task.set_caching_options(False)
         with dsl.If(download_matches == True, name="download-matches"):  # noqa: E712
-            plan = c.plan_shards(urls=retrieve.outputs["urls"]).set_display_name("Plan shards")
-            plan.set_caching_options(False)
-            with dsl.ParallelFor(plan.output, parallelism=settings.parallelism,
-                                 name="shards") as shard:
+            plan = c.plan_units(urls=retrieve.outputs["urls"],
+                                max_units=settings.download_parallelism)
+            plan.set_display_name("Plan download units").set_caching_options(False)
+            with dsl.ParallelFor(plan.output, parallelism=settings.download_parallelism,
+                                 name="download-units") as unit:
                 download = c.download_images(
-                    urls=retrieve.outputs["urls"], shard=shard, image_size=image_size,
+                    urls=retrieve.outputs["urls"], unit=unit, image_size=image_size,
                     resize_mode=resize_mode, timeout_s=timeout_s, retries=download_retries,
                     concurrency=concurrency, allow_private_networks=allow_private_networks,
                     max_failure_rate=max_failure_rate,

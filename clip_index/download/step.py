@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -30,7 +30,7 @@ from clip_index.download.guard import GuardedResolver
 from clip_index.download.memory import reuse_freed_memory, trim_if_above
 from clip_index.download.resize import ProcessedImage
 from clip_index.schema import RowError, Status
-from clip_index.stats import Progress, ShardStats, check_failure_rate
+from clip_index.stats import Progress, ShardStats, UnitResult, check_failure_rate
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,6 @@ _DNS_CACHE_S = 300
 _DNS_THREADS = 64  # getaddrinfo runs in threads: the default pool (cores + 4) starves on DNS
 
 
-@dataclass(frozen=True)
-class DownloadResult:
-    """The image shard written for one URL shard, and what happened to its rows."""
-
-    output_dir: str
-    shard: int
-    stats: ShardStats
-
-    def as_metadata(self) -> dict[str, Any]:
-        return shard_metadata(self.stats)
-
-
 def shard_metadata(stats: ShardStats) -> dict[str, Any]:
     """The shard's stats as JSON-able values, with images/s (successes per second)."""
     meta = stats.as_dict()
@@ -60,20 +48,35 @@ def shard_metadata(stats: ShardStats) -> dict[str, Any]:
     return meta
 
 
-def run_download(urls_dir: str, shard: int, output_dir: str,
-                 config: DownloadConfig) -> DownloadResult:
-    """Download URL shard `shard` of `urls_dir` into ``output_dir/part-NNNNN.parquet``.
+def run_download(urls_dir: str, shards: Sequence[int], output_dir: str,
+                 config: DownloadConfig) -> UnitResult:
+    """Download URL shards `shards` of `urls_dir` (a task's work unit), one after another, into
+    ``output_dir/part-NNNNN.parquet`` + ``part-NNNNN_stats.json`` each.
 
-    A shard whose stats file exists is complete and is skipped (a re-run); a shard killed
-    midway resumes from its checkpoint (see `download_shard`). The stats file is written last.
+    The shard is the unit of resume: one whose stats file exists is complete and is skipped (a
+    retried task redoes only what it had not finished); one killed midway resumes from its
+    checkpoint (see `download_shard`). The failure rate is checked over the whole unit once
+    every shard is written.
     """
     config.validate()
+    if not shards:
+        raise ValueError(f"download: no shards given for {urls_dir}: expected a work unit of "
+                         "one or more shard numbers")
+    start = time.monotonic()
+    done = [download_one(urls_dir, int(shard), output_dir, config) for shard in shards]
+    check_failure_rate(done, config.max_failure_rate, "download")
+    return UnitResult(output_dir, done, time.monotonic() - start)
+
+
+def download_one(urls_dir: str, shard: int, output_dir: str, config: DownloadConfig) -> ShardStats:
+    """One shard of a unit: skipped when complete, counted again when written without its stats,
+    else downloaded; its stats file is written last."""
     stats_path = io.join(output_dir, io.stats_name(shard))
     if io.exists(stats_path):
         stats = ShardStats.from_dict(io.read_json(stats_path))
         stats.skipped = True
         log.info("download: shard %d already complete, skipped", shard)
-        return DownloadResult(output_dir, shard, stats)
+        return stats
     output_path = io.join(output_dir, io.shard_name(shard))
     if io.exists(output_path) and not ShardCheckpoint(output_path, schema.IMAGES_SCHEMA).active:
         # killed after the shard was written but before its stats: count it, do not redo it
@@ -86,8 +89,7 @@ def run_download(urls_dir: str, shard: int, output_dir: str,
         stats = download_shard(io.join(urls_dir, io.shard_name(shard)), output_path, config,
                                shard=shard)
     io.write_json(stats_path, shard_metadata(stats))
-    check_failure_rate(stats, config.max_failure_rate, "download")
-    return DownloadResult(output_dir, shard, stats)
+    return stats
 
 
 def download_shard(input_path: str, output_path: str, config: DownloadConfig,

@@ -14,8 +14,7 @@ import io as _io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,26 +25,13 @@ import torch
 
 from clip_index import io, schema
 from clip_index.config import EmbedConfig
-from clip_index.embed.models import ClipModel, load_model
+from clip_index.embed.models import ClipModel, check_model_name, check_pretrained, load_model
 from clip_index.schema import Status
-from clip_index.stats import Progress, ShardStats, check_failure_rate
+from clip_index.stats import Progress, ShardStats, UnitResult, check_failure_rate
 
 log = logging.getLogger(__name__)
 
 _META_COLUMNS = [schema.UID, schema.URL, schema.CAPTION, schema.STATUS, schema.ERROR]
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    """The embedding shard written for one image shard, and the model that made it."""
-
-    output_dir: str
-    shard: int
-    stats: ShardStats
-    model: dict[str, Any]
-
-    def as_metadata(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(), **self.model}
 
 
 def default_batch_size(device: str, gpus: int = 1) -> int:
@@ -66,24 +52,52 @@ def default_num_workers(device: str) -> int:
     return min(16, max(1, cores - 1)) if device == "cuda" else 0
 
 
-def run_embed(images_dir: str, shard: int, output_dir: str, config: EmbedConfig) -> EmbedResult:
-    """Embed image shard `shard` of `images_dir` into ``output_dir/part-NNNNN.parquet``;
-    skipped when its stats file (written last) already exists."""
+def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
+              config: EmbedConfig) -> UnitResult:
+    """Embed image shards `shards` (a task's work unit), found in `image_dirs` (the download
+    tasks' folders), one after another, into ``output_dir/part-NNNNN.parquet`` each.
+
+    The model is built once for all of them, and only when a shard is left to do. A shard whose
+    stats file (written last) exists is skipped; the failure rate is checked over the unit.
+    """
     config.validate()
-    stats_path = io.join(output_dir, io.stats_name(shard))
-    if io.exists(stats_path):
-        done = io.read_json(stats_path)
-        stats = ShardStats.from_dict(done)
-        stats.skipped = True
-        log.info("embed: shard %d already complete, skipped", shard)
-        return EmbedResult(output_dir, shard, stats, done["model"])
-    clip = load_model(config.model, config.pretrained, config.device, config.seed)
-    stats = embed_shard(io.join(images_dir, io.shard_name(shard)),
-                        io.join(output_dir, io.shard_name(shard)), clip, config, shard=shard)
-    model = {**clip.describe(), "dtype": config.dtype, "normalised": True}
-    io.write_json(stats_path, {**stats.as_dict(), "model": model})
-    check_failure_rate(stats, config.max_failure_rate, "embed")
-    return EmbedResult(output_dir, shard, stats, model)
+    if not shards:
+        raise ValueError("embed: no shards given: expected a work unit of one or more shard "
+                         "numbers")
+    check_model_name(config.model)  # before any IO: a typo names the closest models
+    check_pretrained(config.model, config.pretrained)
+    start = time.monotonic()
+    todo = [int(s) for s in shards if not io.exists(io.join(output_dir, io.stats_name(int(s))))]
+    # the weights first: a tag that cannot be fetched is reported before any image is read
+    clip = load_model(config.model, config.pretrained, config.device, config.seed) if todo \
+        else None
+    located = io.complete_shards(image_dirs) if todo else {}
+    missing = [s for s in todo if s not in located]
+    if missing:
+        raise FileNotFoundError(
+            f"embed: image shards {missing[:10]}{' ...' if len(missing) > 10 else ''} are not "
+            f"complete in any of the {len(image_dirs)} download folders ({list(image_dirs)[:3]}"
+            f"{' ...' if len(image_dirs) > 3 else ''}): the download step did not finish them")
+    done: list[ShardStats] = []
+    model: dict[str, Any] = {}
+    for shard in (int(s) for s in shards):
+        stats_path = io.join(output_dir, io.stats_name(shard))
+        if shard not in todo:
+            previous = io.read_json(stats_path)
+            stats = ShardStats.from_dict(previous)
+            stats.skipped = True
+            model = model or previous["model"]
+            log.info("embed: shard %d already complete, skipped", shard)
+        else:
+            assert clip is not None
+            stats = embed_shard(io.join(located[shard], io.shard_name(shard)),
+                                io.join(output_dir, io.shard_name(shard)), clip, config,
+                                shard=shard)
+            model = {**clip.describe(), "dtype": config.dtype, "normalised": True}
+            io.write_json(stats_path, {**stats.as_dict(), "model": model})
+        done.append(stats)
+    check_failure_rate(done, config.max_failure_rate, "embed")
+    return UnitResult(output_dir, done, time.monotonic() - start, extra=model)
 
 
 def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: EmbedConfig,

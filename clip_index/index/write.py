@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,13 +67,18 @@ def check_same_model(shards: list[tuple[int, str, dict[str, Any]]]) -> dict[str,
     return next(iter(models.values()))
 
 
-def run_write(embedding_dirs: list[str], output_dir: str, image_dirs: list[str] | None = None,
-              thumbnail_px: int = 128) -> WriteResult:
+def run_write(embedding_dirs: list[str], output_dir: str,
+              expected_shards: Sequence[int] | None = None,
+              image_dirs: list[str] | None = None, thumbnail_px: int = 128) -> WriteResult:
     """Write ``output_dir/data/part-NNNNN.parquet`` (uid, url, caption, embedding) and
     ``output_dir/failed/part-NNNNN.parquet`` for every embedding shard, then, when
     `image_dirs` (the download step's folders, each holding any number of image shards) are
     given and `thumbnail_px` > 0, ``output_dir/thumbnails/part-NNNNN.parquet`` (a WebP of at
-    most `thumbnail_px` pixels per embedded row, aligned with data/), then the manifest."""
+    most `thumbnail_px` pixels per embedded row, aligned with data/), then the manifest.
+
+    `expected_shards` (the load step's shards): refuse to publish unless the embedding folders
+    hold exactly those, each complete.
+    """
     from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
 
     start = time.monotonic()
@@ -82,6 +88,9 @@ def run_write(embedding_dirs: list[str], output_dir: str, image_dirs: list[str] 
     shards = find_embedding_shards(embedding_dirs)
     if not shards:
         raise RuntimeError(f"no embedding shards in {embedding_dirs}: nothing to write")
+    if expected_shards is not None:
+        io.require_shards([i for i, _, _ in shards], expected_shards,
+                          f"write: the {len(embedding_dirs)} embedding folders")
     model = check_same_model(shards)
     for sub in (schema.DATA_DIR, schema.FAILED_DIR):  # stale parts of an earlier run must go
         for stale in io.list_shards(io.join(output_dir, sub)):

@@ -1,11 +1,13 @@
-"""`clip-index plan`: estimate a run's wall time, GPU hours and cost per step from measured
-rates, with every assumption printed, and the reference run (Fondant's 12.8M DataComp index)
-beside it.
+"""`clip-index plan`: estimate a run's wall time, GPU hours and cost per step, for the pipeline's
+shape, from named rates, with every assumption printed and the reference run (Fondant's 12.8M
+DataComp index) beside it.
 
-The model: shards of `shard_size` rows go through ParallelFor(download → embed) `parallelism` at a
-time (= GPUs / GPUs per task); a download task's rate is per vCPU, an embed task's rate is the
-lower of its GPUs' rate and its vCPUs' decode rate; then write and index run once. Each figure
-below names its source; override any of them with a flag when your own benchmarks say otherwise.
+The shape (pipelines/__init__.py): load → plan → ParallelFor over `download_parallelism` download
+units → ParallelFor over `embed_parallelism` (= GPUs / GPUs per task) embed units → write →
+index → report. Each loop runs one task per work unit, all in one wave, each task streaming its
+share of the shards; so every task pays its start-up once, and the loop's wall time is the
+longest unit's. Each rate below says whether it was measured (and by which command) or is an
+estimate; override any of them with a flag when your own benchmarks say otherwise.
 """
 
 from __future__ import annotations
@@ -16,38 +18,45 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# ── Rates (images or rows per second) and where each figure comes from ────────────────────────
-# REFERENCES = the team's ../shared/REFERENCES.md (measured baselines and the reference run).
+from clip_index.limits import MAX_LOOP_WIDTH
+
+# ── Rates (rows, images or vectors per second) and where each figure comes from ───────────────
+# REFERENCES = the team's shared/REFERENCES.md (measured baselines and the reference run).
 RATES: dict[str, tuple[float, str]] = {
-    # img2dataset's own claim, ~100 img/s per core, kept as the planning rate: real hosts add
-    # DNS, slow servers and timeouts. CPU-bound ceilings on loopback (bench/download,
-    # BENCHMARKS.md): clip-index ~180 img/s per core, img2dataset ~100 on the same corpus.
-    "download_rows_per_s_per_vcpu": (100.0, "img2dataset claim; clip-index's CPU-bound "
-                                     "ceiling ~180/core (BENCHMARKS.md)"),
-    # decode + open_clip preprocess of a 512x512 JPEG on one core (REFERENCES §5); downloaded
-    # images are 256 px, so this is a floor.
-    "decode_img_per_s_per_vcpu": (316.0, "decode+preprocess, 512 px JPEG, one core (REF §5)"),
+    # img2dataset's own real-web claim (~100 img/s per core) is the planning rate: real hosts add
+    # DNS, slow servers and timeouts. Measured CPU-bound ceiling on loopback: clip-index ~180
+    # img/s per core (BENCHMARKS.md, `python -m bench.download.run`).
+    "download_rows_per_s_per_vcpu": (100.0, "estimate: img2dataset's real-web claim; our "
+                                     "measured CPU-bound ceiling is ~180/core (BENCHMARKS.md)"),
+    # decode + open_clip preprocess of a 512x512 JPEG on one core (REFERENCES §5, measured);
+    # downloaded images are 256 px, so this is a floor.
+    "decode_img_per_s_per_vcpu": (316.0, "measured: decode+preprocess, 512 px JPEG, one core "
+                                  "(REF §5)"),
     # autofaiss OPQ256_768,IVF16384_HNSW32,PQ256x8 on 1M x 512: 29 min on 2 cores (REFERENCES
-    # §5) = 287 vectors/s per core; assumed to scale with cores.
-    "index_vectors_per_s_per_vcpu": (287.0, "autofaiss, 1M x 512 in 29 min on 2 cores (REF §5)"),
+    # §5, measured) = 287 vectors/s per core; assumed to scale with cores.
+    "index_vectors_per_s_per_vcpu": (287.0, "measured: autofaiss, 1M x 512 in 29 min on 2 cores "
+                                     "(REF §5); linear in cores assumed"),
+    # the load step reads the source's parquet and writes URL shards: ~200 bytes a row
+    "load_rows_per_s": (50_000.0, "estimate: ~10 MB/s of source parquet"),
+    # write copies 512 float32 per image (2 KB) out of the embedding shards
+    "write_bytes_per_s": (200e6, "estimate: 200 MB/s"),
 }
 REFERENCE_SUCCESS_RATE = 0.72  # 9,251,172 of 12.8M downloaded (Fondant blog, REFERENCES §1)
+VIT_B_32_GFLOP = 8.8  # one 224 px image through ViT-B-32's image tower: 4.4 GMACs (open_clip)
+GPU_UTILISATION = 0.25  # assumed share of the datasheet tensor rate that inference reaches
 
-# ViT-B-32 images/s per GPU. T4: the reference run (4x T4, 8 h 15 min, 9.25M images = 78 img/s
-# per GPU, batch 32, fp32, one-at-a-time decode: a floor for this pipeline). A100: clip-retrieval,
-# 7,000 img/s on 8x A100 (875 per GPU, bound by CPU resizing) (REFERENCES §2). The others are NOT
-# measured: the T4 floor scaled by NVIDIA's datasheet dense FP16 tensor TFLOPS (T4 65, L4 121,
-# V100 125, A100 312, H100 SXM 989, H200 989), marked "estimate" in the output.
-GPU_RATES: dict[str, tuple[float, str]] = {
-    "NVIDIA_TESLA_T4": (78.0, "reference run: 4x T4, 8 h 15 min (REF §1)"),
-    "NVIDIA_L4": (145.0, "estimate: T4 x 121/65 TFLOPS"),
-    "NVIDIA_TESLA_V100": (150.0, "estimate: T4 x 125/65 TFLOPS"),
-    "NVIDIA_TESLA_A100": (875.0, "clip-retrieval: 7,000 img/s on 8x A100 (REF §2)"),
-    "NVIDIA_A100_80GB": (875.0, "as NVIDIA_TESLA_A100 (REF §2)"),
-    "NVIDIA_H100_80GB": (1187.0, "estimate: T4 x 989/65 TFLOPS"),
-    "NVIDIA_H100_MEGA_80GB": (1187.0, "estimate: T4 x 989/65 TFLOPS"),
-    "NVIDIA_H200_141GB": (1187.0, "estimate: as H100"),
+# ViT-B-32 images/s per GPU. No GPU has been measured by this project yet (no GPU was lent to
+# its sessions): each is an ESTIMATE = datasheet dense FP16/BF16 tensor TFLOPS x 25% / 8.8 GFLOP
+# per image, and says so in the output. The reference's own T4 rate (78 img/s: fp32, batch 32,
+# one-at-a-time decode) is shown beside the plan as a floor. Replace these with
+# `--embed-img-per-s-per-gpu` once `python -m bench.embed.run --device cuda` has run on your GPU.
+GPU_TFLOPS: dict[str, float] = {
+    "NVIDIA_TESLA_T4": 65.0, "NVIDIA_L4": 121.0, "NVIDIA_TESLA_V100": 125.0,
+    "NVIDIA_TESLA_P100": 18.7, "NVIDIA_TESLA_P4": 5.5, "NVIDIA_TESLA_A100": 312.0,
+    "NVIDIA_A100_80GB": 312.0, "NVIDIA_H100_80GB": 989.0, "NVIDIA_H100_MEGA_80GB": 989.0,
+    "NVIDIA_H200_141GB": 989.0,
 }
+REFERENCE_T4_IMG_PER_S = 78.0  # 4x T4, 8 h 15 min, 9.25M images (REFERENCES §1)
 
 # ── On-demand list prices, USD per hour, Vertex AI custom training (which pipeline tasks are
 # billed at), us-central1, as we recorded them in 2025 from cloud.google.com/vertex-ai/pricing;
@@ -63,7 +72,8 @@ GPU_PRICE_PER_H: dict[str, float] = {
 VCPU_PRICE_PER_H = 0.0379   # n1/e2-class vCPU hour
 GIB_PRICE_PER_H = 0.0051    # memory GiB hour
 RUN_FEE_USD = 0.03          # Vertex AI Pipelines, per run
-TASK_START_S = 120.0        # assumption: scheduling + image pull per Vertex task
+TASK_START_S = 120.0        # estimate: scheduling + VM + image pull per Vertex task
+SMALL_TASK = (4.0, 16.0)    # vCPU, GiB of the load/plan/write/report tasks (Vertex's default)
 
 # The reference run's published figures (Fondant blog, 2024-03; REFERENCES §1), shown beside.
 REFERENCE_RUN = {
@@ -77,102 +87,157 @@ REFERENCE_RUN = {
 
 @dataclass(frozen=True)
 class StepPlan:
-    """One step's estimate."""
+    """One step's estimate: `tasks` in one wave, the longest task's hours (`task_h`, start-up
+    included), the share of that task spent starting, the step's wall time, all its tasks'
+    hours together (`billed_h`), and what they use and cost."""
 
     step: str
     tasks: int
+    task_h: float
+    startup_share: float
     wall_h: float
+    billed_h: float
     gpu_h: float
     vcpu_h: float
     cost_usd: float
     rate: str
 
 
-def _gib(quantity: str) -> float:
+def gib(quantity: str) -> float:
+    """A Kubernetes memory quantity ("32G", "16Gi", "512Mi") in GiB."""
     units = {"K": 2**-20, "M": 2**-10, "G": 1.0, "T": 1024.0}
     q = quantity.rstrip("iB")
     return float(q[:-1]) * units[q[-1].upper()] if q[-1].isalpha() else float(q) / 2**30
 
 
-def estimate(args: argparse.Namespace) -> dict[str, Any]:
-    """The plan as a dict: steps, totals, assumptions."""
+def gpu_rate(gpu_type: str) -> float:
+    """The estimated ViT-B-32 images/s of one GPU (see GPU_TFLOPS)."""
+    return GPU_TFLOPS[gpu_type] * 1e12 * GPU_UTILISATION / (VIT_B_32_GFLOP * 1e9)
+
+
+def _check(args: argparse.Namespace) -> None:
     if args.rows < 1:
         raise ValueError(f"--rows {args.rows}: expected a row count >= 1")
     if args.gpus < 1 or args.gpu_count < 1 or args.gpus % args.gpu_count:
         raise ValueError(f"--gpus {args.gpus} with --gpu-count {args.gpu_count}: expected a "
                          "multiple of the GPUs per task, both >= 1")
-    if args.gpu_type not in GPU_RATES and args.embed_img_per_s_per_gpu is None:
+    if args.gpu_type not in GPU_TFLOPS and args.embed_img_per_s_per_gpu is None:
         raise ValueError(f"--gpu-type {args.gpu_type!r}: no rate known; expected one of "
-                         f"{sorted(GPU_RATES)} or pass --embed-img-per-s-per-gpu")
+                         f"{sorted(GPU_TFLOPS)} or pass --embed-img-per-s-per-gpu")
     if not 0 < args.success_rate <= 1:
         raise ValueError(f"--success-rate {args.success_rate}: expected a fraction in (0, 1]")
-    gpu_rate, gpu_src = ((args.embed_img_per_s_per_gpu, "--embed-img-per-s-per-gpu")
-                         if args.embed_img_per_s_per_gpu else GPU_RATES[args.gpu_type])
+    widths = {"--download-parallelism": args.download_parallelism,
+              "--gpus / --gpu-count (embed tasks)": args.gpus // args.gpu_count}
+    for name, width in widths.items():
+        if not 1 <= width <= MAX_LOOP_WIDTH:
+            raise ValueError(f"{name} = {width}: expected 1 to {MAX_LOOP_WIDTH} tasks (Vertex "
+                             f"AI refuses a collected input of more than {MAX_LOOP_WIDTH} "
+                             "artifacts)")
+
+
+def estimate(args: argparse.Namespace) -> dict[str, Any]:
+    """The plan as a dict: steps, totals, assumptions, the reference run."""
+    _check(args)
+    per_gpu, gpu_src = ((args.embed_img_per_s_per_gpu, "--embed-img-per-s-per-gpu (yours)")
+                        if args.embed_img_per_s_per_gpu else
+                        (gpu_rate(args.gpu_type), f"estimate: {GPU_TFLOPS[args.gpu_type]:g} "
+                         f"TFLOPS x {GPU_UTILISATION:.0%} / {VIT_B_32_GFLOP} GFLOP"))
     gpu_price = (args.gpu_price_per_h if args.gpu_price_per_h is not None
                  else GPU_PRICE_PER_H.get(args.gpu_type, 0.0))
-    parallel = args.gpus // args.gpu_count
     shards = math.ceil(args.rows / args.shard_size)
     images = args.rows * args.success_rate
+    dl_units = min(args.download_parallelism, shards)
+    emb_units = min(args.gpus // args.gpu_count, shards)
+    # the longest unit holds ceil(shards / units) shards (plan_units balances them)
+    dl_unit_rows = math.ceil(shards / dl_units) * args.shard_size
+    emb_unit_images = math.ceil(shards / emb_units) * args.shard_size * args.success_rate
     dl_cpu, emb_cpu, idx_cpu = float(args.download_cpu), float(args.embed_cpu), 16.0
-    waves = math.ceil(shards / parallel)
 
-    def cost(task_h: float, vcpu: float, gib: float, gpus: int = 0) -> float:
-        return task_h * (vcpu * args.vcpu_price_per_h + gib * args.gib_price_per_h
-                         + gpus * gpu_price)
+    def price(vcpu: float, mem_gib: float, gpus: int = 0) -> float:
+        return vcpu * args.vcpu_price_per_h + mem_gib * args.gib_price_per_h + gpus * gpu_price
+
+    def step(name: str, tasks: int, work_s: float, vcpu: float, mem_gib: float, rate: str,
+             gpus: int = 0, busy_s: float | None = None) -> StepPlan:
+        """`work_s`: the longest task's work; `busy_s`: all tasks' work (default: balanced)."""
+        task_s = TASK_START_S + work_s
+        billed_h = (tasks * TASK_START_S + (busy_s if busy_s is not None else
+                                            tasks * work_s)) / 3600
+        return StepPlan(name, tasks, task_s / 3600, TASK_START_S / task_s, task_s / 3600,
+                        billed_h, billed_h * gpus, billed_h * vcpu,
+                        billed_h * price(vcpu, mem_gib, gpus), rate)
 
     dl_rate = RATES["download_rows_per_s_per_vcpu"][0] * dl_cpu
-    dl_task_s = args.shard_size / dl_rate + TASK_START_S
-    emb_rate = min(gpu_rate * args.gpu_count,
-                   RATES["decode_img_per_s_per_vcpu"][0] * emb_cpu)
-    emb_task_s = args.shard_size * args.success_rate / emb_rate + TASK_START_S
+    emb_rate = min(per_gpu * args.gpu_count, RATES["decode_img_per_s_per_vcpu"][0] * emb_cpu)
+    emb_bound = "GPU" if per_gpu * args.gpu_count <= emb_rate else "CPU decode"
     idx_rate = RATES["index_vectors_per_s_per_vcpu"][0] * idx_cpu
-    idx_s = images / idx_rate + TASK_START_S
-    write_s = images * 2048 / 200e6 + TASK_START_S  # 512 float32 per row at 200 MB/s
-    dl_h, emb_h = dl_task_s * shards / 3600, emb_task_s * shards / 3600
+    small_cpu, small_gib = SMALL_TASK
     steps = [
-        StepPlan("download", shards, waves * dl_task_s / 3600, 0.0, dl_h * dl_cpu,
-                 cost(dl_h, dl_cpu, _gib(args.download_memory)),
-                 f"{dl_rate:.0f} rows/s per task"),
-        StepPlan("embed", shards, waves * emb_task_s / 3600, emb_h * args.gpu_count,
-                 emb_h * emb_cpu, cost(emb_h, emb_cpu, _gib(args.embed_memory), args.gpu_count),
-                 f"{emb_rate:.0f} img/s per task"),
-        StepPlan("write", 1, write_s / 3600, 0.0, write_s / 3600 * 8,
-                 cost(write_s / 3600, 8, 32), "200 MB/s"),
-        StepPlan("index", 1, idx_s / 3600, 0.0, idx_s / 3600 * idx_cpu,
-                 cost(idx_s / 3600, idx_cpu, 64), f"{idx_rate:.0f} vectors/s"),
+        step("load", 1, args.rows / RATES["load_rows_per_s"][0], small_cpu, small_gib,
+             f"{RATES['load_rows_per_s'][0]:,.0f} rows/s"),
+        step("plan (2 tasks, in parallel)", 2, 5.0, small_cpu, small_gib, "seconds"),
+        step("download", dl_units, dl_unit_rows / dl_rate, dl_cpu, gib(args.download_memory),
+             f"{dl_rate:,.0f} rows/s per task", busy_s=args.rows / dl_rate),
+        step("embed", emb_units, emb_unit_images / emb_rate, emb_cpu, gib(args.embed_memory),
+             f"{emb_rate:,.0f} img/s per task ({emb_bound}-bound)", gpus=args.gpu_count,
+             busy_s=images / emb_rate),
+        step("write", 1, images * 2048 / RATES["write_bytes_per_s"][0], small_cpu, small_gib,
+             "200 MB/s"),
+        step("index", 1, images / idx_rate, idx_cpu, 64.0, f"{idx_rate:,.0f} vectors/s"),
+        step("report", 1, 60.0, small_cpu, small_gib, "one minute"),
     ]
     total = {"wall_h": sum(s.wall_h for s in steps), "gpu_h": sum(s.gpu_h for s in steps),
-             "cost_usd": sum(s.cost_usd for s in steps) + RUN_FEE_USD}
+             "cost_usd": sum(s.cost_usd for s in steps) + RUN_FEE_USD,
+             "tasks": sum(s.tasks for s in steps),
+             "startup_share": sum(s.tasks for s in steps) * TASK_START_S / 3600
+             / sum(s.billed_h for s in steps)}
+    floor_h = images / (REFERENCE_T4_IMG_PER_S * args.gpus) / 3600
+    embed = steps[3]
     assumptions = [
-        f"{args.rows:,} rows in {shards:,} shards of {args.shard_size:,}; {parallel} shards at "
-        f"once (parallelism = {args.gpus} GPUs / {args.gpu_count} per task), {waves} waves",
+        f"{args.rows:,} rows in {shards:,} shards of {args.shard_size:,}; download loop: "
+        f"{dl_units} tasks (--download-parallelism {args.download_parallelism}), "
+        f"{math.ceil(shards / dl_units)} shards each at most; embed loop: {emb_units} tasks "
+        f"({args.gpus} GPUs / {args.gpu_count} per task), {math.ceil(shards / emb_units)} shards "
+        "each at most; one wave per loop, so each task starts once",
         f"success rate {args.success_rate:.0%} (reference run: 72%) → {images:,.0f} images",
         f"download: {RATES['download_rows_per_s_per_vcpu'][0]:.0f} rows/s per vCPU x "
-        f"{args.download_cpu} vCPU ({RATES['download_rows_per_s_per_vcpu'][1]}); assumes the "
-        "network keeps up",
-        f"embed: min({gpu_rate:.0f} img/s per {args.gpu_type} [{gpu_src}] x {args.gpu_count}, "
-        f"{RATES['decode_img_per_s_per_vcpu'][0]:.0f} img/s per vCPU decode x {args.embed_cpu})",
+        f"{args.download_cpu} vCPU ({RATES['download_rows_per_s_per_vcpu'][1]})",
+        f"embed: min({per_gpu:,.0f} img/s per {args.gpu_type} [{gpu_src}] x {args.gpu_count}, "
+        f"{RATES['decode_img_per_s_per_vcpu'][0]:.0f} img/s per vCPU decode x {args.embed_cpu} "
+        f"[{RATES['decode_img_per_s_per_vcpu'][1]}])",
         f"index: {RATES['index_vectors_per_s_per_vcpu'][0]:.0f} vectors/s per vCPU x 16 "
-        f"({RATES['index_vectors_per_s_per_vcpu'][1]}), assumed linear in cores",
-        f"{TASK_START_S:.0f} s start-up per task (scheduling, image pull); no retries, no quota "
-        "waits",
+        f"({RATES['index_vectors_per_s_per_vcpu'][1]})",
+        f"load: {RATES['load_rows_per_s'][1]}; write: {RATES['write_bytes_per_s'][1]}",
+        f"{TASK_START_S:.0f} s start-up per task (estimate: scheduling, VM, image pull); "
+        f"start-up is {embed.startup_share:.0%} of an embed task and "
+        f"{steps[2].startup_share:.0%} of a download task; no retries, no quota waits",
+        f"embed at the reference's own measured T4 rate ({REFERENCE_T4_IMG_PER_S:.0f} img/s "
+        f"per GPU, fp32, batch 32) would take {floor_h:.2f} h on {args.gpus} GPUs: the floor",
         f"prices: on-demand list prices, us-central1, as of {PRICES_AS_OF}: {args.gpu_type} "
         f"${gpu_price}/h, vCPU ${args.vcpu_price_per_h}/h, GiB ${args.gib_price_per_h}/h, "
         f"${RUN_FEE_USD} per run; storage and egress not included",
     ]
+    reference_embed_h = 8.25
+    against = (f"embed: {embed.wall_h:.2f} h on {args.gpus}x {args.gpu_type} against the "
+               f"reference's {reference_embed_h} h on 4x NVIDIA_TESLA_T4: "
+               f"{reference_embed_h / embed.wall_h:.1f}x faster at the estimated rate, "
+               f"{reference_embed_h / floor_h:.1f}x at the "
+               "reference's own per-GPU rate (the floor: more GPUs only)")
     return {"steps": [asdict(s) for s in steps], "total": total, "assumptions": assumptions,
-            "reference_run": REFERENCE_RUN}
+            "against_reference": against, "reference_run": REFERENCE_RUN}
 
 
 def render(plan: dict[str, Any]) -> str:
-    lines = ["| step | tasks | wall h | GPU h | vCPU h | cost USD | rate |", "|" + "---|" * 7]
+    lines = ["| step | tasks | task h | start-up | wall h | GPU h | vCPU h | cost USD | rate |",
+             "|" + "---|" * 9]
     for s in plan["steps"]:
-        lines.append(f"| {s['step']} | {s['tasks']:,} | {s['wall_h']:.2f} | {s['gpu_h']:.1f} | "
+        lines.append(f"| {s['step']} | {s['tasks']:,} | {s['task_h']:.2f} | "
+                     f"{s['startup_share']:.0%} | {s['wall_h']:.2f} | {s['gpu_h']:.1f} | "
                      f"{s['vcpu_h']:.0f} | {s['cost_usd']:.2f} | {s['rate']} |")
     t = plan["total"]
-    lines.append(f"| **total** | | **{t['wall_h']:.2f}** | **{t['gpu_h']:.1f}** | | "
-                 f"**{t['cost_usd']:.2f}** | |")
-    lines += ["", "Assumptions:"] + [f"- {a}" for a in plan["assumptions"]]
+    lines.append(f"| **total** | {t['tasks']} | | {t['startup_share']:.0%} | "
+                 f"**{t['wall_h']:.2f}** | **{t['gpu_h']:.1f}** | | **{t['cost_usd']:.2f}** | |")
+    lines += ["", plan["against_reference"], "", "Assumptions:"]
+    lines += [f"- {a}" for a in plan["assumptions"]]
     lines += ["", "Reference run (Fondant, DataComp-small, REFERENCES §1):"]
     lines += [f"- {k}: {v}" for k, v in plan["reference_run"].items()]
     return "\n".join(lines)
@@ -183,22 +248,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = PipelineSettings()
     parser.add_argument("--rows", type=int, required=True, help="rows (URLs) in the dataset")
-    parser.add_argument("--gpu-type", default=d.gpu_type)
-    parser.add_argument("--gpus", type=int, default=d.gpu_count * d.parallelism,
-                        help="GPUs the run may use at once (your quota)")
-    parser.add_argument("--gpu-count", type=int, default=d.gpu_count, help="GPUs per embed task")
-    parser.add_argument("--shard-size", type=int, default=10_000)
-    parser.add_argument("--success-rate", type=float, default=REFERENCE_SUCCESS_RATE)
-    parser.add_argument("--download-cpu", type=int, default=int(d.download_cpu))
-    parser.add_argument("--download-memory", default=d.download_memory)
-    parser.add_argument("--embed-cpu", type=int, default=int(d.embed_cpu))
-    parser.add_argument("--embed-memory", default=d.embed_memory)
+    parser.add_argument("--gpu-type", default=d.gpu_type,
+                        help=f"Vertex AI accelerator type (default: {d.gpu_type})")
+    parser.add_argument("--gpus", type=int, default=d.gpu_count * d.embed_parallelism,
+                        help="GPUs the run may use at once, your quota: embed tasks = gpus / "
+                             f"gpu-count (default: {d.gpu_count * d.embed_parallelism})")
+    parser.add_argument("--gpu-count", type=int, default=d.gpu_count,
+                        help=f"GPUs per embed task (default: {d.gpu_count})")
+    parser.add_argument("--download-parallelism", type=int, default=d.download_parallelism,
+                        help=f"download tasks (default: {d.download_parallelism})")
+    parser.add_argument("--shard-size", type=int, default=10_000,
+                        help="rows per shard (default: 10000)")
+    parser.add_argument("--success-rate", type=float, default=REFERENCE_SUCCESS_RATE,
+                        help="share of URLs that download (default: the reference's 0.72)")
+    parser.add_argument("--download-cpu", type=int, default=int(d.download_cpu),
+                        help=f"vCPUs per download task (default: {d.download_cpu})")
+    parser.add_argument("--download-memory", default=d.download_memory,
+                        help=f"memory per download task (default: {d.download_memory})")
+    parser.add_argument("--embed-cpu", type=int, default=int(d.embed_cpu),
+                        help=f"vCPUs per embed task (default: {d.embed_cpu})")
+    parser.add_argument("--embed-memory", default=d.embed_memory,
+                        help=f"memory per embed task (default: {d.embed_memory})")
     parser.add_argument("--embed-img-per-s-per-gpu", type=float, default=None,
-                        help="your measured embed rate (overrides the table)")
-    parser.add_argument("--gpu-price-per-h", type=float, default=None)
-    parser.add_argument("--vcpu-price-per-h", type=float, default=VCPU_PRICE_PER_H)
-    parser.add_argument("--gib-price-per-h", type=float, default=GIB_PRICE_PER_H)
-    parser.add_argument("--json", action="store_true")
+                        help="your measured embed rate per GPU, img/s (overrides the estimate)")
+    parser.add_argument("--gpu-price-per-h", type=float, default=None,
+                        help="USD per GPU hour (default: the table's list price)")
+    parser.add_argument("--vcpu-price-per-h", type=float, default=VCPU_PRICE_PER_H,
+                        help=f"USD per vCPU hour (default: {VCPU_PRICE_PER_H})")
+    parser.add_argument("--gib-price-per-h", type=float, default=GIB_PRICE_PER_H,
+                        help=f"USD per GiB hour (default: {GIB_PRICE_PER_H})")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def command(args: argparse.Namespace) -> int:

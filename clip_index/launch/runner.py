@@ -59,12 +59,16 @@ def preflight(params: dict[str, Any]) -> None:
 
 
 def run_local(params: dict[str, Any], pipeline_root: str | None = None,
-              settings: Any = None, verbose: bool = False) -> str:
+              settings: Any = None, cache: bool = True, verbose: bool = False) -> str:
     """Run the clip-index pipeline on this machine; return a summary of what it produced.
-    Parameters not given take the pipeline's defaults. Unless `verbose`, the terminal shows
-    one line per task start and end and the download/embed progress, and kfp.local's full
-    output goes to ``task.log`` in each task's folder under the pipeline root (see
-    `clip_index.launch.console`)."""
+    Parameters not given take the pipeline's defaults.
+
+    With `cache` (the default), a run repeated with the same parameters and pipeline root
+    reuses every task that finished before (kfp.local's cache, as Vertex AI's): a run killed
+    midway resumes from its finished work units instead of starting over. Unless `verbose`,
+    the terminal shows one line per task start and end and the download/embed progress, and
+    kfp.local's full output goes to ``task.log`` in each task's folder under the pipeline
+    root (see `clip_index.launch.console`)."""
     from kfp import local
 
     from clip_index.pipelines import PipelineSettings, make_index_pipeline
@@ -76,7 +80,7 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
     root = pipeline_root or os.path.join(params["output_dir"], ".pipeline")
     os.makedirs(root, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
-               raise_on_error=True)
+               raise_on_error=True, enable_caching=cache)
     # expected locally, and said once here instead of per task: resources, accelerators and
     # display names only apply on Vertex/Kubeflow, and tasks run in this Python, not the images
     log.info("kfp.local: tasks run in this Python environment; GPU/CPU/memory settings and "
@@ -177,7 +181,7 @@ def summary(output_dir: str, wall_s: float, pipeline_root: str | None = None) ->
     if pipeline_root:
         times = step_times(pipeline_root)
         if times:
-            lines.append("  step seconds (summed over shards): " +
+            lines.append("  step seconds (summed over tasks): " +
                          ", ".join(f"{k} {v:.1f}" for k, v in sorted(times.items())))
     runs = sorted(Path(pipeline_root).glob("clip-index-*"), key=os.path.getmtime) \
         if pipeline_root else []

@@ -71,8 +71,11 @@ def build_report(output_dir: str, image_dirs: list[str] | None = None, sample_qu
                  k: int = 4, thumbnail_px: int = 96, max_image_shards: int = 8) -> Report:
     """Build the report of `output_dir`. `image_dirs` are the download step's folders: the
     thumbnails are cut from them, reading at most `max_image_shards` shards (results in other
-    shards link their URL instead)."""
+    shards link their URL instead); every shard of the manifest must be complete in them."""
     manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
+    if image_dirs:
+        io.require_shards(io.complete_shards(image_dirs), manifest["shards"],
+                          f"report: the {len(image_dirs)} download folders")
     infos = io.read_json(io.join(output_dir, schema.INDEX_INFOS))
     totals = manifest["totals"]
     samples = sample_queries_of(output_dir, sample_queries, k)

@@ -83,11 +83,11 @@ def test_run_accounts_for_every_row_and_finds_images(tmp_path, sample_dir, http_
 
 def test_compiled_yaml_runs_locally(tmp_path, sample_dir, http_server) -> None:
     """DESIGN §11: the YAML that Vertex receives, loaded back and run by kfp.local."""
-    from clip_index.pipelines import PipelineSettings
     from kfp import components, local
 
     from clip_index.launch.compiler import compile_all
     from clip_index.launch.runner import pipeline_defaults
+    from clip_index.pipelines import PipelineSettings
 
     urls = tmp_path / "urls.parquet"
     pq.write_table(_urls(sample_dir, http_server).slice(0, 60), urls)

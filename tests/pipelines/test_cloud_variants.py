@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 import yaml
-from clip_index.pipelines import PipelineSettings
 
 from clip_index.launch.compiler import compile_all, compile_pipeline
+from clip_index.pipelines import PipelineSettings
 
 SETTINGS = PipelineSettings(
     cpu_image="r/clip-index-cpu:abc", gpu_image="r/clip-index-gpu:abc", gpu_type="NVIDIA_TESLA_T4",
-    gpu_count=2, parallelism=3, embed_cpu="12", embed_memory="48G", download_memory="20Gi",
+    gpu_count=2, embed_parallelism=3, embed_cpu="12", embed_memory="48G", download_memory="20Gi",
     retries=4, backoff_s=30)
 
 
@@ -49,8 +49,10 @@ def test_vertex_template_carries_sizing_retries_and_caching(tmp_path: Path) -> N
         assert tasks[name]["cachingOptions"]["enableCache"] is True
     for name in ("write-embeddings", "build-index", "report"):
         assert not tasks[name].get("cachingOptions", {}).get("enableCache")
-    loop = next(t for t in tasks.values() if "iteratorPolicy" in t)
-    assert loop["iteratorPolicy"]["parallelismLimit"] == 3
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    widths = {t["taskInfo"]["name"]: t["iteratorPolicy"]["parallelismLimit"]
+              for dag in dags for t in dag["tasks"].values() if "iteratorPolicy" in t}
+    assert widths == {"download-units": 32, "embed-units": 3}
     # the report gets every download task's images (thumbnails) and writes HTML + Markdown
     outputs = spec["components"]["comp-report"]["outputDefinitions"]["artifacts"]
     assert outputs["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
@@ -84,7 +86,7 @@ def test_kubeflow_variant_is_a_separate_two_document_yaml(tmp_path: Path) -> Non
 @pytest.mark.parametrize("change, message", [
     ({"gpu_type": "NVIDIA_GTX_1080"}, "gpu_type='NVIDIA_GTX_1080'"),
     ({"gpu_count": -1}, "gpu_count=-1"),
-    ({"parallelism": 0}, "parallelism=0"),
+    ({"embed_parallelism": 0}, "embed_parallelism=0"),
     ({"embed_cpu": "eight"}, "embed_cpu='eight'"),
     ({"embed_cpu": "0"}, "embed_cpu='0'"),
     ({"index_memory": "64 gigs"}, "index_memory='64 gigs'"),

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from clip_index.pipelines import PipelineSettings
 
 from clip_index.launch.compiler import compile_all
+from clip_index.pipelines import PipelineSettings
 
 SETTINGS = PipelineSettings(cpu_image="reg.example/p/clip-index-cpu:abc123",
                             gpu_image="reg.example/p/clip-index-gpu:abc123",
-                            gpu_type="NVIDIA_TESLA_T4", gpu_count=2, parallelism=5)
+                            gpu_type="NVIDIA_TESLA_T4", gpu_count=2,
+                            download_parallelism=6, embed_parallelism=5)
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +41,56 @@ def test_images_pinned_to_the_tag(spec) -> None:
     assert images.pop("exec-embed-images") == "reg.example/p/clip-index-gpu:abc123"
     assert set(images.values()) == {"reg.example/p/clip-index-cpu:abc123"}
     assert set(images) == {f"exec-{step}" for step in (
-        "load-dataset", "plan-shards", "download-images", "write-embeddings", "build-index",
-        "report", "publish-to-hub")}
+        "load-dataset", "plan-units", "plan-units-2", "download-images", "write-embeddings",
+        "build-index", "report", "publish-to-hub")}
 
 
-def test_parallelism_retries_and_display_names(spec) -> None:
+def _all_tasks(spec: dict) -> dict:
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_two_loops_whose_widths_come_from_the_settings(spec) -> None:
+    """One loop of download units, one of embed units (inside the embed-units pipeline): their
+    widths are the compile-time settings, whatever the dataset, and no loop is wider."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    loops = {t["taskInfo"]["name"]: t["iteratorPolicy"]["parallelismLimit"]
+             for dag in dags for t in dag["tasks"].values() if "iteratorPolicy" in t}
+    assert loops == {"download-units": 6, "embed-units": 5}
+    plans = {t["taskInfo"]["name"]: t["inputs"]["parameters"]["max_units"]["runtimeValue"]
+             for dag in dags for t in dag["tasks"].values()
+             if t["componentRef"]["name"].startswith("comp-plan-units")}
+    assert plans == {"Plan download units": {"constant": 6.0},
+                     "Plan embed units": {"constant": 5.0}}
+
+
+def test_retries_caching_and_display_names(spec) -> None:
     tasks = spec["root"]["dag"]["tasks"]
-    loop = tasks["for-loop-1"]
-    assert loop["iteratorPolicy"]["parallelismLimit"] == 5
-    inner = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    every = _all_tasks(spec)
     for name in ("download-images", "embed-images"):
-        assert inner[name]["retryPolicy"]["maxRetryCount"] == 2
-    every = {**tasks, **inner}
-    names = {t["taskInfo"]["name"] for t in every.values()}
-    assert {"Load dataset", "Plan shards", "Download images", "Embed images",
-            "Write embeddings", "Build index", "Report"} <= names
+        assert every[name]["retryPolicy"]["maxRetryCount"] == 2
+        assert every[name]["cachingOptions"]["enableCache"] is True
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    names = {t["taskInfo"]["name"] for dag in dags for t in dag["tasks"].values()}
+    assert {"Load dataset", "Plan download units", "Download images", "Embed units",
+            "Plan embed units", "Embed images", "Write embeddings", "Build index",
+            "Report"} <= names
     for name in ("write-embeddings", "build-index", "report"):
         assert tasks[name]["cachingOptions"] == {}  # caching off: they write output_dir
+
+
+def test_embed_loop_takes_the_download_units_as_one_collected_input(spec) -> None:
+    """The embed units read the images of every download unit (≤ download_parallelism
+    artifacts), and write reads every embed unit's folder (≤ embed_parallelism)."""
+    tasks = spec["root"]["dag"]["tasks"]
+    images = tasks["embed-units"]["inputs"]["artifacts"]["images"]["taskOutputArtifact"]
+    assert "iteratorPolicy" in tasks[images["producerTask"]]
+    inputs = spec["components"]["comp-embed-units"]["inputDefinitions"]["artifacts"]
+    assert inputs["images"]["isArtifactList"] is True
+    embeddings = tasks["write-embeddings"]["inputs"]["artifacts"]["embeddings"]
+    assert embeddings["taskOutputArtifact"]["producerTask"] == "embed-units"
 
 
 def test_artifacts_are_typed(spec) -> None:
@@ -86,7 +120,9 @@ def test_parameter_defaults(spec) -> None:
         ({"cpu_image": "reg/p/clip-index-cpu"}, "tag"),
         ({"gpu_type": "NVIDIA_TESLA_K9000"}, "gpu_type"),
         ({"gpu_count": -1}, "gpu_count"),
-        ({"parallelism": 0}, "parallelism"),
+        ({"download_parallelism": 0}, "download_parallelism"),
+        ({"download_parallelism": 101}, "download_parallelism=101.*100 artifacts"),
+        ({"embed_parallelism": 500}, "embed_parallelism=500"),
     ],
 )
 def test_bad_settings_fail_before_compiling(tmp_path, change, needle) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from clip_index.pipelines import PipelineSettings
 
 from clip_index.launch.compiler import compile_pipeline
+from clip_index.pipelines import PipelineSettings
 from tests.support.index_builder import random_unit, write_output_dir
 
 INDEX_PARAMS = {"max_index_memory_usage": "4G", "current_memory_available": "16G",
@@ -31,9 +31,9 @@ def test_index_constraints_are_pipeline_parameters(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_build_index_component_writes_metrics(tmp_path: Path) -> None:
-    from clip_index.components import make_components
     from kfp import local
 
+    from clip_index.components import make_components
     from tests.support.kfp_stubs import index_only_pipeline
 
     out = tmp_path / "out"

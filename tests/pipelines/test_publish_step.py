@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 from aiohttp import web
-from clip_index.pipelines import PipelineSettings
 
 from clip_index.launch.compiler import compile_pipeline
+from clip_index.pipelines import PipelineSettings
 from tests.support.http_server import TestServer
 
 

@@ -8,15 +8,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from clip_index.pipelines import PIPELINES, PipelineSettings
 
 from clip_index.launch.compiler import compile_pipeline
+from clip_index.pipelines import PIPELINES, PipelineSettings
 from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
 from tests.support.tiny_index import build_tiny_index
 
 SETTINGS = PipelineSettings(cpu_image="reg.example/clip-index-cpu:abc123",
-                            gpu_image="reg.example/clip-index-gpu:abc123", parallelism=3)
+                            gpu_image="reg.example/clip-index-gpu:abc123",
+                            download_parallelism=3)
 
 
 def test_compiled_retrieve_pipeline(tmp_path: Path) -> None:

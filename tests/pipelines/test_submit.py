@@ -119,9 +119,8 @@ def _task_caching(spec: Any) -> dict[str, bool]:
 
 def test_no_cache_turns_caching_off_for_every_task(tmp_path: Path) -> None:
     template = tmp_path / "t.yaml"
-    from clip_index.pipelines import PipelineSettings
-
     from clip_index.launch.compiler import compile_pipeline
+    from clip_index.pipelines import PipelineSettings
 
     compile_pipeline("clip-index", str(tmp_path), PipelineSettings())
     (tmp_path / "clip-index.yaml").rename(template)
@@ -149,9 +148,8 @@ def test_no_cache_turns_caching_off_for_every_task(tmp_path: Path) -> None:
 ])
 def test_bad_input_fails_before_any_request(tmp_path: Path, argv: list[str],
                                             message: str) -> None:
-    from clip_index.pipelines import PipelineSettings
-
     from clip_index.launch.compiler import compile_pipeline
+    from clip_index.pipelines import PipelineSettings
 
     template = compile_pipeline("clip-index", str(tmp_path), PipelineSettings())
     base = {"dataset": "org/name", "output_dir": "gs://b/o"}
@@ -170,9 +168,8 @@ def test_bad_input_fails_before_any_request(tmp_path: Path, argv: list[str],
 
 def test_kubeflow_variant_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     pytest.importorskip("kfp.kubernetes")
-    from clip_index.pipelines import PipelineSettings
-
     from clip_index.launch.compiler import compile_pipeline
+    from clip_index.pipelines import PipelineSettings
 
     template = compile_pipeline("clip-index-kubeflow", str(tmp_path), PipelineSettings())
     with pytest.raises(ValueError, match="Kubeflow variant"):
@@ -186,9 +183,8 @@ def test_compiling_for_submit_needs_the_image_repo() -> None:
 
 
 def test_wait_streams_state_changes_until_the_run_ends(tmp_path: Path) -> None:
-    from clip_index.pipelines import PipelineSettings
-
     from clip_index.launch.compiler import compile_pipeline
+    from clip_index.pipelines import PipelineSettings
 
     template = compile_pipeline("clip-index", str(tmp_path), PipelineSettings())
     client = FakeApiClient(["PIPELINE_STATE_RUNNING"] * 4 + ["PIPELINE_STATE_FAILED"])

@@ -31,6 +31,9 @@ def urls(tmp_path):
         (["--url-column", "link"], "url_column='link' is not a column"),
         (["--resize-mode", "stretch"], "resize_mode='stretch'"),
         (["--shard-size", "0"], "shard_size=0"),
+        (["--download-parallelism", "101"], "download_parallelism=101: expected 1 to 100 tasks "
+                                            "(--download-parallelism)"),
+        (["--embed-parallelism", "0"], "(--embed-parallelism)"),
     ],
 )
 def test_run_refuses_bad_input_before_work(tmp_path, urls, capsys, extra, needle) -> None:

@@ -186,13 +186,13 @@ def test_rerun_skips_a_complete_shard(tmp_path: Path, http_server: TestServer) -
     pq.write_table(pa.Table.from_pylist([{"uid": "a", "url": url, "caption": None}],
                                         schema=schema.URLS_SCHEMA), urls_dir / "part-00003.parquet")
     config = DownloadConfig(allow_private_networks=True)
-    first = run_download(str(urls_dir), 3, str(out_dir), config)
-    assert first.stats.successes == 1 and not first.stats.skipped
+    first = run_download(str(urls_dir), [3], str(out_dir), config)
+    assert first.shards[0].successes == 1 and not first.shards[0].skipped
     meta = first.as_metadata()
     assert meta["images_per_s"] > 0 and meta["statuses"] == {"success": 1}
     assert meta["bytes"] > 0
-    second = run_download(str(urls_dir), 3, str(out_dir), config)
-    assert second.stats.skipped and http_server.hits["/a.jpg"] == 1
+    second = run_download(str(urls_dir), [3], str(out_dir), config)
+    assert second.shards[0].skipped and http_server.hits["/a.jpg"] == 1
 
 
 def test_stats_recounted_when_killed_before_they_were_written(
@@ -204,13 +204,13 @@ def test_stats_recounted_when_killed_before_they_were_written(
     pq.write_table(pa.Table.from_pylist(rows, schema=schema.URLS_SCHEMA),
                    urls_dir / "part-00000.parquet")
     config = DownloadConfig(allow_private_networks=True)
-    first = run_download(str(urls_dir), 0, str(out_dir), config)
+    first = run_download(str(urls_dir), [0], str(out_dir), config)
     (out_dir / "part-00000_stats.json").unlink()  # as if killed just before writing it
-    second = run_download(str(urls_dir), 0, str(out_dir), config)
+    second = run_download(str(urls_dir), [0], str(out_dir), config)
     assert http_server.hits["/a.jpg"] == 1  # not downloaded again
-    assert second.stats.statuses == first.stats.statuses == {"success": 1,
+    assert second.shards[0].statuses == first.shards[0].statuses == {"success": 1,
                                                              "failed_to_download": 1}
-    assert second.stats.bytes == first.stats.bytes > 0
+    assert second.shards[0].bytes == first.shards[0].bytes > 0
     assert (out_dir / "part-00000_stats.json").exists()
 
 

@@ -13,6 +13,7 @@ from clip_index.config import EmbedConfig
 from clip_index.embed.models import load_model
 from clip_index.embed.step import run_embed
 from tests.conftest import jpeg_bytes
+from tests.support.shards import mark_complete
 
 CONFIG = EmbedConfig(model="tiny-clip", pretrained="none", batch_size=4, num_workers=0)
 
@@ -27,12 +28,13 @@ def _image_shard(path: str) -> list[bytes]:
     rows.append({**rows[0], "uid": "gone", "status": "failed_to_download", "error": "http_404: x",
                  "image": None})
     io.write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=schema.IMAGES_SCHEMA))
+    mark_complete(path)
     return images
 
 
 def test_every_row_has_a_status_and_embeddings_match_open_clip(tmp_path) -> None:
     images = _image_shard(str(tmp_path / "images" / io.shard_name(0)))
-    result = run_embed(str(tmp_path / "images"), 0, str(tmp_path / "emb"), CONFIG)
+    result = run_embed([str(tmp_path / "images")], [0], str(tmp_path / "emb"), CONFIG)
     out = io.read_parquet(str(tmp_path / "emb" / io.shard_name(0)))
     by_uid = {r["uid"]: r for r in out.to_pylist()}
     assert set(by_uid) == {"u0", "u1", "u2", "u3", "u4", "broken", "gone"}
@@ -40,8 +42,8 @@ def test_every_row_has_a_status_and_embeddings_match_open_clip(tmp_path) -> None
     assert by_uid["gone"]["error"] == "http_404: x"
     assert by_uid["broken"]["status"] == "failed_to_decode"
     assert by_uid["broken"]["embedding"] is None
-    assert result.stats.successes == 5 and result.stats.rows == 7
-    assert result.model == {"model": "tiny-clip", "pretrained": "none", "dim": 64, "seed": 0,
+    assert result.shards[0].successes == 5 and result.shards[0].rows == 7
+    assert result.extra == {"model": "tiny-clip", "pretrained": "none", "dim": 64, "seed": 0,
                             "dtype": "float32", "normalised": True}
     clip = load_model("tiny-clip", "none")
     for i, data in enumerate(images):
@@ -57,12 +59,12 @@ def test_every_row_has_a_status_and_embeddings_match_open_clip(tmp_path) -> None
 def test_finished_shard_is_skipped_and_float16_storage(tmp_path) -> None:
     _image_shard(str(tmp_path / "images" / io.shard_name(3)))
     half = EmbedConfig(**{**CONFIG.as_dict(), "dtype": "float16"})
-    first = run_embed(str(tmp_path / "images"), 3, str(tmp_path / "emb"), half)
+    first = run_embed([str(tmp_path / "images")], [3], str(tmp_path / "emb"), half)
     out = io.read_parquet(str(tmp_path / "emb" / io.shard_name(3)))
     assert out.schema.field("embedding").type.value_type == pa.float16()
-    again = run_embed(str(tmp_path / "images"), 3, str(tmp_path / "emb"), half)
-    assert not first.stats.skipped and again.stats.skipped
-    assert again.stats.successes == first.stats.successes
+    again = run_embed([str(tmp_path / "images")], [3], str(tmp_path / "emb"), half)
+    assert not first.shards[0].skipped and again.shards[0].skipped
+    assert again.shards[0].successes == first.shards[0].successes
 
 
 def test_random_weights_are_reproducible_from_the_seed() -> None:
@@ -188,7 +190,7 @@ def test_decode_workers_give_the_same_rows(tmp_path) -> None:
     outputs = {}
     for workers in (0, 2):
         config = EmbedConfig(**{**CONFIG.as_dict(), "num_workers": workers})
-        run_embed(str(tmp_path / "images"), 0, str(tmp_path / f"emb{workers}"), config)
+        run_embed([str(tmp_path / "images")], [0], str(tmp_path / f"emb{workers}"), config)
         rows = io.read_parquet(str(tmp_path / f"emb{workers}" / io.shard_name(0))).to_pylist()
         outputs[workers] = {r["uid"]: (r["status"], r["embedding"]) for r in rows}
     assert outputs[0].keys() == outputs[2].keys() and len(outputs[0]) == 7

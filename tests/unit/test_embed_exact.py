@@ -18,6 +18,7 @@ from clip_index.download.step import download_shard
 from clip_index.embed.models import ClipModel, load_model, normalise
 from clip_index.embed.step import run_embed
 from tests.support.images import encoded, photo_like
+from tests.support.shards import mark_complete
 
 MODEL = "ViT-B-32"
 # landscape, portrait, square: 1024 px originals with photo-like detail
@@ -55,9 +56,10 @@ def _download_and_embed(tmp_path, http_server, originals: list[bytes], resize_mo
                             decode_workers=1)
     stats = download_shard(url_file, str(images / io.shard_name(0)), config)
     assert stats.successes == len(originals)
+    mark_complete(str(images / io.shard_name(0)))
     out = tmp_path / f"emb-{resize_mode}-{precision}"
-    run_embed(str(images), 0, str(out), EmbedConfig(model=MODEL, pretrained="none", device="cpu",
-                                                    precision=precision, num_workers=0))
+    run_embed([str(images)], [0], str(out), EmbedConfig(
+        model=MODEL, pretrained="none", device="cpu", precision=precision, num_workers=0))
     rows = io.read_parquet(str(out / io.shard_name(0))).to_pylist()
     return {r["uid"]: np.asarray(r["embedding"], dtype=np.float32) for r in rows}
 
@@ -113,9 +115,10 @@ def test_cuda_autocast_is_within_0999_of_cpu_fp32(tmp_path, originals) -> None:
              "original_height": 1, "sha256": "x"} for i, data in enumerate(originals * 200)]
     io.write_parquet_atomic(str(tmp_path / "images" / io.shard_name(0)),
                             pa.Table.from_pylist(rows, schema=schema.IMAGES_SCHEMA))
+    mark_complete(str(tmp_path / "images" / io.shard_name(0)))
     config = EmbedConfig(model=MODEL, pretrained="none", device="cuda")
-    result = run_embed(str(tmp_path / "images"), 0, str(tmp_path / "emb"), config)
-    assert result.stats.successes == len(rows)
+    result = run_embed([str(tmp_path / "images")], [0], str(tmp_path / "emb"), config)
+    assert result.shards[0].successes == len(rows)
     out = io.read_parquet(str(tmp_path / "emb" / io.shard_name(0))).to_pylist()
     reference = {f"u{i}": _reference(cpu, originals[i % len(originals)]) for i in range(len(rows))}
     for row in out:

@@ -19,43 +19,69 @@ def test_issue_example_prints_steps_assumptions_and_reference(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--rows", "12800000", "--gpu-type", "NVIDIA_L4", "--gpus", "8"]) == 0
     out = capsys.readouterr().out
-    for text in ("| download |", "| embed |", "| index |", "Assumptions:", "72%",
-                 "list prices", "estimate: T4 x 121/65", "Reference run", "8 h 15 min"):
+    for text in ("| download | 32 |", "| embed | 8 |", "| index | 1 |", "Assumptions:", "72%",
+                 "list prices", "estimate: 121 TFLOPS x 25%", "Reference run", "8 h 15 min",
+                 "one wave per loop", "start-up"):
         assert text in out
 
 
-def test_embed_estimate_follows_the_reference_rate() -> None:
-    # the reference run's own setting: 9.25M images on 4 T4 at 78 img/s per GPU = 8.2 h of
-    # GPU time, plus the per-task start-up
+def test_reference_size_on_eight_l4_is_under_three_hours_in_46_tasks() -> None:
+    """DataComp-small (12.8M rows, 1,280 shards) on 8 L4s: the loops keep their compiled widths
+    (32 download, 8 embed tasks), and the run fits in 3 hours."""
+    p = run("--rows", "12800000", "--gpu-type", "NVIDIA_L4", "--gpus", "8")
+    tasks = {s["step"]: s["tasks"] for s in p["steps"]}
+    assert tasks["download"] == 32 and tasks["embed"] == 8
+    assert p["total"]["tasks"] < 100
+    assert p["total"]["wall_h"] < 3
+
+
+def test_embed_follows_the_rate_and_the_longest_unit() -> None:
+    # 4 T4 tasks of 320 shards each; the estimated T4 rate is below the 8-vCPU decode rate
     p = run("--rows", "12800000", "--gpu-type", "NVIDIA_TESLA_T4", "--gpus", "4")
     embed = next(s for s in p["steps"] if s["step"] == "embed")
-    images = 12_800_000 * 0.72
-    pure_gpu_h = images / 78 / 3600
-    startup_h = 1280 * plan.TASK_START_S / 3600
-    assert embed["gpu_h"] == pytest.approx(pure_gpu_h + startup_h, rel=1e-6)
-    assert embed["wall_h"] == pytest.approx(embed["gpu_h"] / 4, rel=0.01)
+    rate = plan.gpu_rate("NVIDIA_TESLA_T4")
+    assert rate < 316 * 8
+    unit_images = 320 * 10_000 * 0.72
+    assert embed["task_h"] == pytest.approx((plan.TASK_START_S + unit_images / rate) / 3600)
+    assert embed["wall_h"] == embed["task_h"]  # one wave
+    assert embed["gpu_h"] == pytest.approx(embed["billed_h"])  # one GPU per task
+    assert embed["billed_h"] == pytest.approx(
+        (4 * plan.TASK_START_S + 12_800_000 * 0.72 / rate) / 3600)
+    assert "faster" in p["against_reference"] and "8.25 h" in p["against_reference"]
     price = plan.GPU_PRICE_PER_H["NVIDIA_TESLA_T4"]
     assert embed["cost_usd"] > embed["gpu_h"] * price  # GPU plus its vCPUs and memory
 
 
 def test_more_gpus_shorten_the_run_and_overrides_apply() -> None:
-    four = run("--rows", "1000000", "--gpu-type", "NVIDIA_L4", "--gpus", "4")
-    eight = run("--rows", "1000000", "--gpu-type", "NVIDIA_L4", "--gpus", "8")
+    four = run("--rows", "1000000", "--gpu-type", "NVIDIA_L4", "--gpus", "4",
+               "--embed-img-per-s-per-gpu", "200")
+    eight = run("--rows", "1000000", "--gpu-type", "NVIDIA_L4", "--gpus", "8",
+                "--embed-img-per-s-per-gpu", "200")
     assert eight["total"]["wall_h"] < four["total"]["wall_h"]
-    assert eight["total"]["gpu_h"] == pytest.approx(four["total"]["gpu_h"], rel=0.02)
+    # the same GPU work, plus one start-up per extra task
+    assert eight["total"]["gpu_h"] - four["total"]["gpu_h"] == pytest.approx(
+        4 * plan.TASK_START_S / 3600)
     free = run("--rows", "1000000", "--gpu-type", "NVIDIA_L4", "--gpu-price-per-h", "0",
                "--vcpu-price-per-h", "0", "--gib-price-per-h", "0")
     assert free["total"]["cost_usd"] == pytest.approx(plan.RUN_FEE_USD)
     fast = run("--rows", "1000000", "--gpu-type", "NVIDIA_L4", "--embed-img-per-s-per-gpu",
                "5000")
     # decode-bound then: 316 img/s per vCPU x 8 vCPU
-    assert "2528 img/s per task" in [s["rate"] for s in fast["steps"]]
+    assert "2,528 img/s per task (CPU decode-bound)" in [s["rate"] for s in fast["steps"]]
+
+
+def test_widths_never_grow_with_the_rows() -> None:
+    small, large = run("--rows", "480"), run("--rows", "12800000")
+    assert [s["tasks"] for s in large["steps"]] == [1, 2, 32, 8, 1, 1, 1]
+    assert all(a <= b for a, b in zip([s["tasks"] for s in small["steps"]],
+                                      [s["tasks"] for s in large["steps"]]))
 
 
 def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--rows", "1000", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert [s["step"] for s in data["steps"]] == ["download", "embed", "write", "index"]
+    assert [s["step"] for s in data["steps"]] == [
+        "load", "plan (2 tasks, in parallel)", "download", "embed", "write", "index", "report"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -63,6 +89,8 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     (["--rows", "10", "--gpus", "3", "--gpu-count", "2"], "--gpus 3 with --gpu-count 2"),
     (["--rows", "10", "--gpu-type", "NVIDIA_GTX_1080"], "NVIDIA_GTX_1080"),
     (["--rows", "10", "--success-rate", "1.5"], "--success-rate 1.5"),
+    (["--rows", "10", "--download-parallelism", "200"], "--download-parallelism = 200"),
+    (["--rows", "10", "--gpus", "128"], "(embed tasks) = 128"),
 ])
 def test_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", *argv]) == 2

@@ -16,6 +16,7 @@ from PIL import Image
 
 from clip_index import io, schema
 from clip_index.stats import ShardStats
+from tests.support.shards import mark_complete
 
 pytest.importorskip("faiss")
 
@@ -55,6 +56,7 @@ def make_run(tmp: Path, shards: int = 2, rows: int = 12) -> tuple[str, list[str]
             schema.ORIGINAL_WIDTH: [None] * rows, schema.ORIGINAL_HEIGHT: [None] * rows,
             schema.SHA256: [None] * rows}, schema=schema.IMAGES_SCHEMA)
         pq.write_table(table, images_dir / io.shard_name(shard))
+        mark_complete(str(images_dir / io.shard_name(shard)))
         vectors = rng.normal(size=(rows, DIM)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         esch = schema.embeddings_schema(DIM)
@@ -114,11 +116,20 @@ def test_results_outside_the_downloaded_shards_link_their_url(
         run_dir: tuple[str, list[str]], tmp_path: Path) -> None:
     from clip_index.publish.report import build_report
 
-    out, _ = run_dir
-    report = build_report(out, image_dirs=[str(tmp_path)], sample_queries=2, k=3)
+    out, image_dirs = run_dir
+    report = build_report(out, image_dirs, sample_queries=2, k=3, max_image_shards=0)
     assert "data:image" not in report.html
     assert report.html.count("(not in the downloaded shards)") == 2 * 4
     assert report.summary["thumbnails"] == 0
+
+
+def test_report_refuses_download_folders_that_miss_a_shard(
+        run_dir: tuple[str, list[str]], tmp_path: Path) -> None:
+    from clip_index.publish.report import build_report
+
+    out, _ = run_dir
+    with pytest.raises(RuntimeError, match=r"report: .* found 0 of the 2 shards .* missing 0, 1"):
+        build_report(out, image_dirs=[str(tmp_path)])
 
 
 def test_run_report_writes_both_files(run_dir: tuple[str, list[str]]) -> None:

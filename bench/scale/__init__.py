@@ -1,0 +1,1 @@
+"""Scale rehearsals: the whole pipeline through kfp.local on many shards."""
