@@ -25,7 +25,7 @@ _START = re.compile(r"Executing task '([^']+)'")
 _END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _OUTPUT_FILE = re.compile(r'"outputFile": "([^"]+executor_output\.json)"')
 # stats.Progress's line: "download shard 0: 120/240 rows, 103.4 rows/s, ETA 2s"
-_PROGRESS = re.compile(r"(\w+ shard \d+: \d+/\d+ rows, [\d.]+ rows/s, ETA \S+)$")
+_PROGRESS = re.compile(r"([\w .-]+: \d+/\d+ rows, [\d.]+ rows/s, ETA \S+)$")
 LOG_NAME = "task.log"
 FAILED_TAIL_LINES = 20
 
@@ -117,7 +117,7 @@ class TaskConsole:
             self._open_log(task)
         progress = _PROGRESS.search(line)
         if progress:
-            task.progress = progress.group(1)
+            task.progress = progress.group(1).strip()
             self._show_progress(new=task.progress)
         end = _END.search(line)
         if end:
@@ -210,7 +210,8 @@ def read_metadata(output_file: str | None) -> dict[str, Any]:
 
 
 def describe(meta: dict[str, Any], seconds: float) -> str:
-    """``[shard 0] 240 rows, 0 failures, 85.6 rows/s, 2.8s`` from a task's metadata."""
+    """``[shards 0-3]: 240 rows, 0 failures, 85.6 rows/s, 2.8s`` from a task's metadata
+    (a work unit's `shard_numbers`, or one `shard`)."""
     parts = []
     rows = meta.get("rows", meta.get("vectors"))
     if rows is not None:
@@ -220,5 +221,10 @@ def describe(meta: dict[str, Any], seconds: float) -> str:
     if rows and seconds > 0:
         parts.append(f"{int(rows) / seconds:.1f} rows/s")
     parts.append(f"{seconds:.1f}s")
-    shard = f" [shard {int(meta['shard'])}]" if meta.get("shard") is not None else ""
+    shard = ""
+    if meta.get("shard_numbers") not in (None, ""):
+        numbers = str(meta["shard_numbers"])
+        shard = f" [shard{'s' if ',' in numbers or '-' in numbers else ''} {numbers}]"
+    elif meta.get("shard") is not None:
+        shard = f" [shard {int(meta['shard'])}]"
     return f"{shard}: " + ", ".join(parts)

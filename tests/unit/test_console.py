@@ -73,3 +73,12 @@ def test_a_failed_task_shows_where_its_log_is_and_its_tail(tmp_path: Path) -> No
     assert "✗ download-images failure after" in out
     assert str(tmp_path / "for-loop-1-iteration-0" / "download-images" / "task.log") in out
     assert "    [KFP Executor 2026 INFO]: download: shard 0: done" in out
+
+
+def test_a_work_unit_is_described_by_its_shard_numbers() -> None:
+    from clip_index.launch.console import describe
+
+    assert describe({"shard_numbers": "0-3", "rows": 40, "failures": 1}, 2.0) == \
+        " [shards 0-3]: 40 rows, 1 failures, 20.0 rows/s, 2.0s"
+    assert describe({"shard_numbers": "7", "rows": 10, "failures": 0}, 1.0) == \
+        " [shard 7]: 10 rows, 0 failures, 10.0 rows/s, 1.0s"
