@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from clip_index.flags import (
+    add_config_flags,
     add_settings_flags,
     add_typed_flags,
     config_from_args,
-    config_params,
+    flag,
+    pipeline_docs,
     pipeline_params,
     settings_from_args,
+    step_help,
 )
 
 log = logging.getLogger("clip_index")
@@ -76,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     settings.validate()  # loop widths and sizes first: cheaper than checking the dataset
     print(run_local(params, pipeline_root=args.pipeline_root, settings=settings,
-                    cache=not args.no_cache))
+                    cache=not args.no_cache, verbose=args.verbose))
     return 0
 
 
@@ -134,7 +137,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from clip_index.launch.demo import run_demo
 
-    run_demo(Path(args.work_dir), shards=args.shards)
+    run_demo(Path(args.work_dir), shards=args.shards, verbose=args.verbose)
     return 0
 
 
@@ -152,13 +155,60 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     config = config_from_args(DownloadConfig, args)
     if args.input:  # one URL parquet file, e.g. for benchmarks
-        stats = download_shard(args.input, str(Path(args.output) / "part-00000.parquet"), config)
+        config.validate()
+        urls = urls_file(args.input, args.id_column, args.url_column, args.caption_column,
+                         args.output)
+        stats = download_shard(urls, str(Path(args.output) / "part-00000.parquet"), config)
         _print_json(stats.as_dict())
     elif args.urls:
         _print_json(run_download(args.urls, args.shards, args.output, config).as_metadata())
     else:
         raise ValueError("download: give --urls DIR (with --shards) or --input FILE")
     return 0
+
+
+CAPTION_CANDIDATES = ("caption", "text")
+
+
+def urls_file(path: str, id_column: str, url_column: str, caption_column: str | None,
+              work_dir: str) -> str:
+    """A parquet file of the download step's input columns (uid, url, caption) from `path`:
+    `path` itself when its columns already are those, else a renamed copy in `work_dir`.
+    Refuses a missing column before any download, naming it and the columns there are.
+    caption_column None: the first of `CAPTION_CANDIDATES` present, or none."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from clip_index import io, schema
+
+    if not io.exists(path):
+        raise FileNotFoundError(f"--input {path!r} does not exist: expected a parquet file "
+                                "of image URLs")
+    fs, fs_path = io.filesystem(path)
+    with fs.open(fs_path, "rb") as f:
+        names = pq.read_schema(f).names
+    if caption_column is None:
+        caption_column = next((c for c in CAPTION_CANDIDATES if c in names), "")
+    for flag_name, column in (("--id-column", id_column), ("--url-column", url_column),
+                              ("--caption-column", caption_column)):
+        if column and column not in names:
+            raise ValueError(f"{flag_name}={column!r} is not a column of {path!r}: its columns "
+                             f"are {names}; pass {flag_name} with one of them"
+                             + ("" if flag_name == "--url-column" else " (or '' for none)"))
+    if (id_column, url_column, caption_column) == (schema.UID, schema.URL, schema.CAPTION):
+        return path
+    table = io.read_parquet(path, [c for c in (id_column, url_column, caption_column) if c])
+    n = table.num_rows
+    uids = (pc.cast(table.column(id_column), pa.string()) if id_column else
+            pa.array([f"{i:09d}" for i in range(n)], pa.string()))  # the row number, as load
+    captions = (pc.cast(table.column(caption_column), pa.string()) if caption_column else
+                pa.nulls(n, pa.string()))
+    out = io.join(work_dir, "input-urls.parquet")
+    io.write_parquet_atomic(out, pa.table(
+        [uids, pc.cast(table.column(url_column), pa.string()), captions],
+        schema=schema.URLS_SCHEMA))
+    return out
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -173,7 +223,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_write(args: argparse.Namespace) -> int:
     from clip_index.index.write import run_write
 
-    _print_json(run_write(args.embeddings, args.output_dir).as_metadata())
+    _print_json(run_write(args.embeddings, args.output_dir, image_dirs=args.images,
+                          thumbnail_px=args.thumbnail_px).as_metadata())
     return 0
 
 
@@ -198,7 +249,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="clip-index",
         description="Turn an image-URL dataset into a CLIP search index (a KFP pipeline that runs "
         "locally, on Vertex AI and on Kubeflow), then query, serve and publish it.")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every log line (for run/demo: kfp.local's full task logs)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:  # noqa: A002
@@ -213,7 +265,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         from clip_index.pipelines import make_index_pipeline
 
         run = command("run", cmd_run, "run the whole pipeline locally (kfp.local)")
-        add_typed_flags(run, pipeline_params(make_index_pipeline().pipeline_func))
+        params = pipeline_params(make_index_pipeline().pipeline_func)
+        add_typed_flags(run, params, pipeline_docs(params))
         run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
                          "artifacts (default: OUTPUT_DIR/.pipeline)")
         run.add_argument("--no-cache", action="store_true",
@@ -233,7 +286,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            help="let --image-url reach private/loopback addresses")
         query.add_argument("--embedding",
                            help="JSON file: one embedding (a list of floats) or a list of them")
-        query.add_argument("-k", type=int, default=10)
+        query.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
         query.add_argument("--deduplicate", action="store_true",
                            help="drop near-identical results (cosine >= 0.94)")
         query.add_argument("--json", action="store_true", help="print a JSON list, best first")
@@ -244,44 +297,65 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if wanted("compile"):
         comp = command("compile", cmd_compile, "compile every pipeline to YAML")
-        comp.add_argument("--output-dir", default="compiled")
+        comp.add_argument("--output-dir", default="compiled", help="folder for the compiled "
+                          "pipeline and component YAML files (default: compiled)")
         add_settings_flags(comp)
 
     if wanted("demo"):
         demo = command("demo", cmd_demo, "the bundled sample, end to end, with the tiny CLIP")
-        demo.add_argument("--work-dir", default=".demo")
-        demo.add_argument("--shards", type=int, default=2)
+        demo.add_argument("--work-dir", default=".demo", help="folder for the sample images, "
+                          "the output index and the run's logs (default: .demo)")
+        demo.add_argument("--shards", type=int, default=2,
+                          help="URL shards the sample is cut into (default: 2)")
 
     if wanted("load"):
         load = command("load", cmd_load, "step: dataset → URL shards")
-        load.add_argument("--output", required=True)
-        add_typed_flags(load, config_params(cfg.LoadConfig))
+        load.add_argument("--output", required=True, help=step_help("load_dataset", "urls"))
+        add_config_flags(load, cfg.LoadConfig)
 
     if wanted("download"):
         download = command("download", cmd_download, "step: URL shards → image shards")
-        download.add_argument("--urls", help="the load step's folder (with --shards)")
-        download.add_argument("--shards", type=shard_list, default=[0], help=SHARDS_HELP)
-        download.add_argument("--input", help="or: one URL parquet file (uid, url, caption)")
-        download.add_argument("--output", required=True)
-        add_typed_flags(download, config_params(cfg.DownloadConfig))
+        download.add_argument("--urls", help=step_help("download_images", "urls"))
+        download.add_argument("--shards", type=shard_list, default=[0],
+                              help="with --urls: " + SHARDS_HELP)
+        download.add_argument("--input", help="or: one parquet file of URLs (see the "
+                              "--*-column flags for its column names)")
+        download.add_argument("--output", required=True,
+                              help=step_help("download_images", "images"))
+        for name, default in (("id_column", "uid"), ("url_column", "url")):
+            download.add_argument(flag(name), default=default, help=step_help(
+                "load_dataset", name) + f" (with --input; default: {default})")
+        download.add_argument("--caption-column", default=None, help=step_help(
+            "load_dataset", "caption_column") + " (with --input; default: caption, else text, "
+            "else none)")
+        add_config_flags(download, cfg.DownloadConfig)
 
     if wanted("embed"):
         embed = command("embed", cmd_embed, "step: image shards → embedding shards")
         embed.add_argument("--images", nargs="+", required=True,
-                           help="the download step's folders (one per download task)")
+                           help=step_help("embed_images", "images"))
         embed.add_argument("--shards", type=shard_list, default=[0], help=SHARDS_HELP)
-        embed.add_argument("--output", required=True)
-        add_typed_flags(embed, config_params(cfg.EmbedConfig))
+        embed.add_argument("--output", required=True,
+                           help=step_help("embed_images", "embeddings"))
+        add_config_flags(embed, cfg.EmbedConfig)
 
     if wanted("write"):
         write = command("write", cmd_write, "step: embedding shards → OUTPUT_DIR/data")
-        write.add_argument("--embeddings", nargs="+", required=True)
-        write.add_argument("--output-dir", required=True)
+        write.add_argument("--embeddings", nargs="+", required=True,
+                           help=step_help("write_embeddings", "embeddings"))
+        write.add_argument("--output-dir", required=True,
+                           help=step_help("write_embeddings", "output_dir"))
+        write.add_argument("--images", nargs="*", default=[],
+                           help=step_help("write_embeddings", "images") + " (default: none, "
+                           "so no thumbnails)")
+        write.add_argument("--thumbnail-px", type=int, default=128, help=step_help(
+            "write_embeddings", "thumbnail_px") + " (default: 128)")
 
     if wanted("index"):
         index = command("index", cmd_index, "step: OUTPUT_DIR/data → faiss index")
-        index.add_argument("--output-dir", required=True)
-        add_typed_flags(index, config_params(cfg.IndexConfig))
+        index.add_argument("--output-dir", required=True,
+                           help=step_help("build_index", "output_dir"))
+        add_config_flags(index, cfg.IndexConfig)
 
     for name, (module, text) in EXTERNAL_COMMANDS.items():
         if not wanted(name):
@@ -295,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     named = next((token for token in argv if not token.startswith("-")), None)
     args = build_parser(only=named if named in COMMANDS else None).parse_args(argv)
-    # a query prints results, not progress: only warnings unless -v
-    configure_logging(args.verbose, quiet=args.command == "query")
+    # a query prints results, not progress; run and demo print their own short lines (-v: all)
+    configure_logging(args.verbose, quiet=args.command in ("query", "run", "demo"))
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:

@@ -45,6 +45,13 @@ class LoadConfig(_Config):
         local, ``gs://`` or any fsspec URL.
     limit: keep the first N rows (0 = all); hub datasets are streamed, so a limit reads only N rows.
     shard_size: rows per URL shard (the unit of parallelism and of resume).
+
+    Fields that are also parameters of a component are documented in its docstring
+    (``components/``, shown by Vertex AI); the CLI's flag help comes from there, and from the
+    Attributes below for the others.
+
+    Attributes:
+        split: The split of a Hugging Face dataset to read (files have none).
     """
 
     dataset: str
@@ -73,14 +80,21 @@ class DownloadConfig(_Config):
         center_crop and border); images are never upscaled.
     min_image_size: rows whose original shorter side is below this are `filtered`.
     max_aspect_ratio: rows whose long/short side ratio passes this are `filtered` (0 = off).
-    max_image_bytes: bodies larger than this are refused; max_image_pixels guards against
-        decompression bombs (width × height of the original).
+    max_image_bytes: bodies larger than this are refused.
     allow_private_networks: allow loopback/private/link-local addresses (tests, the demo).
     respect_opt_out: honour ``X-Robots-Tag: noai / noimageai`` (status `opted_out`).
-    decode_workers: processes that decode and resize (0 = one per core).
-    checkpoint_rows: finished rows are saved in chunks of this many; a run killed mid-shard
-        redoes at most the unsaved chunk (and the rows in flight).
     max_failure_rate: the step fails when the share of non-successes passes this.
+
+    Attributes:
+        max_image_pixels: Images whose original width × height passes this are refused
+            (a guard against decompression bombs), pixels.
+        encode_format: How the resized image is stored: jpeg, png or webp.
+        encode_quality: Quality of the jpeg/webp re-encoding, 1..100.
+        max_redirects: Redirects followed per URL (each hop checked by the address guard).
+        decode_workers: Processes that decode and resize (0 = one per core).
+        checkpoint_rows: Finished rows are saved in chunks of this many; a run killed
+            mid-shard redoes at most the unsaved chunk (and the rows in flight).
+        user_agent: The User-Agent header of every request (names the project, as hosts ask).
     """
 
     timeout_s: float = 20.0
@@ -147,9 +161,13 @@ class EmbedConfig(_Config):
     num_workers: DataLoader processes decoding and preprocessing (-1 = pick for the device: all
         cores but one, max 16, on CUDA; 0 on CPU: decode in the main process, as the forward
         pass needs the cores).
-    device: auto (CUDA when available; every visible GPU is used), cpu or cuda.
     precision: auto (bf16 autocast on CUDA, exact fp32 on CPU), fp32, bf16 or fp16 (autocast).
     dtype: the stored embedding type; float16 halves the disk (see BENCHMARKS.md for recall).
+
+    Attributes:
+        device: auto (CUDA when available; every visible GPU is used), cpu or cuda.
+        max_failure_rate: Fail the step when the shard's share of non-successes (failed
+            downloads included) passes this fraction.
     """
 
     model: str = "ViT-B-32"
@@ -256,7 +274,9 @@ class PublishConfig(_Config):
     private: create the dataset private (an existing dataset keeps its visibility).
     revision: the branch to commit to ("" = main; created from main when missing).
     source: what was indexed, for the card ("" = what manifest.json records, if anything).
-    commit_message: the commit's title ("" = one that names the model and row count).
+
+    Attributes:
+        commit_message: The commit's title ("" = one that names the model and row count).
     """
 
     repo_id: str

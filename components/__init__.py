@@ -152,22 +152,29 @@ def embed_images(
 def write_embeddings(
     embeddings: Input[list[Dataset]],
     urls: Input[Dataset],
+    images: Input[list[Dataset]],
     output_dir: str,
     data: Output[Dataset],
+    thumbnail_px: int = 128,
 ) -> None:
-    """Collect the embedding shards into the published output folder.
+    """Collect the embedding shards into the published output folder, with a thumbnail of
+    every indexed image.
 
     Args:
         embeddings: Every embed task's output folder.
         urls: The load step's output (its manifest lists the shards that must all be there).
-        output_dir: The published folder (local or gs://): data/, failed/, manifest.json.
-        data: Records what was written (metadata: rows, successes, model, dim).
+        images: Every download task's output folder: the thumbnails are cut from them.
+        output_dir: The published folder (local or gs://): data/, failed/, thumbnails/,
+            manifest.json.
+        data: Records what was written (metadata: rows, successes, model, dim, thumbnails).
+        thumbnail_px: Long side of the WebP thumbnail kept per indexed image, pixels (0 = none).
     """
     from clip_index.index.write import run_write
     from clip_index.load.step import plan_shards
 
     result = run_write([e.path for e in embeddings], output_dir,
-                       expected_shards=plan_shards(urls.path))
+                       expected_shards=plan_shards(urls.path),
+                       image_dirs=[i.path for i in images], thumbnail_px=thumbnail_px)
     data.metadata.update(result.as_metadata())
 
 

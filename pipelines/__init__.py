@@ -237,7 +237,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             task_hook("download", download)
         write = c.write_embeddings(
             embeddings=embedded.output, urls=urls,
-            output_dir=output_dir,
+            images=dsl.Collected(download.outputs["images"]), output_dir=output_dir,
         ).set_display_name("Write embeddings")
         index = c.build_index(
             data=write.outputs["data"], output_dir=output_dir,

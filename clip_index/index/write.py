@@ -1,6 +1,8 @@
 """Write step: collect the embedding shards into the published ``output_dir``: ``data/`` (the
-embedded rows), ``failed/`` (every other row, with its status and error) and ``manifest.json``
-(model, dimension, dtype, counts by status)."""
+embedded rows), ``failed/`` (every other row, with its status and error), ``thumbnails/`` (a
+small WebP per embedded row, cut from the download step's image shards; see
+`clip_index.index.thumbnails`) and ``manifest.json`` (model, dimension, dtype, counts by
+status)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ class WriteResult:
                 **{k: m["totals"][k] for k in ("rows", "successes", "failures", "success_rate")},
                 "statuses": m["totals"]["statuses"], "errors": m["totals"].get("errors", {}),
                 "shards": len(m["shards"]), "bytes": m["totals"].get("bytes", 0),
-                "seconds": round(self.seconds, 2)}
+                **m.get("thumbnails", {}), "seconds": round(self.seconds, 2)}
 
 
 def find_embedding_shards(embedding_dirs: list[str]) -> list[tuple[int, str, dict[str, Any]]]:
@@ -66,14 +68,22 @@ def check_same_model(shards: list[tuple[int, str, dict[str, Any]]]) -> dict[str,
 
 
 def run_write(embedding_dirs: list[str], output_dir: str,
-              expected_shards: Sequence[int] | None = None) -> WriteResult:
+              expected_shards: Sequence[int] | None = None,
+              image_dirs: list[str] | None = None, thumbnail_px: int = 128) -> WriteResult:
     """Write ``output_dir/data/part-NNNNN.parquet`` (uid, url, caption, embedding) and
-    ``output_dir/failed/part-NNNNN.parquet`` for every embedding shard, then the manifest.
+    ``output_dir/failed/part-NNNNN.parquet`` for every embedding shard, then, when
+    `image_dirs` (the download step's folders, each holding any number of image shards) are
+    given and `thumbnail_px` > 0, ``output_dir/thumbnails/part-NNNNN.parquet`` (a WebP of at
+    most `thumbnail_px` pixels per embedded row, aligned with data/), then the manifest.
 
     `expected_shards` (the load step's shards): refuse to publish unless the embedding folders
     hold exactly those, each complete.
     """
+    from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
+
     start = time.monotonic()
+    thumbnail_config = ThumbnailConfig(size_px=thumbnail_px if image_dirs else 0)
+    thumbnail_config.validate()
     io.check_writable(output_dir)
     shards = find_embedding_shards(embedding_dirs)
     if not shards:
@@ -98,9 +108,13 @@ def run_write(embedding_dirs: list[str], output_dir: str,
                 ok = pc.equal(batch.column(schema.STATUS), "success")
                 data.write(batch.filter(ok).select(data_schema.names))
                 bad.write(batch.filter(pc.invert(ok)).select(schema.FAILED_SCHEMA.names))
+    thumbs = write_thumbnails(output_dir, image_dirs or [], thumbnail_config)
     totals = merge([ShardStats.from_dict(s) for _, _, s in shards])
     manifest = {**{k: model[k] for k in MODEL_KEYS}, "shards": [i for i, _, _ in shards],
                 "totals": totals}
+    if thumbnail_config.size_px:
+        manifest["thumbnails"] = {"thumbnail_px": thumbnail_config.size_px,
+                                  "thumbnail_format": "webp", **thumbs}
     io.write_json(io.join(output_dir, schema.MANIFEST), manifest)
     log.info("write: %d rows, %d embedded, into %s (%.1fs)", totals["rows"], totals["successes"],
              output_dir, time.monotonic() - start)

@@ -3,10 +3,13 @@ SubprocessRunner (the same @dsl.pipeline compiled for Vertex), then summarise th
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -56,13 +59,16 @@ def preflight(params: dict[str, Any]) -> None:
 
 
 def run_local(params: dict[str, Any], pipeline_root: str | None = None,
-              settings: Any = None, cache: bool = True) -> str:
+              settings: Any = None, cache: bool = True, verbose: bool = False) -> str:
     """Run the clip-index pipeline on this machine; return a summary of what it produced.
     Parameters not given take the pipeline's defaults.
 
     With `cache` (the default), a run repeated with the same parameters and pipeline root
     reuses every task that finished before (kfp.local's cache, as Vertex AI's): a run killed
-    midway resumes from its finished work units instead of starting over."""
+    midway resumes from its finished work units instead of starting over. Unless `verbose`,
+    the terminal shows one line per task start and end and the download/embed progress, and
+    kfp.local's full output goes to ``task.log`` in each task's folder under the pipeline
+    root (see `clip_index.launch.console`)."""
     from kfp import local
 
     from clip_index.pipelines import PipelineSettings, make_index_pipeline
@@ -86,7 +92,46 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
     warnings.filterwarnings("ignore", message=".*non-Python base image")
     pipeline = make_index_pipeline(settings or PipelineSettings())
     start = time.monotonic()
-    pipeline(**params)
+    # kfp.local swaps builtins.print for an indenting one, and the root logger's handlers and
+    # level for its own, around each task, from each task's thread: with two tasks at once the
+    # swaps interleave and kfp's print and handler can stay after the run. Put both back.
+    root_logger = logging.getLogger()
+    saved = (builtins.print, root_logger.handlers[:], root_logger.level)
+
+    def restore() -> None:
+        builtins.print = saved[0]
+        root_logger.handlers[:] = saved[1]
+        root_logger.setLevel(saved[2])
+
+    if verbose:
+        try:
+            pipeline(**params)
+        finally:
+            restore()
+    else:
+        from clip_index.launch.console import LOG_NAME, TaskConsole
+
+        terminal = sys.stdout
+        terminal.write(f"kfp.local: each task's full output goes to its folder's {LOG_NAME} "
+                       f"under {root} (-v shows it here)\n")
+        console = TaskConsole(terminal, os.path.join(root, "kfp-local.log"))
+        # kfp.local's per-task logger swaps race between the two threads of a loop, and a
+        # swap can put back the level and handlers of before the run: make those INFO and
+        # the console too, so no task's "finished" line is lost whichever swap wins
+        root_logger.handlers[:] = [logging.StreamHandler(console)]
+        root_logger.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(console):
+                pipeline(**params)
+            if console.failed:  # a task in a loop fails without raising in kfp.local
+                raise RuntimeError(f"{len(console.failed)} task(s) failed; their logs: "
+                                   + ", ".join(console.failed))
+        except RuntimeError:
+            console.unfinished()
+            raise
+        finally:
+            restore()
+            console.close()
     return summary(params["output_dir"], time.monotonic() - start, root)
 
 
@@ -141,5 +186,9 @@ def summary(output_dir: str, wall_s: float, pipeline_root: str | None = None) ->
         if times:
             lines.append("  step seconds (summed over tasks): " +
                          ", ".join(f"{k} {v:.1f}" for k, v in sorted(times.items())))
+    runs = sorted(Path(pipeline_root).glob("clip-index-*"), key=os.path.getmtime) \
+        if pipeline_root else []
+    if runs:
+        lines.append(f"  task logs: {runs[-1]}/<task>/task.log")
     lines.append(f"  query it: clip-index query {output_dir} --text 'a red circle'")
     return "\n".join(lines)

@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labels of the run (billing reports group by them)")
     parser.add_argument("--no-cache", action="store_true",
                         help="rerun every task (default: finished tasks and shards are reused)")
-    parser.add_argument("--display-name", default=None)
+    parser.add_argument("--display-name", default=None,
+                        help="the run's name in the Vertex AI console (default: the pipeline's)")
     parser.add_argument("--job-id", default=None, help="run id (default: generated)")
     parser.add_argument("--wait", action="store_true", help="stream the state until the run ends")
     parser.add_argument("--poll-s", type=float, default=30.0, help="--wait polling interval")

@@ -1,6 +1,7 @@
 """Report step: a summary of a published output folder — rows, failures by reason, index
 quality, sample queries — as Markdown (`report.md`) and as a self-contained HTML page
-(`report.html`) whose thumbnail grid embeds small JPEG data URIs cut from the downloaded shards.
+(`report.html`) whose thumbnail grid embeds small data URIs: the thumbnails the write step kept
+in ``output_dir/thumbnails/``, else JPEGs cut from the downloaded shards.
 
 Why both: Vertex AI shows a Markdown artifact inline and opens an HTML artifact in a new tab.
 Image URLs in the Markdown depend on the viewer reaching the image hosts (many block hot-linking
@@ -133,16 +134,23 @@ def sample_queries_of(output_dir: str, n: int, k: int) -> list[tuple[Thumb, list
 
 def thumbnails(uids: set[str], image_dirs: list[str], output_dir: str, size_px: int,
                max_shards: int) -> dict[str, str]:
-    """uid → ``data:image/jpeg;base64,…`` (at most `size_px` on the long side) for the uids
-    found in the image shards. Only the shards that hold them are read (the id mapping says
-    which), and only their `uid`, `status` and `image` columns."""
+    """uid → a data URI for the uids found in ``output_dir/thumbnails/`` (the WebP kept by the
+    write step) or else in the image shards (a JPEG of at most `size_px` on the long side).
+    Only the shards that hold them are read (the id mapping says which), and only their
+    `uid` and thumbnail (or `status` and `image`) columns."""
     import pyarrow.compute as pc
 
-    if not uids or not image_dirs:
+    from clip_index.index.thumbnails import MEDIA_TYPE, thumbnails_by_uid
+
+    if not uids:
         return {}
+    found = {uid: f"data:{MEDIA_TYPE};base64," + base64.b64encode(body).decode()
+             for uid, body in thumbnails_by_uid(output_dir, uids).items()}
+    rest = uids - set(found)
+    if not rest or not image_dirs:
+        return found
+    wanted = _shards_of(output_dir, rest)
     by_shard = {io.shard_index(p): p for d in image_dirs for p in io.list_shards(d)}
-    wanted = _shards_of(output_dir, uids)
-    found: dict[str, str] = {}
     for shard in sorted(wanted)[:max_shards]:
         if shard not in by_shard:
             continue

@@ -124,10 +124,10 @@ class _local_copy:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`clip-index publish OUTPUT_DIR --repo-id ORG/NAME [--private] [--revision BRANCH]`."""
-    from clip_index.flags import add_typed_flags, config_params
+    from clip_index.flags import add_config_flags
 
     parser.add_argument("output_dir", help="the clip-index output folder to publish")
-    add_typed_flags(parser, config_params(PublishConfig))
+    add_config_flags(parser, PublishConfig)
     parser.description = ("Upload OUTPUT_DIR to the Hugging Face Hub as a dataset with a "
                           "generated card. The token comes from HF_TOKEN or `hf auth login`; "
                           "HF_ENDPOINT picks another Hub.")

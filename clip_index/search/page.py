@@ -1,5 +1,7 @@
 """The search page the server shows at `/`: type a query (or pick an image), see thumbnails with
-captions and scores. Plain HTML + JS, no build step; `?q=...` runs a query on load. Captions and
+captions and scores. A result's image is the thumbnail kept in the published folder (its
+`thumbnail` field) when there is one, else, or when that fails to load, its original URL.
+Plain HTML + JS, no build step; `?q=...` runs a query on load. Captions and
 URLs are inserted as text/attributes, never as HTML."""
 
 PAGE_HTML = """<!doctype html>
@@ -49,8 +51,22 @@ function card(r) {
   img.alt = r.caption || r.uid || "";
   img.loading = "lazy";
   img.addEventListener("load", () => { img.dataset.loaded = "1"; });
-  img.addEventListener("error", () => { img.dataset.loaded = "0"; });
-  if (/^https?:\\/\\//i.test(r.url || "")) img.src = r.url;
+  const original = /^https?:\\/\\//i.test(r.url || "") ? r.url : "";
+  img.addEventListener("error", () => {
+    if (img.dataset.source === "thumbnail" && original) {  // fall back to the original URL
+      img.dataset.source = "url";
+      img.src = original;
+    } else {
+      img.dataset.loaded = "0";
+    }
+  });
+  if (r.thumbnail) {
+    img.dataset.source = "thumbnail";
+    img.src = r.thumbnail;
+  } else if (original) {
+    img.dataset.source = "url";
+    img.src = original;
+  }
   const caption = document.createElement("div");
   caption.className = "caption";
   caption.textContent = r.caption || "(no caption)";

@@ -132,6 +132,55 @@ def run_retrieve(queries_dir: str, index_dir: str, matches_dir: str, urls_dir: s
     return RetrieveResult(len(labels), len(rows), unique, seconds)
 
 
+def save_match_images(matches_dir: str, index_dir: str, images_dir: str,
+                      fetch: Any = None) -> dict[str, int]:
+    """Save each distinct matched image into `images_dir` as ``UID.EXT``: the thumbnail kept in
+    the index folder (``.webp``) when there is one, so a dead URL still gives its image and a
+    live one is not fetched again; else, when `fetch` (a DownloadConfig) is given, the image
+    at its URL, fetched as the download step fetches. Returns counts: stored, fetched, failed
+    (the reasons are logged)."""
+    from clip_index.download.fetch import fetch_url
+    from clip_index.index.thumbnails import thumbnails_by_uid
+    from clip_index.schema import RowError
+
+    matches = io.read_parquet(io.join(matches_dir, MATCHES_FILE), [schema.UID, schema.URL])
+    urls = dict(zip(matches.column(schema.UID).to_pylist(),
+                    matches.column(schema.URL).to_pylist()))
+    stored = thumbnails_by_uid(index_dir, set(urls))
+    counts = {"stored": 0, "fetched": 0, "failed": 0}
+    fs, root = io.filesystem(images_dir)
+    fs.makedirs(root, exist_ok=True)
+    for uid, url in urls.items():
+        name = _safe_name(uid)
+        if uid in stored:
+            io.write_bytes_atomic(io.join(images_dir, f"{name}.webp"), stored[uid])
+            counts["stored"] += 1
+            continue
+        if fetch is None or not url:
+            counts["failed"] += 1
+            log.warning("retrieve: %s has no stored thumbnail (and fetching is off)", uid)
+            continue
+        try:
+            body = fetch_url(url, fetch)
+        except RowError as exc:  # dead link, blocked address, too large, ...: say which
+            counts["failed"] += 1
+            log.warning("retrieve: %s: %s", url, exc)
+            continue
+        io.write_bytes_atomic(io.join(images_dir, f"{name}{_extension(body)}"), body)
+        counts["fetched"] += 1
+    log.info("retrieve: images of %d matches in %s: %s", len(urls), images_dir, counts)
+    return counts
+
+
+def _safe_name(uid: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in uid)[:200] or "image"
+
+
+def _extension(body: bytes) -> str:
+    signatures = {b"\xff\xd8": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"RIFF": ".webp"}
+    return next((ext for sig, ext in signatures.items() if body.startswith(sig)), ".img")
+
+
 def write_url_shards(matches: pa.Table, urls_dir: str, shard_size: int) -> int:
     """The distinct matched images (first seen first) as ``part-NNNNN.parquet`` (uid, url,
     caption) + manifest.json; returns how many."""

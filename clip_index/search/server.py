@@ -1,6 +1,8 @@
 """HTTP API over ClipIndex that speaks clip-retrieval's back-end protocol (`POST /knn-service`,
 `POST /metadata`, `GET /indices-list`), so clip-retrieval's own ClipClient works against it, plus
-`GET /health` and a small search page at `/`. No search logic of its own.
+`GET /health`, `GET /thumbnail/{indice_name}/{id}` (the image kept in the published folder,
+so results show after their URL dies; each result names it in a `thumbnail` field, a path
+relative to the server) and a small search page at `/`. No search logic of its own.
 
 Hardened where clip-retrieval's back end is not: every request is validated (4xx with a message,
 never a 500 for bad input), num_images, ids and payloads are bounded, `image_url` is fetched by
@@ -32,6 +34,10 @@ class ServeSettings:
         decoded, or fetched from image_url). fetch: how image_url is fetched (the download
         step's settings; allow_private_networks is off unless asked).
     cors_origins: origins allowed to call the API from a browser (none = same origin only).
+    max_drain_bytes: an oversized body is read and discarded up to this many bytes before the
+        413 is sent, so that the client, still sending, reads the 413 instead of a connection
+        reset (closing a socket with unread data makes the kernel answer with RST); past this
+        bound the connection is closed.
     """
 
     max_num_images: int = 1000
@@ -40,16 +46,18 @@ class ServeSettings:
     fetch: DownloadConfig = field(default_factory=lambda: DownloadConfig(
         timeout_s=10.0, retries=0, max_image_bytes=8 * 1024 * 1024))
     cors_origins: tuple[str, ...] = ()
+    max_drain_bytes: int = 64 * 1024 * 1024
 
 
 def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -> Any:
     """The FastAPI application serving `indices` (name → ClipIndex)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     from clip_index.download.fetch import fetch_url_async
+    from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
     from clip_index.schema import RowError, Status
     from clip_index.search.page import PAGE_HTML
 
@@ -57,6 +65,7 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         raise ValueError("serve: expected at least one index")
     settings = settings or ServeSettings()
     limit = settings.max_num_images
+    thumbnails = {name: Thumbnails(ix.output_dir, len(ix)) for name, ix in indices.items()}
     app = FastAPI(title="clip-index", description=__doc__.split("\n")[0], docs_url="/docs")
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -69,8 +78,16 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) >
                                    settings.max_request_bytes):
-            return JSONResponse({"detail": f"request body of {length} bytes: expected at most "
-                                 f"{settings.max_request_bytes} bytes"}, status_code=413)
+            drained = 0
+            if length.isdigit() and int(length) <= settings.max_drain_bytes:
+                async for chunk in request.stream():  # discarded, chunk by chunk
+                    drained += len(chunk)
+                    if drained > settings.max_drain_bytes:
+                        break
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes: expected at most "
+                 f"{settings.max_request_bytes} bytes"}, status_code=413,
+                headers={} if drained else {"Connection": "close"})
         if length is None and request.method == "POST":
             return JSONResponse({"detail": "a POST needs a Content-Length header"},
                                 status_code=411)
@@ -148,6 +165,18 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
                                                    "model": ix.manifest.get("model")}
                                             for name, ix in indices.items()}}
 
+    @app.get("/thumbnail/{indice_name}/{i}")
+    def thumbnail(indice_name: str, i: int) -> Any:
+        name, index = pick(indice_name)
+        body = thumbnails[name].get(i) if 0 <= i < len(index) else None
+        if body is None:
+            raise HTTPException(404, f"no thumbnail for id {i} in {name!r}")
+        return Response(body, media_type=MEDIA_TYPE,
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+    def thumbnail_path(name: str, i: int) -> dict[str, str]:
+        return {"thumbnail": f"thumbnail/{name}/{i}"} if thumbnails[name].available else {}
+
     @app.get("/indices-list")
     def indices_list() -> list[str]:
         return list(indices)
@@ -165,7 +194,7 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
                                 "expected modality='image'")
         if q.use_mclip:
             raise HTTPException(400, "use_mclip=true: multilingual CLIP is not served here")
-        _, index = pick(q.indice_name)
+        name, index = pick(q.indice_name)
         wanted = max(q.num_images, q.num_result_ids or q.num_images)
         try:
             if q.text:
@@ -194,18 +223,20 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         for rank, r in enumerate(results):
             row: dict[str, Any] = {"id": r.id, "similarity": r.score}
             if rank < q.num_images:
-                row.update(uid=r.uid, url=r.url, caption=r.caption)
+                row.update(uid=r.uid, url=r.url, caption=r.caption,
+                           **thumbnail_path(name, r.id))
             out.append(row)
         return out
 
     @app.post("/metadata")
     async def metadata(request: Request) -> list[dict[str, Any]]:
         q = await parse(request, MetadataQuery)
-        _, index = pick(q.indice_name)
+        name, index = pick(q.indice_name)
         bad = [i for i in q.ids if not 0 <= i < len(index)]
         if bad:
             raise HTTPException(400, f"ids {bad[:10]}: expected ids in 0..{len(index) - 1}")
-        return [{"id": i, "metadata": index.metadata(i)} for i in q.ids]
+        return [{"id": i, "metadata": {**index.metadata(i), **thumbnail_path(name, i)}}
+                for i in q.ids]
 
     return app
 
@@ -214,12 +245,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", nargs="+",
                         help="published clip-index folder(s); NAME=DIR names an index "
                              "(default name: the folder's name)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1234)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=1234, help="TCP port (default: 1234)")
     parser.add_argument("--mmap", action="store_true", help="memory-map the index")
-    parser.add_argument("--max-num-images", type=int, default=ServeSettings.max_num_images)
+    parser.add_argument("--max-num-images", type=int, default=ServeSettings.max_num_images,
+                        help="the most results or ids one request may ask (default: "
+                        f"{ServeSettings.max_num_images})")
     parser.add_argument("--max-request-bytes", type=int,
-                        default=ServeSettings.max_request_bytes)
+                        default=ServeSettings.max_request_bytes,
+                        help="the largest request body, bytes (default: "
+                        f"{ServeSettings.max_request_bytes})")
     parser.add_argument("--cors-origin", action="append", default=[],
                         help="allow browser calls from this origin (repeat; default: none)")
     parser.add_argument("--allow-private-networks", action="store_true",

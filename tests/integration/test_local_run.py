@@ -37,13 +37,28 @@ def _params(urls: Path, out: Path) -> dict:
             "allow_private_networks": True, "timeout_s": 5.0, "download_retries": 0}
 
 
-def test_run_accounts_for_every_row_and_finds_images(tmp_path, sample_dir, http_server) -> None:
+def test_run_accounts_for_every_row_and_finds_images(tmp_path, sample_dir, http_server,
+                                                    capsys) -> None:
     urls = tmp_path / "urls.parquet"
     table = _urls(sample_dir, http_server)
     pq.write_table(table, urls)
     out = tmp_path / "out"
     summary = run_local(_params(urls, out), pipeline_root=str(tmp_path / "root"))
     assert "rows: 122" in summary
+    # the terminal: a line per task start and end, no kfp.local executor JSON; that goes to
+    # a task.log per task under the run's folder
+    terminal = capsys.readouterr().out
+    assert "executor_input" not in terminal and '"outputFile"' not in terminal
+    assert terminal.count("▸ download-images started") == 3  # 122 rows, 50 per shard
+    assert "✓ download-images [shard 2]: 22 rows, 2 failures" in terminal
+    assert len(terminal.splitlines()) < 30, terminal
+    logs = list((tmp_path / "root").rglob("task.log"))
+    tasks = {p.parent for p in (tmp_path / "root").rglob("executor_output.json")}
+    assert {p.parent for p in logs} == tasks  # every task has its log
+    assert sum(p.parent.name == "download-images" for p in logs) == 3
+    download_log = next(p for p in logs if p.parent.name == "download-images" and
+                        "iteration-2" in str(p)).read_text()
+    assert "Got executor_input" in download_log and "download: shard 2" in download_log
     for step in ("download-images", "embed-images", "write-embeddings", "build-index"):
         assert f"{step} " in summary  # seconds per step, from each task's artifact metadata
 
@@ -87,3 +102,19 @@ def test_compiled_yaml_runs_locally(tmp_path, sample_dir, http_server) -> None:
     totals = io.read_json(str(out / "manifest.json"))["totals"]
     assert totals["rows"] == 60 and totals["successes"] == 60
     assert ClipIndex(out).search_text("a red circle", k=5)
+
+
+def test_a_failed_task_says_where_its_log_is(tmp_path, sample_dir, http_server,
+                                              capsys) -> None:
+    """A download task that fails (its failure rate passes max_failure_rate=0): the terminal
+    names the task, where its full log is, and ends with the step's own error."""
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(_urls(sample_dir, http_server).slice(115), urls)  # 5 images, 2 broken
+    params = {**_params(urls, tmp_path / "out"), "max_failure_rate": 0.0}
+    with pytest.raises(RuntimeError):
+        run_local(params, pipeline_root=str(tmp_path / "root"))
+    terminal = capsys.readouterr().out
+    assert "✗ download-images failure after" in terminal, terminal
+    log = next((tmp_path / "root").rglob("download-images/task.log"))
+    assert f"its log: {log}" in terminal
+    assert "max_failure_rate" in terminal.split("its log:")[1]  # the tail shows the reason

@@ -34,8 +34,9 @@ def shape_jpeg(shape: str, colour: tuple[int, int, int], size: int = 96) -> byte
     return buf.getvalue()
 
 
-def build_sample_output(work: Path, server: TestServer) -> Path:
-    """Serve the sample from `server`, run every step, return the output folder."""
+def build_sample_output(work: Path, server: TestServer, thumbnails: bool = True) -> Path:
+    """Serve the sample from `server`, run every step, return the output folder (with
+    thumbnails/ cut from the one images folder holding both shards, unless not wanted)."""
     from clip_index.config import DownloadConfig, EmbedConfig, IndexConfig, LoadConfig
     from clip_index.download.step import run_download
     from clip_index.embed.step import run_embed
@@ -69,7 +70,7 @@ def build_sample_output(work: Path, server: TestServer) -> Path:
     for shard in plan_shards(urls):
         run_download(urls, [shard], images, download)
         run_embed([images], [shard], embeddings, embed)
-    run_write([embeddings], output)
+    run_write([embeddings], output, image_dirs=[images] if thumbnails else None)
     run_index(output, IndexConfig(index_key="Flat", recall_queries=10))
     run_report(output)
     return Path(output)

@@ -139,3 +139,17 @@ def test_run_report_writes_both_files(run_dir: tuple[str, list[str]]) -> None:
     markdown = run_report(out, image_dirs=image_dirs)
     assert Path(out, schema.REPORT).read_text() == markdown
     assert Path(out, REPORT_HTML).read_text().startswith("<!doctype html>")
+
+
+def test_the_report_uses_the_thumbnails_kept_in_the_folder(tmp_path: Path) -> None:
+    """With thumbnails/ written by the write step, the grid needs no image shards at all."""
+    from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
+    from clip_index.publish.report import build_report
+
+    out, image_dirs = make_run(tmp_path)
+    write_thumbnails(out, image_dirs, ThumbnailConfig(workers=1))
+    report = build_report(out, image_dirs=None, sample_queries=3, k=4)
+    uris = re.findall(r'src="(data:image/webp;base64,[^"]+)"', report.html)
+    assert len(uris) == 3 * 5 and "data:image/jpeg" not in report.html
+    thumb = Image.open(_io.BytesIO(base64.b64decode(uris[0].split(",", 1)[1])))
+    assert thumb.format == "WEBP" and max(thumb.size) == 128

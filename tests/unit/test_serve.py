@@ -176,3 +176,25 @@ def test_image_url_is_fetched_through_the_guard(tmp_path: Path, images: TestServ
         assert pre.headers["access-control-allow-origin"] == "https://ok.example"
     finally:
         opened.stop()
+
+
+def test_an_oversized_body_gets_a_readable_413_from_a_real_client(
+        served: tuple[LiveServer, np.ndarray]) -> None:
+    """urllib sends a 50 MB body to a server whose limit is 200 kB: it reads the 413 and its
+    message (without draining, the server closed while urllib was still sending, and urllib
+    reported a connection reset instead)."""
+    import urllib.error
+    import urllib.request
+
+    server, _ = served
+    body = b'{"text": "' + b"a" * (50 * 1000 * 1000) + b'"}'
+    request = urllib.request.Request(f"{server.url}/knn-service", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == 413
+    detail = json.loads(caught.value.read())["detail"]
+    assert f"request body of {len(body)} bytes: expected at most 200000 bytes" == detail
+    # the connection stayed usable: the next request on the server works
+    assert httpx.post(f"{server.url}/knn-service", json={"text": "a"},
+                      timeout=60).status_code == 200

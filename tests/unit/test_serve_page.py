@@ -72,3 +72,38 @@ def test_search_page_shows_the_servers_error(tmp_path: Path) -> None:
         server.stop()
     assert 'data-state="error"' in dom and 'class="card"' not in dom
     assert re.search(r'<div id="status" class="error">error 422: .*num_images.*</div>', dom)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed: run "
+                    "scripts/install-system-deps.sh (apt-get install chromium)")
+def test_search_page_shows_the_stored_thumbnails_when_the_image_host_is_gone(
+        tmp_path: Path) -> None:
+    """Link rot: the images' host is stopped before the search; the page shows every result
+    from the thumbnails kept in the published folder (the URLs alone would all be broken)."""
+    import pyarrow as pa
+
+    from clip_index import io, schema
+    from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
+
+    host = TestServer().start()
+    bodies = [jpeg_bytes(64, 48, (200, i * 10, 40)) for i in range(24)]
+    urls = [host.add_bytes(f"/img-{i}.jpg", body) for i, body in enumerate(bodies)]
+    build_tiny_index(tmp_path / "ix", n=24, urls=urls)
+    images = tmp_path / "images"  # the download step's shards, both in one folder
+    for shard, rows in enumerate((range(0, 12), range(12, 24))):
+        io.write_parquet_atomic(str(images / io.shard_name(shard)), pa.table({
+            schema.UID: [f"img-{i:03d}" for i in rows],
+            schema.STATUS: ["success"] * len(rows), schema.IMAGE: [bodies[i] for i in rows]}))
+    write_thumbnails(str(tmp_path / "ix"), [str(images)], ThumbnailConfig(workers=1))
+    host.stop()  # the image host is gone
+    server = LiveServer(create_app({"ix": ClipIndex(tmp_path / "ix")})).start()
+    try:
+        dom = dump_dom(f"{server.url}/?q=a%20red%20circle", tmp_path / "profile")
+    finally:
+        server.stop()
+    assert 'data-state="done"' in dom, dom[-3000:]
+    imgs = re.findall(r"<img [^>]*>", dom)
+    assert len(imgs) == 20
+    for img in imgs:
+        assert re.search(r'src="thumbnail/ix/\d+"', img), img
+        assert 'data-source="thumbnail"' in img and 'data-loaded="1"' in img, img
