@@ -150,7 +150,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                         help="embed tasks, each streaming its share of the shards: the embed "
                              "loop's width, 1-100; x gpu-count = GPUs in use, the GPU-quota "
                              f"knob (default: {d.embed_parallelism})")
-    for step in ("download", "embed", "index"):
+    for step in ("download", "embed", "write", "index"):
         for kind in ("cpu", "memory"):
             name = f"{step}_{kind}"
             parser.add_argument(flag(name), dest=name, default=getattr(d, name),
@@ -167,7 +167,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     repo = (args.image_repo or DEFAULT_IMAGE_REPO).rstrip("/")
     sized = {f"{step}_{kind}": getattr(args, f"{step}_{kind}")
-             for step in ("download", "embed", "index") for kind in ("cpu", "memory")}
+             for step in ("download", "embed", "write", "index") for kind in ("cpu", "memory")}
     return PipelineSettings(
         cpu_image=f"{repo}/clip-index-cpu:{args.image_tag}",
         gpu_image=f"{repo}/clip-index-gpu:{args.image_tag}",

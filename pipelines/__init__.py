@@ -63,6 +63,10 @@ class PipelineSettings:
     embed_memory: str = "24G"
     download_cpu: str = "7"  # e2-/n2-standard-8
     download_memory: str = "16G"
+    # the write task makes a thumbnail of every image (~3 ms of CPU each: 9.2M images are ~7
+    # core-hours), in a process per core
+    write_cpu: str = "14"  # n2-standard-16
+    write_memory: str = "48G"
     index_cpu: str = "14"  # n2-standard-16
     index_memory: str = "48G"
     retries: int = 2
@@ -91,7 +95,7 @@ class PipelineSettings:
                     f"{name.replace('_', '-')}): each loop's outputs are collected by a later "
                     f"step, and Vertex AI refuses a task input of more than {MAX_LOOP_WIDTH} "
                     "artifacts; more tasks are not needed either, since each streams many shards")
-        for step in ("download", "embed", "index"):
+        for step in ("download", "embed", "write", "index"):
             cpu, memory = getattr(self, f"{step}_cpu"), getattr(self, f"{step}_memory")
             if not _CPU.match(cpu) or float(cpu.rstrip("m") or 0) <= 0:
                 raise ValueError(f"{step}_cpu={cpu!r}: expected a CPU count like '8' or '500m'")
@@ -239,6 +243,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             embeddings=embedded.output, urls=urls,
             images=dsl.Collected(download.outputs["images"]), output_dir=output_dir,
         ).set_display_name("Write embeddings")
+        write.set_cpu_limit(settings.write_cpu).set_memory_limit(settings.write_memory)
         index = c.build_index(
             data=write.outputs["data"], output_dir=output_dir,
             max_index_memory_usage=max_index_memory_usage,

@@ -40,6 +40,10 @@ RATES: dict[str, tuple[float, str]] = {
     "load_rows_per_s": (50_000.0, "estimate: ~10 MB/s of source parquet"),
     # write copies 512 float32 per image (2 KB) out of the embedding shards
     "write_bytes_per_s": (200e6, "estimate: 200 MB/s"),
+    # and makes a 128 px WebP thumbnail of each image from its stored copy: 2.86 ms of one core
+    # (measured: `python -m bench.index.thumbnails --images 1000`, BENCHMARKS.md), so 348/s
+    "thumbnails_per_s_per_vcpu": (1 / 2.86e-3, "measured: bench.index.thumbnails, 2.86 ms/img "
+                                  "on one core"),
 }
 REFERENCE_SUCCESS_RATE = 0.72  # 9,251,172 of 12.8M downloaded (Fondant blog, REFERENCES §1)
 VIT_B_32_GFLOP = 8.8  # one 224 px image through ViT-B-32's image tower: 4.4 GMACs (open_clip)
@@ -155,6 +159,7 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
 
     index = PipelineSettings()  # the index task's compiled defaults
     idx_cpu, idx_gib = float(index.index_cpu), gib(index.index_memory)
+    write_cpu, write_gib = float(index.write_cpu), gib(index.write_memory)
     dl_cpu, emb_cpu = float(args.download_cpu), float(args.embed_cpu)
 
     def price(vcpu: float, mem_gib: float, gpus: int = 0) -> float:
@@ -184,8 +189,10 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
         step("embed", emb_units, emb_unit_images / emb_rate, emb_cpu, gib(args.embed_memory),
              f"{emb_rate:,.0f} img/s per task ({emb_bound}-bound)", gpus=args.gpu_count,
              busy_s=images / emb_rate),
-        step("write", 1, images * 2048 / RATES["write_bytes_per_s"][0], small_cpu, small_gib,
-             "200 MB/s"),
+        step("write", 1, images * 2048 / RATES["write_bytes_per_s"][0]
+             + images / (RATES["thumbnails_per_s_per_vcpu"][0] * write_cpu), write_cpu, write_gib,
+             f"200 MB/s + {RATES['thumbnails_per_s_per_vcpu'][0] * write_cpu:,.0f} "
+             "thumbnails/s"),
         step("index", 1, images / idx_rate, idx_cpu, idx_gib, f"{idx_rate:,.0f} vectors/s"),
         step("report", 1, 60.0, small_cpu, small_gib, "one minute"),
     ]
@@ -210,7 +217,9 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
         f"[{RATES['decode_img_per_s_per_vcpu'][1]}])",
         f"index: {RATES['index_vectors_per_s_per_vcpu'][0]:.0f} vectors/s per vCPU x {idx_cpu:.0f} "
         f"({RATES['index_vectors_per_s_per_vcpu'][1]})",
-        f"load: {RATES['load_rows_per_s'][1]}; write: {RATES['write_bytes_per_s'][1]}",
+        f"load: {RATES['load_rows_per_s'][1]}; write: {RATES['write_bytes_per_s'][1]}, and "
+        f"thumbnails at {RATES['thumbnails_per_s_per_vcpu'][0]:.0f}/s per vCPU x {write_cpu:.0f} "
+        f"({RATES['thumbnails_per_s_per_vcpu'][1]})",
         f"{TASK_START_S:.0f} s start-up per task (estimate: scheduling, VM, image pull); "
         f"start-up is {embed.startup_share:.0%} of an embed task and "
         f"{steps[2].startup_share:.0%} of a download task; no retries, no quota waits",
