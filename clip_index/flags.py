@@ -26,6 +26,7 @@ CONFIG_COMPONENTS: dict[str, tuple[str, ...]] = {
 PIPELINE_COMPONENTS = ("load_dataset", "download_images", "embed_images", "write_embeddings",
                        "build_index", "report", "publish_to_hub")
 PIPELINE_RENAMES = {"download_retries": ("download_images", "retries"),
+                    "dataset_fingerprint": ("load_dataset", "fingerprint"),
                     "hub_repo_id": ("publish_to_hub", "repo_id"),
                     "hub_private": ("publish_to_hub", "private"),
                     "hub_revision": ("publish_to_hub", "revision"),

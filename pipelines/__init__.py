@@ -180,6 +180,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         allow_private_networks: bool = False,
         respect_opt_out: bool = True,
         max_failure_rate: float = 1.0,
+        thumbnail_px: int = 128,
         model: str = "ViT-B-32",
         pretrained: str = "laion2b_s34b_b79k",
         batch_size: int = 0,
@@ -242,6 +243,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         write = c.write_embeddings(
             embeddings=embedded.output, urls=urls,
             images=dsl.Collected(download.outputs["images"]), output_dir=output_dir,
+            thumbnail_px=thumbnail_px,
         ).set_display_name("Write embeddings")
         write.set_cpu_limit(settings.write_cpu).set_memory_limit(settings.write_memory)
         index = c.build_index(

@@ -17,7 +17,7 @@ HUB_SCHEME = "hf://"
 REPO_TYPE = "dataset"
 # What a query needs: not data/ (the embeddings, 19 GB for the reference) nor failed/.
 QUERY_FILES = ["manifest.json", "index_infos.json", "README.md", "faiss", "faiss/*",
-               "id_mapping/*"]
+               "id_mapping/*", "thumbnails/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
