@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 RERANK_FILE = "rerank_vectors.npy"  # in output_dir/faiss/, beside knn.index
 RERANK_DTYPES = ("float16", "float32")
-CHUNK_ROWS = 65_536  # rows per chunk when streaming the store (32 MB of float16 at dim 256)
+CHUNK_ROWS = 16_384  # rows per chunk when streaming the store (16 MB of float16 at dim 512)
 
 
 class RerankWriter:

@@ -251,6 +251,7 @@ def measure(index: Any, queries: np.ndarray, exact: np.ndarray, exclude: np.ndar
 
 
 RERANK_DEPTHS = (20, 50, 100, 200, 400, 800)  # first-stage candidates to try re-ranking
+TIMING_ROUNDS = 5
 
 
 def _prefix_recalls(store: Any, queries: np.ndarray, candidates: np.ndarray,
@@ -323,12 +324,16 @@ def tune_two_stage(first_stage: Any, store: Any, n_queries: int, target_recall: 
         log.warning("tune: no (nprobe, re-rank depth) reached recall@%d %.3f; using %s with %d "
                     "candidates (recall %.4f)", k, target_recall, best[1], best[2], best[0])
         options = [(best[1], best[2], best[0])]
-    timed = []
-    for param, d, r in options:
-        if param:
-            space.set_index_parameters(first_stage, param)
-        timed.append((latency_ms(TwoStageIndex(first_stage, store, d), tune_q, k, n=100)[0],
-                      d, param, r))
+    # time the options interleaved, a few rounds: on a shared machine, load that comes and
+    # goes then slows every option alike instead of whichever was timed at the wrong moment
+    samples: list[list[float]] = [[] for _ in options]
+    for _ in range(TIMING_ROUNDS if len(options) > 1 else 1):
+        for j, (param, d, _r) in enumerate(options):
+            if param:
+                space.set_index_parameters(first_stage, param)
+            samples[j].append(latency_ms(TwoStageIndex(first_stage, store, d), tune_q, k,
+                                         n=40)[0])
+    timed = [(float(np.median(t)), d, param, r) for t, (param, d, r) in zip(samples, options)]
     _, depth, param, tuned_recall = min(timed)
     if param:
         space.set_index_parameters(first_stage, param)

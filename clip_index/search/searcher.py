@@ -220,7 +220,7 @@ class ClipIndex:
         reference layout), inner products favour long vectors, so take more candidates, divide
         by each stored vector's norm (cosine) and keep the best n (padded with id -1)."""
         if not self.rescore:
-            return self.searcher.search(q, n)  # type: ignore[no-any-return]
+            return self.searcher.search(q, n)
         scores, ids = self.index.search(q, min(max(n * RESCORE_FACTOR, 100), len(self)))
         out_scores = np.full((len(q), n), -np.inf, dtype=np.float32)
         out_ids = np.full((len(q), n), -1, dtype=np.int64)
