@@ -223,10 +223,10 @@ class IndexConfig(_Config):
         _check(self.rerank_dtype in ("float16", "float32"), "rerank_dtype", self.rerank_dtype,
                '"float16" or "float32"')
         if self.first_stage_key:
-            _check_index_key(self.first_stage_key)
+            _check_index_key(self.first_stage_key, "first_stage_key")
 
 
-def _check_index_key(key: str) -> None:
+def _check_index_key(key: str, name: str = "index_key") -> None:
     """Refuse a faiss factory string faiss cannot parse, before any work (cheap: dim 8)."""
     import faiss
 
@@ -234,7 +234,7 @@ def _check_index_key(key: str) -> None:
     try:
         faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)
     except Exception as exc:
-        raise ConfigError(f"index_key={key!r}: expected a faiss index_factory string such as "
+        raise ConfigError(f"{name}={key!r}: expected a faiss index_factory string such as "
                           "'HNSW32', 'IVF1024,Flat' or 'Flat' (faiss cannot parse it)") from exc
 
 

@@ -40,6 +40,16 @@ class IndexResult:
         return {k: float(v) for k, v in self.infos.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+    def describe_stages(self) -> str:
+        """One line naming the index's stages and their settings (KFP Metrics, logs)."""
+        i = self.infos
+        if not i.get("two_stage"):
+            return f"one stage: {i.get('index_key')} ({i.get('index_param') or '-'})"
+        first, rerank = i["stages"]["first"], i["stages"]["rerank"]
+        return (f"first stage {first['index_key']} ({first['index_param'] or '-'}, "
+                f"{first['file']}) proposes {rerank['depth']} candidates; exact re-rank from "
+                f"{rerank['file']} ({rerank['dtype']}, memory-mapped)")
+
 
 STAGED_NAME = "{:09d}.npy"  # fixed width: autofaiss reads the files in name order
 

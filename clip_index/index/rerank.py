@@ -137,12 +137,31 @@ class TwoStageIndex:
     of them from the memory-mapped store; `search` has faiss's signature and result shapes."""
 
     def __init__(self, first_stage: Any, store: RerankStore, depth: int) -> None:
+        import faiss
+
         self.first_stage, self.store, self.depth = first_stage, store, int(depth)
         self.d, self.ntotal = int(first_stage.d), int(first_stage.ntotal)
+        try:
+            self.ivf: Any = faiss.extract_index_ivf(first_stage)
+        except RuntimeError:
+            self.ivf = None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for (n, dim) normalised float32 queries: the first stage's
-        max(depth, k) candidates, re-ranked exactly."""
+        max(depth, k) candidates, re-ranked exactly. A query whose probed lists hold fewer
+        than k vectors (a large k) is searched again with more lists, so k results come back
+        whenever the index holds k vectors."""
+        import faiss
+
         fetch = min(max(self.depth, k), self.ntotal)
         _, candidates = self.first_stage.search(queries, fetch)
+        need = min(k, self.ntotal)
+        short = np.flatnonzero((candidates >= 0).sum(axis=1) < need)
+        nprobe = int(self.ivf.nprobe) if self.ivf is not None else 0
+        while len(short) and self.ivf is not None and nprobe < self.ivf.nlist:
+            nprobe = min(4 * nprobe, int(self.ivf.nlist))
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            _, more = self.first_stage.search(queries[short], fetch, params=params)
+            candidates[short] = more
+            short = short[(more >= 0).sum(axis=1) < need]
         return rerank(self.store, queries, candidates, k)
