@@ -122,7 +122,7 @@ def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
             raise RuntimeError(f"no embeddings in {io.join(output_dir, schema.DATA_DIR)}: "
                                "nothing to index")
         key = config.first_stage_key or first_stage_key(total, _dim_of(paths))
-        nlist = _nlist(key)
+        nlist = nlist_of(key)
         train_size = max(MIN_TRAIN, min(MAX_TRAIN, TRAIN_PER_LIST * nlist))
         sample, n, dim = stream_and_sample(output_dir, store_path, config.rerank_dtype,
                                            train_size, total)
@@ -181,7 +181,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _nlist(key: str) -> int:
+def nlist_of(key: str) -> int:
     """The inverted-list count of a factory string ("IVF4096,..." → 4096; 1 when none)."""
     for part in key.split(","):
         if part.startswith("IVF"):
