@@ -23,7 +23,6 @@ import logging
 import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -47,7 +46,11 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+    """Peak resident set of this process since its exec (VmHWM): getrusage's ru_maxrss would
+    carry over the spawning parent's peak (it survives fork + exec on Linux)."""
+    from clip_index.index.twostage import _peak_rss_mb as peak
+
+    return peak()
 
 
 def _in_child(func: Any, *args: Any) -> Any:
@@ -193,6 +196,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
     parser.add_argument("--kinds", default="clustered,wide,random")
+    parser.add_argument("--random-n", type=int, default=0,
+                        help="vectors of the random (worst-case) set (0 = --n)")
     parser.add_argument("--hnsw-n", type=int, default=1_000_000,
                         help="also build today's HNSW32 (and two stages) on this many vectors "
                              "of each distribution (0 = never; HNSW32 takes ~15 min per 1M "
@@ -209,8 +214,11 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     force = {"two_stage_min_vectors": 1} if args.force_two_stage else {}
     for kind in args.kinds.split(","):
-        folder = make_folder(kind, args.n, args.dim, args.queries)
-        rows += variant("new default (two stages)", folder, force)
+        n = args.random_n or args.n if kind == "random" else args.n
+        folder = make_folder(kind, n, args.dim, args.queries)
+        rows += variant("new default (two stages)" if n >= 250_000 or force else
+                        "two stages (forced)", folder, force or
+                        ({"two_stage_min_vectors": 1} if n < 250_000 else {}))
         if args.extra and kind != "random":
             nlist = rows[-1]["infos"]["stages"]["first"]["nlist"]
             rows += variant("two stages, PQ8 first stage", folder,

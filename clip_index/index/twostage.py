@@ -175,10 +175,18 @@ def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far, MB (Linux reports kB)."""
+    """This process's peak resident memory so far, MB: VmHWM, which starts afresh at exec
+    (getrusage's ru_maxrss carries a forking parent's peak over into the child on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def nlist_of(key: str) -> int:
