@@ -259,10 +259,12 @@ def _prefix_recalls(store: Any, queries: np.ndarray, candidates: np.ndarray,
     """recall@k after re-ranking the first d candidates, for each d in `depths`, from one
     first-stage search of max(depths) (a search for d candidates returns the prefix of a
     search for more: the first stage ranks by its own fixed approximate distances)."""
+    from clip_index.index.rerank import dot_rows
+
     totals = np.zeros(len(depths))
     for q, cand, truth in zip(queries, candidates, exact):
         positions = np.flatnonzero(cand >= 0)
-        scores = store.take(cand[positions]) @ q
+        scores = dot_rows(store.take(cand[positions]), q)
         # first-stage positions in exact order: a candidate's exact rank does not depend on the
         # depth, so the re-ranked top k at depth d are the first k of these with position < d
         order = positions[np.argsort(-scores, kind="stable")]

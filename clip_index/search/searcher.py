@@ -245,12 +245,12 @@ class ClipIndex:
         return valid[kept]
 
     def _results(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
-        out = []
-        for score, i in zip(scores, ids):
-            if i < 0:  # faiss pads with -1 when fewer than k vectors were found
-                continue
-            out.append(SearchResult(id=int(i), score=float(score), **self.metadata(int(i))))
-        return out
+        keep = ids >= 0  # faiss pads with -1 when fewer than k vectors were found
+        # one take of the k rows (not 3·k scalar look-ups: a tenth of a millisecond per query)
+        rows = self.mapping.select([schema.UID, schema.URL, schema.CAPTION]).take(
+            ids[keep].astype(np.int64)).to_pylist()
+        return [SearchResult(id=int(i), score=float(score), **row)
+                for score, i, row in zip(scores[keep], ids[keep], rows)]
 
 
 def _open_image(image: Any) -> Any:
