@@ -201,3 +201,22 @@ def test_the_store_writer_checks_the_row_count(tmp_path: Path) -> None:
         writer.close()
     with pytest.raises(ValueError, match=r"expected \(m, 4\)"):
         RerankWriter(str(tmp_path / "t.npy"), 10, 4).append(np.ones((2, 5)))
+
+
+def test_cli_query_and_retrieve_read_a_two_stage_folder(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from clip_index.cli import main
+
+    out, vectors, uids = built
+    (tmp_path / "e.json").write_text(json.dumps(vectors[[4, 9]].tolist()))
+    assert main(["query", str(out), "--embedding", str(tmp_path / "e.json"), "-k", "3",
+                 "--json", "--mmap"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r[0]["uid"] for r in rows] == [uids[4], uids[9]] and len(rows[0]) == 3
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"embedding": v.tolist()}) + "\n"
+                                              for v in vectors[:3]))
+    assert main(["retrieve", str(tmp_path / "q.jsonl"), str(out), "--output",
+                 str(tmp_path / "r"), "--num-images", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["queries"] == 3 and summary["matches"] == 12
