@@ -213,33 +213,45 @@ def main() -> None:
     start, load = time.perf_counter(), os.getloadavg()
     rows: list[dict[str, Any]] = []
     force = {"two_stage_min_vectors": 1} if args.force_two_stage else {}
-    for kind in args.kinds.split(","):
+    from importlib.metadata import version
+
+    def header() -> str:
+        return (f"machine: {platform.machine()}, {os.cpu_count()} cores (shared), load average "
+                f"at start {load[0]:.1f}, now {os.getloadavg()[0]:.1f}; faiss-cpu "
+                f"{version('faiss-cpu')}, autofaiss {version('autofaiss')}, numpy "
+                f"{version('numpy')}; {args.queries} held-out queries; "
+                f"{time.perf_counter() - start:.0f}s so far")
+
+    def save() -> None:  # after every variant: a run cut short keeps what it measured
+        Path(args.output).write_text(json.dumps({"header": header(), "rows": rows}, indent=2))
+
+    kinds = args.kinds.split(",")
+    # the new default at full size first, then the worst case, then the HNSW comparisons
+    for kind in kinds:
         n = args.random_n or args.n if kind == "random" else args.n
         folder = make_folder(kind, n, args.dim, args.queries)
         rows += variant("new default (two stages)" if n >= 250_000 or force else
                         "two stages (forced)", folder, force or
                         ({"two_stage_min_vectors": 1} if n < 250_000 else {}))
+        save()
         if args.extra and kind != "random":
             nlist = rows[-1]["infos"]["stages"]["first"]["nlist"]
             rows += variant("two stages, PQ8 first stage", folder,
                             {**force, "first_stage_key": f"IVF{nlist},PQ64"})
             rows += variant("two stages, float32 re-rank", folder,
                             {**force, "rerank_dtype": "float32"})
+            save()
+    for kind in kinds:
         if kind == "random" or not args.hnsw_n:
             continue
         small = make_folder(kind, args.hnsw_n, args.dim, args.queries)
         rows += variant("today's HNSW32", small, {"index_key": "HNSW32"}, True)
-        if small != folder:  # the same size, two stages (forced below the default threshold)
+        save()
+        if args.hnsw_n != args.n:  # the same size, two stages (forced below the threshold)
             rows += variant("two stages (forced)", small, {"two_stage_min_vectors": 1})
-    from importlib.metadata import version
-
-    header = (f"machine: {platform.machine()}, {os.cpu_count()} cores (shared), load average "
-              f"at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f}; faiss-cpu "
-              f"{version('faiss-cpu')}, autofaiss {version('autofaiss')}, numpy "
-              f"{version('numpy')}; {args.queries} held-out queries; "
-              f"total {time.perf_counter() - start:.0f}s")
-    Path(args.output).write_text(json.dumps({"header": header, "rows": rows}, indent=2))
-    print(markdown(rows, header))
+            save()
+    save()
+    print(markdown(rows, header()))
 
 
 if __name__ == "__main__":
