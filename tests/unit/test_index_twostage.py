@@ -220,3 +220,29 @@ def test_cli_query_and_retrieve_read_a_two_stage_folder(
                  str(tmp_path / "r"), "--num-images", "4"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["queries"] == 3 and summary["matches"] == 12
+
+
+def test_a_published_two_stage_index_opens_from_the_hub(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as constants
+
+    from clip_index.config import PublishConfig
+    from clip_index.publish.step import run_publish
+    from tests.support.hub_server import HubStandIn
+
+    out = _copy(built[0], tmp_path / "copy")
+    # the stand-in speaks the LFS "basic" transfer, not Xet; the suite runs offline otherwise
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub = HubStandIn().start()
+    try:
+        run_publish(str(out), PublishConfig(repo_id="org/two"), token=hub.token,
+                    endpoint=hub.endpoint)
+        index = ClipIndex.from_hub("org/two", endpoint=hub.endpoint, token=hub.token,
+                                   cache_dir=str(tmp_path / "cache"))
+    finally:
+        hub.stop()
+    assert index.store is not None and not (Path(index.output_dir) / "data").exists()
+    _, vectors, uids = built
+    assert [r[0].uid for r in index.search_embedding(vectors[:20], k=2)] == uids[:20]
