@@ -4,8 +4,8 @@ pipeline's index task (16 vCPU, 64 GB), extrapolated from a `bench.index.twostag
     PYTHONPATH=. python -m bench.index.extrapolate bench/.work/index-twostage/results-1m.json
 
 Each figure scales a measured one by a stated rule; the measured column is printed beside it.
-Assumptions (all stated in the output): files and memory grow linearly with the vectors except
-the centroids; k-means training costs (sample × lists × dim × iterations) and spreads over the
+Assumptions: files and memory grow linearly with the vectors except the centroids (an opened
+index: its measured fixed part + the first stage + the id mapping); k-means training costs (sample × lists × dim × iterations) and spreads over the
 cores (BLAS), as do the add (assign + encode) and the exact ground truth of tuning; staging
 (reading parquet, writing the mapping and the re-rank file) is one thread and does not.
 """
@@ -52,7 +52,9 @@ def extrapolate(row: dict[str, Any], n: int = TARGET_N,
     other_m = row["build_peak_rss_mb"] * 1e6 - sample_m - i["size_bytes"]
     peak_b = sample_n + index_b + max(other_m, 0)
     mapping_b = row["mapping_mb"] * 1e6 * scale
-    opened_b = (row["open_rss_mb"] - row["mapping_mb"]) * 1e6 * (index_b / i["size_bytes"])
+    # opened: a fixed part (Python objects, allocator pools) + the first stage + the mapping
+    fixed_b = (row["open_rss_mb"] - row["mapping_mb"]) * 1e6 - i["size_bytes"]
+    opened_b = max(fixed_b, 0) + index_b
     mb = 1e6
     return [
         ("first stage", f"`{i['index_key']}`", f"`{key}`"),
