@@ -5,9 +5,10 @@ pipeline's index task (16 vCPU, 64 GB), extrapolated from a `bench.index.twostag
 
 Each figure scales a measured one by a stated rule; the measured column is printed beside it.
 Assumptions: files and memory grow linearly with the vectors except the centroids (an opened
-index: its measured fixed part + the first stage + the id mapping); k-means training costs (sample × lists × dim × iterations) and spreads over the
-cores (BLAS), as do the add (assign + encode) and the exact ground truth of tuning; staging
-(reading parquet, writing the mapping and the re-rank file) is one thread and does not.
+index: its measured fixed part + the first stage + the id mapping); k-means training costs
+(sample × lists × dim × iterations) and spreads over the cores (BLAS), as do the add (assign +
+encode) and the exact ground truth of tuning; staging (reading parquet, writing the mapping and
+the re-rank file) is one thread and does not.
 """
 
 from __future__ import annotations
