@@ -205,6 +205,13 @@ class IndexConfig(_Config):
     recall_queries: held-out (leave-one-out) queries for tuning and for recall@1/@10 (0 = skip
         tuning and measuring).
     should_be_memory_mappable: only index types that can be memory-mapped (`--mmap` queries).
+    two_stage_min_vectors: from this many vectors on (and with no index_key), the index is two
+        stages: a compressed faiss first stage (IVF + fast-scan PQ) proposes candidates and an
+        exact re-rank from memory-mapped stored vectors orders them; smaller sets keep
+        autofaiss's exact or HNSW index. 0 = never two stages.
+    first_stage_key: the first stage's faiss factory string ("" = chosen from the size, e.g.
+        ``IVF4096,PQ128x4fs`` for 1M × 512).
+    rerank_dtype: how the re-rank vectors are stored, "float16" (half the disk) or "float32".
     """
 
     max_index_memory_usage: str = "4G"
@@ -214,6 +221,9 @@ class IndexConfig(_Config):
     target_recall: float = 0.95
     recall_queries: int = 1000
     should_be_memory_mappable: bool = False
+    two_stage_min_vectors: int = 250_000
+    first_stage_key: str = ""
+    rerank_dtype: str = "float16"
 
     def validate(self) -> None:
         for name in ("max_index_memory_usage", "current_memory_available"):
@@ -226,9 +236,15 @@ class IndexConfig(_Config):
                "a fraction in (0, 1]")
         if self.index_key:
             _check_index_key(self.index_key)
+        _check(self.two_stage_min_vectors >= 0, "two_stage_min_vectors",
+               self.two_stage_min_vectors, "a count >= 0 (0 = never two stages)")
+        _check(self.rerank_dtype in ("float16", "float32"), "rerank_dtype", self.rerank_dtype,
+               '"float16" or "float32"')
+        if self.first_stage_key:
+            _check_index_key(self.first_stage_key, "first_stage_key")
 
 
-def _check_index_key(key: str) -> None:
+def _check_index_key(key: str, name: str = "index_key") -> None:
     """Refuse a faiss factory string faiss cannot parse, before any work (cheap: dim 8)."""
     import faiss
 
@@ -236,7 +252,7 @@ def _check_index_key(key: str) -> None:
     try:
         faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)
     except Exception as exc:
-        raise ConfigError(f"index_key={key!r}: expected a faiss index_factory string such as "
+        raise ConfigError(f"{name}={key!r}: expected a faiss index_factory string such as "
                           "'HNSW32', 'IVF1024,Flat' or 'Flat' (faiss cannot parse it)") from exc
 
 

@@ -190,12 +190,18 @@ def build_index(
     target_recall: float = 0.95,
     recall_queries: int = 1000,
     should_be_memory_mappable: bool = False,
+    two_stage_min_vectors: int = 250_000,
+    first_stage_key: str = "",
+    rerank_dtype: str = "float16",
 ) -> None:
-    """Build the faiss index (autofaiss) and the id mapping; tune and measure recall and latency.
+    """Build the faiss index and the id mapping; tune and measure recall and latency. From
+    two_stage_min_vectors vectors on, two stages: a compressed faiss first stage proposes
+    candidates and an exact re-rank from memory-mapped stored vectors orders them.
 
     Args:
         data: The write step's record (ties the index to the data in lineage).
-        output_dir: The published folder: faiss/knn.index, id_mapping/, index_infos.json.
+        output_dir: The published folder: faiss/knn.index (+ faiss/rerank_vectors.npy for two
+            stages), id_mapping/, index_infos.json.
         index: Records the index (metadata: key, vectors, dim, size, recall).
         metrics: recall@1/@10 and latency, shown by Vertex.
         max_index_memory_usage: autofaiss memory budget for the index ("4G").
@@ -205,6 +211,9 @@ def build_index(
         target_recall: nprobe/efSearch set to the cheapest value reaching this recall@10.
         recall_queries: Held-out (leave-one-out) queries for tuning and recall (0 = skip).
         should_be_memory_mappable: Only index types that can be memory-mapped at query time.
+        two_stage_min_vectors: Vectors from which the index has two stages (0 = never).
+        first_stage_key: The first stage's faiss factory string ("" = chosen from the size).
+        rerank_dtype: Storage of the re-rank vectors: "float16" or "float32".
     """
     from clip_index.config import IndexConfig
     from clip_index.index.build import run_index
@@ -213,12 +222,15 @@ def build_index(
                          current_memory_available=current_memory_available,
                          max_index_query_time_ms=max_index_query_time_ms, index_key=index_key,
                          target_recall=target_recall, recall_queries=recall_queries,
-                         should_be_memory_mappable=should_be_memory_mappable)
+                         should_be_memory_mappable=should_be_memory_mappable,
+                         two_stage_min_vectors=two_stage_min_vectors,
+                         first_stage_key=first_stage_key, rerank_dtype=rerank_dtype)
     result = run_index(output_dir, config)
     index.metadata.update({k: v for k, v in result.infos.items() if k != "autofaiss"})
     index.metadata["output_dir"] = output_dir
     metrics.metadata["index_key"] = result.infos["index_key"]
     metrics.metadata["index_param"] = result.infos["index_param"]
+    metrics.metadata["stages"] = result.describe_stages()
     for name, value in result.as_metrics().items():
         metrics.log_metric(name, value)
 

@@ -199,6 +199,8 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
         recall_queries: int = 1000,
         should_be_memory_mappable: bool = False,
         dataset_fingerprint: str = "",
+        two_stage_min_vectors: int = 250_000,
+        rerank_dtype: str = "float16",
     ) -> None:
         load = c.load_dataset(
             dataset=dataset, id_column=id_column, url_column=url_column,
@@ -253,6 +255,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             max_index_query_time_ms=max_index_query_time_ms, index_key=index_key,
             target_recall=target_recall, recall_queries=recall_queries,
             should_be_memory_mappable=should_be_memory_mappable,
+            two_stage_min_vectors=two_stage_min_vectors, rerank_dtype=rerank_dtype,
         ).set_display_name("Build index")
         index.set_cpu_limit(settings.index_cpu).set_memory_limit(settings.index_memory)
         report = c.report(output_dir=output_dir, index=index.outputs["index"],

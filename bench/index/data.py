@@ -53,3 +53,15 @@ def random_vectors(n: int, dim: int = 512, seed: int = 0) -> np.ndarray:
     """Isotropic random unit vectors: the worst case for approximate nearest-neighbour search."""
     rng = np.random.default_rng(seed)
     return _normalise(rng.standard_normal((n, dim), dtype=np.float32))
+
+
+# Wide, overlapping clusters: fewer, broader topics whose members spread well past the distance
+# between neighbouring centres, so a query's true neighbours fall into many inverted lists and
+# the coarse quantizer, not the codes, limits recall (the hard case for IVF first stages).
+WIDE = {"clusters": 1_000, "spread": 1.4, "latent_dim": 64, "noise": 0.3}
+
+
+def wide_dataset(n: int, queries: int, dim: int = 512, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(database, held-out queries) from the wide, overlapping-cluster distribution (`WIDE`)."""
+    return clustered_dataset(n, queries, dim, seed, **WIDE)

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,22 +40,31 @@ class IndexResult:
         return {k: float(v) for k, v in self.infos.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+    def describe_stages(self) -> str:
+        """One line naming the index's stages and their settings (KFP Metrics, logs)."""
+        i = self.infos
+        if not i.get("two_stage"):
+            return f"one stage: {i.get('index_key')} ({i.get('index_param') or '-'})"
+        first, rerank = i["stages"]["first"], i["stages"]["rerank"]
+        return (f"first stage {first['index_key']} ({first['index_param'] or '-'}, "
+                f"{first['file']}) proposes {rerank['depth']} candidates; exact re-rank from "
+                f"{rerank['file']} ({rerank['dtype']}, memory-mapped)")
+
 
 STAGED_NAME = "{:09d}.npy"  # fixed width: autofaiss reads the files in name order
 
 
-def stage_vectors(output_dir: str, staging: str) -> tuple[int, int]:
-    """Write ``staging/NNNNNNNNN.npy`` (float32) and ``output_dir/id_mapping/`` from one pass
-    over the data shards; return (vectors, dim).
+def stage_vectors(output_dir: str, sink: Callable[[np.ndarray], None]) -> tuple[int, int]:
+    """One pass over the data shards: hand each shard's normalised float32 vectors to `sink`
+    and write ``output_dir/id_mapping/``; return (vectors, dim).
 
-    Alignment by construction: the staged files are numbered in the order of this pass (not by
-    shard number: ``part-100000`` sorts before ``part-99999`` by name), autofaiss adds them in
-    that order, and mapping row i is written in the same step as vector i.
+    Alignment by construction: the sink sees the shards in the order of this pass and mapping
+    row i is written in the same step as vector i.
     """
     for stale in io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR)):
         fs, path = io.filesystem(stale)
         fs.rm(path)
-    offset, dim, seq = 0, 0, 0
+    offset, dim = 0, 0
     for path in io.list_shards(io.join(output_dir, schema.DATA_DIR)):
         shard = io.shard_index(path)
         table = io.read_parquet(path)
@@ -65,7 +75,7 @@ def stage_vectors(output_dir: str, staging: str) -> tuple[int, int]:
             raise RuntimeError(f"{path}: embeddings of dim {vectors.shape[1]}, earlier shards "
                                f"have dim {dim}: one index needs one model")
         dim = vectors.shape[1]
-        np.save(os.path.join(staging, STAGED_NAME.format(seq)), normalise(vectors))
+        sink(normalise(vectors))
         mapping = pa.table({
             schema.FAISS_ID: pa.array(np.arange(offset, offset + table.num_rows), pa.int64()),
             schema.UID: table.column(schema.UID),
@@ -75,8 +85,19 @@ def stage_vectors(output_dir: str, staging: str) -> tuple[int, int]:
         io.write_parquet_atomic(io.join(output_dir, schema.ID_MAPPING_DIR, io.shard_name(shard)),
                                 mapping)
         offset += table.num_rows
-        seq += 1
     return offset, dim
+
+
+def npy_folder_sink(staging: str) -> Callable[[np.ndarray], None]:
+    """A `stage_vectors` sink writing ``staging/NNNNNNNNN.npy`` numbered in the order of the
+    pass (not by shard number: ``part-100000`` sorts before ``part-99999`` by name), the order
+    autofaiss reads and adds them in."""
+    seq = iter(range(10**9))
+
+    def sink(vectors: np.ndarray) -> None:
+        np.save(os.path.join(staging, STAGED_NAME.format(next(seq))), vectors)
+
+    return sink
 
 
 def embeddings_array(table: pa.Table) -> np.ndarray:
@@ -144,10 +165,25 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
     io.require_shards([io.shard_index(p) for p in io.list_shards(data_dir)], manifest["shards"],
                       f"index: {data_dir}")
     start = time.monotonic()
+    n_rows = count_rows(output_dir)
+    _remove_stale_rerank(output_dir)
+    if use_two_stage(n_rows, config):
+        from clip_index.index.twostage import build_two_stage
+
+        result = {**build_two_stage(output_dir, config),
+                  "seconds": round(time.monotonic() - start, 2),
+                  "model": manifest["model"], "pretrained": manifest["pretrained"]}
+        io.write_json(io.join(output_dir, schema.INDEX_INFOS), result)
+        log.info("index: two stages, %s (%s) + exact re-rank of %s candidates over %d × %d, "
+                 "recall@10 %s, p50 %s ms, %.1fs", result["index_key"], result["index_param"],
+                 result["rerank_depth"], result["vectors"], result["dim"],
+                 result.get("recall_at_10"), result.get("latency_p50_ms"),
+                 result["build_seconds"])
+        return IndexResult(output_dir, result)
     with tempfile.TemporaryDirectory(prefix="clip-index-") as tmp:
         staging = os.path.join(tmp, "vectors")
         os.makedirs(staging)
-        n, dim = stage_vectors(output_dir, staging)
+        n, dim = stage_vectors(output_dir, npy_folder_sink(staging))
         if n == 0:
             raise RuntimeError(f"no embeddings in {io.join(output_dir, schema.DATA_DIR)}: "
                                "nothing to index")
@@ -170,6 +206,7 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
         "index_key": infos.get("index_key"),
         "index_param": quality.get("index_param", infos.get("index_param")),
         "autofaiss_index_param": infos.get("index_param"),
+        "two_stage": False,
         "metric": "inner_product", "vectors": n, "dim": dim, "size_bytes": size,
         "build_seconds": round(build_s, 2),
         "seconds": round(time.monotonic() - start, 2),  # the whole step: build, tune, measure
@@ -182,6 +219,30 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
              result["index_key"], result["index_param"], n, dim,
              quality.get("recall_at_10", float("nan")), quality.get("latency_p50_ms"), build_s)
     return IndexResult(output_dir, result)
+
+
+def use_two_stage(n: int, config: IndexConfig) -> bool:
+    """Two stages from `two_stage_min_vectors` vectors on, unless an index_key is forced."""
+    return (not config.index_key and config.two_stage_min_vectors > 0
+            and n >= config.two_stage_min_vectors)
+
+
+def count_rows(output_dir: str) -> int:
+    """Rows in ``output_dir/data/``, from the parquet footers (no data read)."""
+    from clip_index.index.twostage import shard_rows
+
+    return sum(shard_rows(io.list_shards(io.join(output_dir, schema.DATA_DIR))))
+
+
+def _remove_stale_rerank(output_dir: str) -> None:
+    """A re-rank file left by an earlier two-stage build must not sit beside a new
+    single-stage index (readers would take the folder for a two-stage index)."""
+    from clip_index.index.rerank import RERANK_FILE
+
+    path = io.join(output_dir, schema.FAISS_DIR, RERANK_FILE)
+    if io.exists(path):
+        fs, fs_path = io.filesystem(path)
+        fs.rm(fs_path)
 
 
 def verify_alignment(index: Any, vectors: VectorParts, samples: int = 50) -> None:

@@ -2,7 +2,9 @@
 (Fondant's ``fondant-ai/datacomp-small-clip``) and say where its index, id mapping and model are.
 
 clip-index: ``manifest.json`` (model, pretrained, dim, normalised), ``index_infos.json``,
-``faiss/knn.index``, ``id_mapping/part-NNNNN.parquet`` (i, uid, url, caption).
+``faiss/knn.index``, ``id_mapping/part-NNNNN.parquet`` (i, uid, url, caption); a two-stage
+index (``"two_stage": true`` in index_infos.json) adds ``faiss/rerank_vectors.npy``, the stored
+vectors its candidates are re-ranked against.
 
 reference: a file named ``faiss`` at the root (autofaiss, inner product), ``id_mapping/`` parquet
 with ``i`` (the faiss id; positional when absent) and ``url`` (``image_path`` in older copies),
@@ -24,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clip_index import io, schema
+from clip_index.index.rerank import RERANK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class Layout:
     normalised: bool
     manifest: dict[str, Any] = field(default_factory=dict)
     infos: dict[str, Any] = field(default_factory=dict)
+    rerank_path: str = ""  # a two-stage index's re-rank vectors ("" = single stage)
 
     def describe(self) -> str:
         """One line for logs and the CLI: the layout, the model, and how scores are made."""
@@ -82,13 +86,28 @@ def detect_layout(folder: str) -> Layout:
         for key in ("model", "pretrained"):
             if key not in manifest:
                 raise ValueError(f"{folder}/manifest.json has no {key!r}: {EXPECTED}")
+        infos = io.read_json(io.join(folder, schema.INDEX_INFOS))
+        for key in ("model", "pretrained"):
+            if key in infos and str(infos[key]) != str(manifest[key]):
+                raise ValueError(
+                    f"{folder}: the index was built from {key} {infos[key]!r} embeddings but "
+                    f"manifest.json names {manifest[key]!r}: the data were re-embedded with "
+                    "another model after the index was built; rebuild it (`clip-index index`)")
+        rerank = ""
+        if infos.get("two_stage"):
+            rerank = io.join(folder, schema.FAISS_DIR, RERANK_FILE)
+            if not io.exists(rerank):
+                raise FileNotFoundError(
+                    f"{folder}: index_infos.json describes a two-stage index but "
+                    f"{schema.FAISS_DIR}/{RERANK_FILE} (its re-rank vectors) is missing; copy "
+                    f"or publish the whole {schema.FAISS_DIR}/ folder")
         return Layout(
             kind=CLIP_INDEX, root=folder,
             index_path=io.join(folder, schema.FAISS_DIR, schema.INDEX_FILE),
             mapping_dir=io.join(folder, schema.ID_MAPPING_DIR),
             model=str(manifest["model"]), pretrained=str(manifest["pretrained"]),
             normalised=bool(manifest.get("normalised", True)), manifest=manifest,
-            infos=io.read_json(io.join(folder, schema.INDEX_INFOS)),
+            infos=infos, rerank_path=rerank,
         )
     fs, fs_path = io.filesystem(io.join(folder, REFERENCE_INDEX_FILE))
     if fs.isfile(fs_path) and io.exists(io.join(folder, schema.ID_MAPPING_DIR)):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,8 +50,23 @@ class VectorParts:
         rows = [self.parts[p][i - self.offsets[p]] for p, i in zip(part, ids)]
         return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
+    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, float32 rows) part by part."""
+        for part, start in zip(self.parts, self.offsets):
+            yield int(start), np.asarray(part, dtype=np.float32)
 
-def exact_top_k(vectors: VectorParts, queries: np.ndarray, k: int,
+
+class Vectors(Protocol):
+    """Stored vectors addressed by faiss id: `VectorParts` or a two-stage index's re-rank store."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, ids: np.ndarray) -> np.ndarray: ...
+
+    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray]]: ...
+
+
+def exact_top_k(vectors: Vectors, queries: np.ndarray, k: int,
                 exclude: np.ndarray | None = None) -> np.ndarray:
     """Exact top-k ids by inner product, one part at a time (memory bounded by a part).
 
@@ -60,8 +75,8 @@ def exact_top_k(vectors: VectorParts, queries: np.ndarray, k: int,
     """
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_ids = np.zeros((len(queries), 0), dtype=np.int64)
-    for part, start in zip(vectors.parts, vectors.offsets):
-        scores = queries @ np.asarray(part, dtype=np.float32).T
+    for start, part in vectors.iter_chunks():
+        scores = queries @ part.T
         ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
         if exclude is not None:
             scores = np.where(ids == exclude[:, None], -np.inf, scores)
@@ -174,18 +189,12 @@ def tune(index: Any, queries: np.ndarray, exact: np.ndarray, target_recall: floa
     return best
 
 
-def tune_and_measure(index: Any, vectors: VectorParts, n_queries: int, target_recall: float,
-                     k: int = 10, queries: np.ndarray | None = None,
-                     exact: np.ndarray | None = None, seed: int = 0,
-                     max_query_time_ms: float | None = None) -> dict[str, Any]:
-    """Tune `index` on half the queries and measure it on the other half.
-
-    Queries are held out: either given (`queries`, not in the index) or drawn from the indexed
-    vectors leave-one-out (each query's own row is excluded from both the exact and the
-    approximate results, so no query can find itself). `exact`: the queries' exact top-k when
-    already known (benchmarks), else computed here. Returns recall@1, recall@k, the chosen
-    parameter and single-query p50/p99 latency (ms).
-    """
+def held_out(vectors: Vectors, n_queries: int, k: int, queries: np.ndarray | None = None,
+             exact: np.ndarray | None = None, seed: int = 0
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """(queries, exact top-k, excluded own ids or None, k): given held-out queries, or
+    `n_queries` drawn from the indexed vectors leave-one-out (each query's own row is excluded
+    from both the exact and the approximate results, so no query can find itself)."""
     exclude = None
     if queries is None:
         n_queries = min(n_queries, len(vectors))
@@ -194,23 +203,145 @@ def tune_and_measure(index: Any, vectors: VectorParts, n_queries: int, target_re
     k = max(1, min(k, len(vectors) - (1 if exclude is not None else 0)))
     if exact is None:
         exact = exact_top_k(vectors, queries, k, exclude)
-    half = max(1, len(queries) // 2) if len(queries) > 1 else 1
-    tune_q, tune_x = queries[:half], None if exclude is None else exclude[:half]
-    eval_q = queries[half:] if len(queries) > 1 else queries
-    eval_exact = exact[half:] if len(queries) > 1 else exact
-    eval_x = None if exclude is None else (exclude[half:] if len(queries) > 1 else exclude)
-    param, tuned_recall = tune(index, tune_q, exact[:half], target_recall, k, tune_x,
+    return queries, exact, exclude, k
+
+
+def halves(queries: np.ndarray, exact: np.ndarray, exclude: np.ndarray | None
+           ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray | None], ...]:
+    """(tune, eval) splits of (queries, exact, exclude): the first half tunes, the second
+    measures (one query: both are that query)."""
+    if len(queries) < 2:
+        return (queries, exact, exclude), (queries, exact, exclude)
+    half = len(queries) // 2
+    return ((queries[:half], exact[:half], None if exclude is None else exclude[:half]),
+            (queries[half:], exact[half:], None if exclude is None else exclude[half:]))
+
+
+def tune_and_measure(index: Any, vectors: Vectors, n_queries: int, target_recall: float,
+                     k: int = 10, queries: np.ndarray | None = None,
+                     exact: np.ndarray | None = None, seed: int = 0,
+                     max_query_time_ms: float | None = None) -> dict[str, Any]:
+    """Tune `index` on half the held-out queries (see `held_out`) and measure it on the other
+    half. `exact`: the queries' exact top-k when already known (benchmarks), else computed
+    here. Returns recall@1, recall@k, the chosen parameter and single-query p50/p99 (ms)."""
+    queries, exact, exclude, k = held_out(vectors, n_queries, k, queries, exact, seed)
+    (tune_q, tune_e, tune_x), (eval_q, eval_e, eval_x) = halves(queries, exact, exclude)
+    param, tuned_recall = tune(index, tune_q, tune_e, target_recall, k, tune_x,
                                max_query_time_ms)
-    approx = search_ids(index, eval_q, k, eval_x)
-    p50, p99 = latency_ms(index, eval_q, k)
+    return {"index_param": param, **measure(index, eval_q, eval_e, eval_x, k, target_recall,
+                                            tuned_recall, exclude is None)}
+
+
+def measure(index: Any, queries: np.ndarray, exact: np.ndarray, exclude: np.ndarray | None,
+            k: int, target_recall: float, tuned_recall: float, given: bool) -> dict[str, Any]:
+    """recall@1, recall@k and single-query p50/p99 (ms) of `index` (anything with faiss's
+    `search`) on held-out queries."""
+    approx = search_ids(index, queries, k, exclude)
+    p50, p99 = latency_ms(index, queries, k)
     return {
-        "index_param": param,
         "target_recall": target_recall,
-        "recall_at_1": round(recall_at(approx, eval_exact, 1), 4),
-        f"recall_at_{k}": round(recall_at(approx, eval_exact, k), 4),
-        "recall_queries": int(len(eval_q)),
-        "recall_queries_kind": "given held-out" if exclude is None else "leave-one-out",
+        "recall_at_1": round(recall_at(approx, exact, 1), 4),
+        f"recall_at_{k}": round(recall_at(approx, exact, k), 4),
+        "recall_queries": int(len(queries)),
+        "recall_queries_kind": "given held-out" if given else "leave-one-out",
         "tuning_recall": round(tuned_recall, 4),
         "latency_p50_ms": round(p50, 3),
         "latency_p99_ms": round(p99, 3),
     }
+
+
+RERANK_DEPTHS = (20, 50, 100, 200, 400, 800)  # first-stage candidates to try re-ranking
+TIMING_ROUNDS = 5
+
+
+def _prefix_recalls(store: Any, queries: np.ndarray, candidates: np.ndarray,
+                    exact: np.ndarray, k: int, depths: Sequence[int]) -> list[float]:
+    """recall@k after re-ranking the first d candidates, for each d in `depths`, from one
+    first-stage search of max(depths) (a search for d candidates returns the prefix of a
+    search for more: the first stage ranks by its own fixed approximate distances)."""
+    from clip_index.index.rerank import dot_rows
+
+    totals = np.zeros(len(depths))
+    for q, cand, truth in zip(queries, candidates, exact):
+        positions = np.flatnonzero(cand >= 0)
+        scores = dot_rows(store.take(cand[positions]), q)
+        # first-stage positions in exact order: a candidate's exact rank does not depend on the
+        # depth, so the re-ranked top k at depth d are the first k of these with position < d
+        order = positions[np.argsort(-scores, kind="stable")]
+        wanted = set(truth[:k].tolist())
+        for j, d in enumerate(depths):
+            top = cand[order[order < d][:k]]
+            totals[j] += len(wanted.intersection(top.tolist())) / k
+    return list(totals / max(1, len(queries)))
+
+
+def tune_two_stage(first_stage: Any, store: Any, n_queries: int, target_recall: float,
+                   k: int = 10, queries: np.ndarray | None = None,
+                   exact: np.ndarray | None = None, seed: int = 0,
+                   max_query_time_ms: float | None = None,
+                   depths: Sequence[int] = RERANK_DEPTHS) -> dict[str, Any]:
+    """Set the first stage's search parameter (nprobe) and choose the re-rank depth: for each
+    depth the smallest nprobe whose re-ranked recall@k reaches `target_recall` on half the
+    held-out queries, then among those pairs the one with the lowest single-query p50 (the
+    cheapest); measured on the other half. nprobe grows until every depth has reached the
+    target or a query takes more than `max_query_time_ms`; when no pair reaches the target the
+    best recall within the budget is kept, with a warning."""
+    import faiss
+
+    from clip_index.index.rerank import TwoStageIndex
+
+    queries, exact, exclude, k = held_out(store, n_queries, k, queries, exact, seed)
+    (tune_q, tune_e, tune_x), (eval_q, eval_e, eval_x) = halves(queries, exact, exclude)
+    depths = sorted({min(d, len(store)) for d in depths if d >= k} or {min(10 * k, len(store))})
+    space = faiss.ParameterSpace()
+    reached: dict[int, tuple[str, float]] = {}
+    best = (-1.0, "", depths[-1])
+    for param in candidate_params(first_stage) or [""]:
+        if param:
+            space.set_index_parameters(first_stage, param)
+        extra = 0 if tune_x is None else 1
+        _, cand = first_stage.search(tune_q, min(depths[-1] + extra, len(store)))
+        if tune_x is not None:
+            cand = np.where(cand == tune_x[:, None], -1, cand)
+        recalls = _prefix_recalls(store, tune_q, cand, tune_e, k, depths)
+        log.debug("tune: %s → re-ranked recall@%d %s", param, k,
+                  dict(zip(depths, np.round(recalls, 4))))
+        for d, r in zip(depths, recalls):
+            if d not in reached and r >= target_recall:
+                reached[d] = (param, r)
+            if r > best[0] + 1e-9:
+                best = (r, param, d)
+        if len(reached) == len(depths):
+            break
+        if max_query_time_ms:
+            unsettled = min(d for d in depths if d not in reached)
+            p50 = latency_ms(TwoStageIndex(first_stage, store, unsettled), tune_q, k, n=30)[0]
+            if p50 > max_query_time_ms:
+                log.info("tune: %s with %d candidates takes %.2f ms per query, over "
+                         "max_index_query_time_ms=%s: stopping", param, unsettled, p50,
+                         max_query_time_ms)
+                break
+    options = [(param, d, r) for d, (param, r) in reached.items()]
+    if not options:
+        log.warning("tune: no (nprobe, re-rank depth) reached recall@%d %.3f; using %s with %d "
+                    "candidates (recall %.4f)", k, target_recall, best[1], best[2], best[0])
+        options = [(best[1], best[2], best[0])]
+    # time the options interleaved, a few rounds: on a shared machine, load that comes and
+    # goes then slows every option alike instead of whichever was timed at the wrong moment
+    samples: list[list[float]] = [[] for _ in options]
+    for _ in range(TIMING_ROUNDS if len(options) > 1 else 1):
+        for j, (param, d, _r) in enumerate(options):
+            if param:
+                space.set_index_parameters(first_stage, param)
+            samples[j].append(latency_ms(TwoStageIndex(first_stage, store, d), tune_q, k,
+                                         n=40)[0])
+    timed = [(float(np.median(t)), d, param, r) for t, (param, d, r) in zip(samples, options)]
+    _, depth, param, tuned_recall = min(timed)
+    if param:
+        space.set_index_parameters(first_stage, param)
+    two_stage = TwoStageIndex(first_stage, store, depth)
+    first_only = recall_at(search_ids(first_stage, eval_q, k, eval_x), eval_e, k)
+    return {"index_param": param, "rerank_depth": int(depth),
+            f"first_stage_recall_at_{k}": round(first_only, 4),
+            **measure(two_stage, eval_q, eval_e, eval_x, k, target_recall, tuned_recall,
+                      exclude is None)}

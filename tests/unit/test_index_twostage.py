@@ -1,0 +1,248 @@
+"""Two-stage index: chosen from two_stage_min_vectors on (small sets keep one stage), a faiss
+first stage readable alone plus float16 re-rank vectors, ids aligned with the mapping, exact
+re-ranked scores, both stages in index_infos.json, clear errors for broken folders, and the
+bounded-memory build's pieces (the sample, the store writer)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from clip_index import schema
+from clip_index.config import ConfigError, IndexConfig
+from clip_index.index.build import run_index
+from clip_index.index.rerank import RERANK_FILE, RerankStore, RerankWriter
+from clip_index.index.twostage import first_stage_key, stream_and_sample
+from clip_index.publish.hub import QUERY_FILES
+from clip_index.search.searcher import ClipIndex
+from tests.support.index_builder import write_output_dir
+
+DIM = 32
+N = 4000
+
+
+def _clustered(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, DIM))
+    x = centres[rng.integers(0, 40, n)] + 0.4 * rng.standard_normal((n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, list[str]]:
+    out = tmp_path_factory.mktemp("twostage")
+    vectors = _clustered(N)
+    rng = np.random.default_rng(5)
+    uids = [f"uid-{i}" for i in rng.permutation(N)]
+    cuts = [0, 1000, 1000, 2500, N]  # uneven shards, one empty, numbers that sort differently
+    write_output_dir(out, vectors, uids, [list(range(a, b)) for a, b in zip(cuts, cuts[1:])],
+                     shard_numbers=[3, 99999, 100000, 10])
+    run_index(str(out), IndexConfig(two_stage_min_vectors=N, recall_queries=300,
+                                    target_recall=0.95))
+    return out, vectors, uids
+
+
+def test_from_the_threshold_on_the_index_has_two_stages_described_in_infos(
+        built: tuple[Path, np.ndarray, list[str]]) -> None:
+    out, _, _ = built
+    infos = json.loads((out / schema.INDEX_INFOS).read_text())
+    assert infos["two_stage"] is True and infos["vectors"] == N and infos["dim"] == DIM
+    first, rerank = infos["stages"]["first"], infos["stages"]["rerank"]
+    assert first["index_key"] == infos["index_key"] and "x4fs" in first["index_key"]
+    assert first["index_param"] == infos["index_param"] and infos["index_param"].startswith(
+        "nprobe=")
+    assert rerank["file"] == f"faiss/{RERANK_FILE}" and rerank["dtype"] == "float16"
+    assert rerank["depth"] == infos["rerank_depth"] >= 10
+    assert infos["recall_at_10"] >= 0.9  # measured on held-out halves of leave-one-out queries
+    assert infos["recall_at_10"] >= infos["first_stage_recall_at_10"]
+    # the first stage is a plain faiss index; the re-rank vectors a plain float16 .npy
+    first_stage = faiss.read_index(str(out / "faiss" / "knn.index"))
+    assert first_stage.ntotal == N and first_stage.d == DIM
+    stored = np.load(out / "faiss" / RERANK_FILE, mmap_mode="r")
+    assert stored.dtype == np.float16 and stored.shape == (N, DIM)
+    assert infos["size_bytes"] == (out / "faiss" / "knn.index").stat().st_size
+    # the published layout's query files include the re-rank vectors (hf:// readers get them)
+    assert any(fnmatch.fnmatch(f"faiss/{RERANK_FILE}", p) for p in QUERY_FILES)
+
+
+def test_ids_stay_aligned_and_scores_are_exact_inner_products(
+        built: tuple[Path, np.ndarray, list[str]]) -> None:
+    out, vectors, uids = built
+    for mmap in (False, True):
+        index = ClipIndex(out, mmap=mmap)
+        assert index.store is not None and len(index) == N
+        results = index.search_embedding(vectors[:300], k=5)
+        assert [r[0].uid for r in results] == uids[:300]  # each finds its own row first
+        stored = np.load(out / "faiss" / RERANK_FILE).astype(np.float32)
+        found = 0
+        for q, row in zip(vectors[:300], results):
+            exact = stored @ q
+            scores = [r.score for r in row]
+            assert scores == pytest.approx(exact[[r.id for r in row]], abs=1e-5)  # exact
+            assert scores == sorted(scores, reverse=True)
+            found += len({r.id for r in row} & set(np.argsort(-exact)[:5].tolist()))
+        assert found / (5 * 300) >= 0.9  # the re-ranked top 5 are mostly the true top 5
+        assert np.allclose(index.embeddings_of(np.array([7, 3])), stored[[7, 3]])
+
+
+def test_deduplicate_widens_past_the_rerank_depth(
+        built: tuple[Path, np.ndarray, list[str]]) -> None:
+    out, vectors, _ = built
+    index = ClipIndex(out)
+    deep = index.infos["rerank_depth"] + 50
+    (row,) = index.search_embedding(vectors[:1], k=deep)
+    assert len(row) == deep and len({r.id for r in row}) == deep
+    (dedup,) = index.search_embedding(vectors[:1], k=3, deduplicate=0.999)
+    assert len(dedup) == 3
+
+
+def test_below_the_threshold_the_index_keeps_one_stage(tmp_path: Path) -> None:
+    vectors = _clustered(600)
+    write_output_dir(tmp_path, vectors, [f"u{i}" for i in range(600)])
+    (tmp_path / "faiss").mkdir()
+    (tmp_path / "faiss" / RERANK_FILE).write_bytes(b"stale")  # from an earlier build
+    run_index(str(tmp_path), IndexConfig(index_key="HNSW32", recall_queries=50,
+                                         two_stage_min_vectors=600))  # index_key wins
+    infos = json.loads((tmp_path / schema.INDEX_INFOS).read_text())
+    assert infos["two_stage"] is False and infos["index_key"] == "HNSW32"
+    assert not (tmp_path / "faiss" / RERANK_FILE).exists()
+    assert ClipIndex(tmp_path).store is None
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_missing_rerank_file_is_named(built: tuple[Path, np.ndarray, list[str]],
+                                        tmp_path: Path) -> None:
+    out = _copy(built[0], tmp_path / "copy")
+    (out / "faiss" / RERANK_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{RERANK_FILE}.*missing"):
+        ClipIndex(out)
+
+
+def test_a_rerank_file_of_the_wrong_length_or_dim_is_refused(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path) -> None:
+    out = _copy(built[0], tmp_path / "copy")
+    path = out / "faiss" / RERANK_FILE
+    np.save(path, np.zeros((N - 1, DIM), dtype=np.float16))
+    with pytest.raises(ValueError, match=f"hold {N - 1} rows but the first stage holds {N}"):
+        ClipIndex(out)
+    np.save(path, np.zeros((N, DIM + 1), dtype=np.float16))
+    with pytest.raises(ValueError, match=f"dim {DIM + 1} but the first stage has dim {DIM}"):
+        ClipIndex(out)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match="cannot be read"):
+        ClipIndex(out)
+
+
+def test_an_index_built_with_another_model_is_refused(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path) -> None:
+    out = _copy(built[0], tmp_path / "copy")
+    manifest = json.loads((out / schema.MANIFEST).read_text())
+    manifest["model"] = "ViT-L-14"
+    (out / schema.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="built from model 'tiny-clip'.*'ViT-L-14'"):
+        ClipIndex(out)
+
+
+def test_a_query_of_another_dim_is_refused(built: tuple[Path, np.ndarray, list[str]]) -> None:
+    with pytest.raises(ValueError, match=rf"expected \(n, {DIM}\)"):
+        ClipIndex(built[0]).search_embedding(np.ones(DIM + 4, dtype=np.float32))
+
+
+def test_first_stage_key_follows_the_size() -> None:
+    assert first_stage_key(1_000_000, 512) == "IVF4096,PQ128x4fs"
+    assert first_stage_key(12_800_000, 512) == "IVF16384_HNSW32,PQ128x4fs"
+    assert first_stage_key(250_000, 768) == "IVF2048,PQ192x4fs"
+    assert first_stage_key(300_000, 510).endswith(",SQ8")  # fast-scan PQ cannot split 510
+
+
+def test_config_refuses_bad_two_stage_settings() -> None:
+    with pytest.raises(ConfigError, match="rerank_dtype='int8'"):
+        IndexConfig(rerank_dtype="int8").validate()
+    with pytest.raises(ConfigError, match="two_stage_min_vectors=-1"):
+        IndexConfig(two_stage_min_vectors=-1).validate()
+    with pytest.raises(ConfigError, match="first_stage_key='IVF,,'"):
+        IndexConfig(first_stage_key="IVF,,").validate()
+
+
+def test_the_build_pass_writes_the_store_and_a_uniform_sample_in_id_order(
+        tmp_path: Path) -> None:
+    vectors = _clustered(3000, seed=3)
+    write_output_dir(tmp_path, vectors, [f"u{i}" for i in range(3000)],
+                     [list(range(0, 1200)), list(range(1200, 3000))])
+    store_path = str(tmp_path / "store.npy")
+    sample, n, dim = stream_and_sample(str(tmp_path), store_path, "float16", 500, 3000)
+    assert (n, dim) == (3000, DIM) and sample.shape == (500, DIM)
+    store = RerankStore(store_path, 3000, DIM)
+    as_stored = vectors.astype(np.float16).astype(np.float32)
+    assert np.array_equal(np.concatenate([c for _, c in store.iter_chunks(rows=700)]),
+                          as_stored)
+    # every sampled row is a stored row, none twice, drawn from both shards, in id order
+    rows = [int(np.flatnonzero((as_stored == s).all(axis=1))[0]) for s in sample]
+    assert len(set(rows)) == 500 and rows == sorted(rows)
+    assert min(rows) < 1200 < max(rows)
+
+
+def test_the_store_writer_checks_the_row_count(tmp_path: Path) -> None:
+    writer = RerankWriter(str(tmp_path / "s.npy"), 10, 4)
+    writer.append(np.ones((6, 4), dtype=np.float32))
+    with pytest.raises(RuntimeError, match="more than the 10 rows"):
+        writer.append(np.ones((5, 4), dtype=np.float32))
+    with pytest.raises(RuntimeError, match="6 rows written, 10 announced"):
+        writer.close()
+    with pytest.raises(ValueError, match=r"expected \(m, 4\)"):
+        RerankWriter(str(tmp_path / "t.npy"), 10, 4).append(np.ones((2, 5)))
+
+
+def test_cli_query_and_retrieve_read_a_two_stage_folder(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from clip_index.cli import main
+
+    out, vectors, uids = built
+    (tmp_path / "e.json").write_text(json.dumps(vectors[[4, 9]].tolist()))
+    assert main(["query", str(out), "--embedding", str(tmp_path / "e.json"), "-k", "3",
+                 "--json", "--mmap"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r[0]["uid"] for r in rows] == [uids[4], uids[9]] and len(rows[0]) == 3
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"embedding": v.tolist()}) + "\n"
+                                              for v in vectors[:3]))
+    assert main(["retrieve", str(tmp_path / "q.jsonl"), str(out), "--output",
+                 str(tmp_path / "r"), "--num-images", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["queries"] == 3 and summary["matches"] == 12
+
+
+def test_a_published_two_stage_index_opens_from_the_hub(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as constants
+
+    from clip_index.config import PublishConfig
+    from clip_index.publish.step import run_publish
+    from tests.support.hub_server import HubStandIn
+
+    out = _copy(built[0], tmp_path / "copy")
+    # the stand-in speaks the LFS "basic" transfer, not Xet; the suite runs offline otherwise
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub = HubStandIn().start()
+    try:
+        run_publish(str(out), PublishConfig(repo_id="org/two"), token=hub.token,
+                    endpoint=hub.endpoint)
+        index = ClipIndex.from_hub("org/two", endpoint=hub.endpoint, token=hub.token,
+                                   cache_dir=str(tmp_path / "cache"))
+    finally:
+        hub.stop()
+    assert index.store is not None and not (Path(index.output_dir) / "data").exists()
+    _, vectors, uids = built
+    assert [r[0].uid for r in index.search_embedding(vectors[:20], k=2)] == uids[:20]
