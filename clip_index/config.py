@@ -12,6 +12,7 @@ from typing import Any
 
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
 ENCODE_FORMATS = ("jpeg", "png", "webp")
+IMAGE_DECODERS = ("auto", "pillow")
 EMBED_DTYPES = ("float32", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -66,9 +67,18 @@ class LoadConfig(_Config):
 class DownloadConfig(_Config):
     """Download step: fetch, verify, resize and re-encode every URL of a shard.
 
-    timeout_s: total deadline per request (connect + headers + body), seconds.
-    retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets).
-    concurrency: requests in flight per process; per_host_concurrency caps one host.
+    timeout_s: total deadline per request attempt (connect + headers + body), seconds;
+        first_timeout_s: the first attempt's (shorter: a dead request is retried sooner,
+        later, with timeout_s; 0 = timeout_s).
+    drip_bytes_per_s / max_drip_s: a body still arriving at this average rate when its
+        deadline comes is alive, not dead: it may go on up to max_drip_s seconds.
+    retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets); a retry
+        waits its backoff holding no slot, and queues behind the fresh rows of its host.
+    concurrency: requests in flight per process (the web is latency-bound: an event loop
+        holds hundreds cheaply); per_host_concurrency caps one host, and rows waiting for a
+        busy host hold no global slot.
+    shards_in_flight: shards of a work unit open at once: the next shard starts as soon as
+        every row of the previous one is started, so their tails overlap.
     image_size: target size in pixels (the shorter side for keep_ratio, the square side for
         center_crop and border); images are never upscaled.
     min_image_size: rows whose original shorter side is below this are `filtered`.
@@ -78,15 +88,21 @@ class DownloadConfig(_Config):
     allow_private_networks: allow loopback/private/link-local addresses (tests, the demo).
     respect_opt_out: honour ``X-Robots-Tag: noai / noimageai`` (status `opted_out`).
     decode_workers: processes that decode and resize (0 = one per core).
+    image_decoder: auto (PNG through libvips when it loads, else Pillow; JPEG through Pillow's
+        DCT scaling, still WebP through libwebp's scaling) or pillow (never libvips).
     checkpoint_rows: finished rows are saved in chunks of this many; a run killed mid-shard
         redoes at most the unsaved chunk (and the rows in flight).
     max_failure_rate: the step fails when the share of non-successes passes this.
     """
 
     timeout_s: float = 20.0
+    first_timeout_s: float = 5.0
+    drip_bytes_per_s: int = 4096
+    max_drip_s: float = 120.0
     retries: int = 2
-    concurrency: int = 128
+    concurrency: int = 512
     per_host_concurrency: int = 16
+    shards_in_flight: int = 3
     image_size: int = 256
     resize_mode: str = "keep_ratio"
     min_image_size: int = 0
@@ -99,12 +115,20 @@ class DownloadConfig(_Config):
     respect_opt_out: bool = True
     max_redirects: int = 5
     decode_workers: int = 0
+    image_decoder: str = "auto"
     checkpoint_rows: int = 500
     user_agent: str = "clip-index/0.1 (+https://github.com/clip-index/clip-index)"
     max_failure_rate: float = 1.0
 
     def validate(self) -> None:
         _check(self.timeout_s > 0, "timeout_s", self.timeout_s, "seconds > 0")
+        _check(self.first_timeout_s >= 0, "first_timeout_s", self.first_timeout_s,
+               "seconds >= 0 (0 = timeout_s)")
+        _check(self.drip_bytes_per_s >= 1, "drip_bytes_per_s", self.drip_bytes_per_s,
+               "bytes per second >= 1")
+        _check(self.max_drip_s >= 0, "max_drip_s", self.max_drip_s, "seconds >= 0")
+        _check(self.shards_in_flight >= 1, "shards_in_flight", self.shards_in_flight,
+               "an integer >= 1")
         _check(self.retries >= 0, "retries", self.retries, "an integer >= 0")
         _check(self.concurrency >= 1, "concurrency", self.concurrency, "an integer >= 1")
         _check(
@@ -127,6 +151,8 @@ class DownloadConfig(_Config):
         _check(self.max_redirects >= 0, "max_redirects", self.max_redirects, ">= 0")
         _check(self.decode_workers >= 0, "decode_workers", self.decode_workers,
                "0 (one per core) or a process count")
+        _check(self.image_decoder in IMAGE_DECODERS, "image_decoder", self.image_decoder,
+               f"one of {IMAGE_DECODERS}")
         _check(self.checkpoint_rows >= 1, "checkpoint_rows", self.checkpoint_rows,
                "rows per checkpoint chunk >= 1")
         _check(self.user_agent.strip() != "", "user_agent", self.user_agent,
