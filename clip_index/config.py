@@ -102,7 +102,7 @@ class DownloadConfig(_Config):
     retries: int = 2
     concurrency: int = 512
     per_host_concurrency: int = 16
-    shards_in_flight: int = 3
+    shards_in_flight: int = 8
     image_size: int = 256
     resize_mode: str = "keep_ratio"
     min_image_size: int = 0
