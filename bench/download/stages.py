@@ -2,7 +2,7 @@
 of every corpus image in one process (no network, no pool), then the step's own
 `process_batch` over the same images with user and system CPU per image.
 
-    python -m bench.download.stages [--images 10000] [--sample 0]
+    python -m bench.download.stages [--images 10000] [--sample 0] [--image-decoder pillow]
 
 Uses the download benchmark's corpus (generated if missing). The stages are the functions
 `clip_index.download.resize.process_image` calls (decode, fit, encode) plus the sha256; the
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
     p.add_argument("--sample", type=int, default=0, help="images to time (0 = all)")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    p.add_argument("--image-decoder", default="auto", choices=("auto", "pillow"),
+                   help="the step's decoder choice: auto (PNG through libvips) or pillow")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     corpus = corpus_mod.ensure(args.work_dir / f"corpus-{args.images}-seed{args.seed}",
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     # read from disk per image, not held: the step's processes trim their heap past 512 MiB
     # of RSS, which 2.5 GB of bodies held here would trigger after every batch
     paths = [(corpus.root / r["relpath"], r["format"]) for r in rows]
-    config = DownloadConfig(image_size=224, resize_mode="keep_ratio")
+    config = DownloadConfig(image_size=224, resize_mode="keep_ratio",
+                            image_decoder=args.image_decoder)
     resize.init_worker(config)  # the workers' allocator settings too
 
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
