@@ -186,10 +186,10 @@ def _decode_webp_scaled(data: bytes, config: DownloadConfig) -> Decoded | None:
 
 
 def _decode_vips(data: bytes, config: DownloadConfig) -> Decoded | None:
-    """A PNG decoded by libvips straight to the target size (see vips.py); None for other
-    formats, EXIF-rotated PNGs (rare: Pillow applies their orientation) or where libvips does
+    """A (large) PNG decoded by libvips straight to the target size (see vips.py); None for
+    other formats, smaller PNGs under "auto", EXIF-rotated PNGs (rare: Pillow applies their orientation) or where libvips does
     not load, which the other decoders handle."""
-    if config.image_decoder == "pillow" or not vips.handles(data) or not vips.available():
+    if not vips.handles(data, config.image_decoder) or not vips.available():
         return None
     try:
         width, height, orientation = vips.header(data)
@@ -262,7 +262,7 @@ def init_worker(config: DownloadConfig) -> None:
     global _WORKER_CONFIG
     _WORKER_CONFIG = config
     reuse_freed_memory()
-    if config.image_decoder == "auto":
+    if config.image_decoder != "pillow":
         vips.available()  # load libvips (configured) once per worker, not on the first PNG
 
 

@@ -173,7 +173,7 @@ async def _download_unit(jobs: list[_Job], config: DownloadConfig) -> list[Shard
     """Every job's rows on one loop, session and decode pool; a job's rows start once the
     previous job's have all started (at most `shards_in_flight` jobs open)."""
     reuse_freed_memory()
-    if config.image_decoder == "auto":
+    if config.image_decoder != "pillow":
         vips.warn_if_unavailable()  # once per unit, here rather than in every worker
     loop = asyncio.get_running_loop()
     dns_threads = concurrent.futures.ThreadPoolExecutor(_DNS_THREADS, thread_name_prefix="dns")

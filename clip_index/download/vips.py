@@ -1,11 +1,14 @@
-"""libvips decoding for the download step: PNG (and animated or EXIF-carrying WebP) decoded and
-shrunk in one streaming pass, through the `pyvips` + `pyvips-binary` wheels.
+"""libvips decoding for the download step: large PNGs decoded and shrunk in one streaming pass,
+through the `pyvips` + `pyvips-binary` wheels.
 
-Pillow decodes a PNG at full size (zlib inflate + a scalar unfilter) and then resizes it; libvips
-reads it through libspng line by line and shrinks as it goes with a SIMD resampler, so the
-original is never held whole: 2-3x less CPU per corpus PNG at the same quality against a Lanczos
-reference (BENCHMARKS.md, "libvips"). JPEG stays on Pillow's DCT-scaled path and still WebP on
-libwebp's scaled decode (webp.py): both measured faster there.
+Measured on the benchmark corpus (BENCHMARKS.md, "libvips"), one core: libvips' PNG decode is
+no faster than Pillow's (both inflate with zlib and unfilter in C; Pillow's zlib-ng is the
+faster inflate), and each libvips call costs a fixed setup, so for the typical web PNG Pillow's
+path (full decode, box reduce, bilinear) stays the faster one. From a few megapixels up libvips
+wins (its line-by-line shrink never holds the original: a 20 MP RGBA PNG is 80 MB in Pillow),
+so `image_decoder="auto"` sends PNGs of `VIPS_MIN_PIXELS` or more to libvips and "vips" sends
+every PNG there. JPEG stays on Pillow's DCT-scaled path and still WebP on libwebp's scaled
+decode (webp.py): both measured faster than libvips.
 
 Bounded like the rest of the step: the header is read first and the pixel limit and size
 filters are checked before any pixel is decoded; no operation cache (`cache_set_max(0)`), one
@@ -24,6 +27,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+VIPS_MIN_PIXELS = 4_000_000  # "auto": PNGs this large or larger go to libvips (measured)
 # 16-bit bands are scaled to 8 bits; the shift keeps the full range (65535 >> 8 = 255)
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
@@ -71,9 +75,16 @@ def _warn_once(reason: str) -> None:
                 "slower; install pyvips and pyvips-binary", reason)
 
 
-def handles(data: bytes) -> bool:
-    """Whether this body goes to libvips: PNGs (APNGs give their first frame, as Pillow)."""
-    return data[:8] == _PNG_MAGIC
+def handles(data: bytes, decoder: str) -> bool:
+    """Whether this body goes to libvips under `decoder` (auto / vips / pillow): PNGs (APNGs give
+    their first frame, as Pillow), under "auto" only those of `VIPS_MIN_PIXELS` or more (read
+    from the IHDR chunk: no library call)."""
+    if decoder == "pillow" or data[:8] != _PNG_MAGIC:
+        return False
+    if decoder == "vips":
+        return True
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return width * height >= VIPS_MIN_PIXELS
 
 
 def header(data: bytes) -> tuple[int, int, int]:

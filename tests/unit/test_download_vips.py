@@ -1,4 +1,5 @@
-"""PNGs through libvips (pyvips wheels) give the rows the Pillow path gives: the same statuses,
+"""PNGs through libvips (pyvips wheels; every PNG with image_decoder="vips", large ones with
+"auto") give the rows the Pillow path gives: the same statuses,
 error kinds and sizes, pixels within a tight PSNR, every safety promise kept; libvips runs
 bounded (no cache, one thread); where it cannot load the step falls back to Pillow and says so
 once."""
@@ -87,7 +88,7 @@ def _rows(config: DownloadConfig, decoder: str) -> list[Any]:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.resize_mode}-{c.image_size}")
 def test_both_paths_give_the_same_rows(config: DownloadConfig) -> None:
     assert vips.available()
-    with_vips, with_pillow = _rows(config, "auto"), _rows(config, "pillow")
+    with_vips, with_pillow = _rows(config, "vips"), _rows(config, "pillow")
     for name, a, b in zip(PNGS, with_vips, with_pillow, strict=True):
         if isinstance(b, resize.ProcessedImage):
             assert isinstance(a, resize.ProcessedImage), (name, a)
@@ -100,10 +101,16 @@ def test_both_paths_give_the_same_rows(config: DownloadConfig) -> None:
 
 
 def test_vips_really_decodes_pngs_and_keeps_the_promises() -> None:
-    config = DownloadConfig(image_size=224)
+    config = DownloadConfig(image_size=224, image_decoder="vips")
     decoded = resize._decode_vips(PNGS["rgb"], config)
     assert decoded is not None and decoded.image.size == (336, 224)  # straight to the target
     assert resize._decode_vips(routes.noisy_jpeg(300, 200), config) is None  # JPEG: Pillow
+    # "auto": only large PNGs (the IHDR size decides, before any library call)
+    auto = DownloadConfig(image_size=224)
+    assert resize._decode_vips(PNGS["rgb"], auto) is None  # 0.54 MP: Pillow
+    large = _png(Image.new("RGB", (2500, 1700), (20, 120, 220)))
+    decoded = resize._decode_vips(large, auto)
+    assert decoded is not None and decoded.image.size == (329, 224)
     # alpha composited on white, never black
     out = resize.process_image(_png(Image.new("RGBA", (400, 400), (0, 0, 0, 0))), config)
     assert Image.open(io.BytesIO(out.data)).convert("RGB").getpixel((5, 5)) >= (250, 250, 250)
@@ -116,15 +123,18 @@ def test_vips_really_decodes_pngs_and_keeps_the_promises() -> None:
     assert (tiny.width, tiny.height) == (20, 12)
 
 
-def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("decoder", ["auto", "vips"])
+def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch,
+                                                decoder: str) -> None:
     def never(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("decoded a bomb")
 
     monkeypatch.setattr(vips, "thumbnail", never)
+    with pytest.raises(resize.RowError, match="decompression_bomb"):  # 3.6 GP: libvips' header
+        resize.process_image(PNGS["bomb"], DownloadConfig(image_decoder=decoder))
     with pytest.raises(resize.RowError, match="decompression_bomb"):
-        resize.process_image(PNGS["bomb"], DownloadConfig())
-    with pytest.raises(resize.RowError, match="decompression_bomb"):
-        resize.process_image(PNGS["rgb"], DownloadConfig(max_image_pixels=900 * 600 - 1))
+        resize.process_image(PNGS["rgb"], DownloadConfig(max_image_pixels=900 * 600 - 1,
+                                                         image_decoder=decoder))
 
 
 def test_libvips_is_bounded() -> None:
@@ -145,7 +155,7 @@ def test_fallback_to_pillow_is_logged_once(monkeypatch: pytest.MonkeyPatch,
     assert [r.getMessage() for r in caplog.records].count(
         caplog.records[0].getMessage()) == 1 == len(caplog.records)
     assert "Pillow" in caplog.records[0].getMessage()
-    config = DownloadConfig(image_size=224)
+    config = DownloadConfig(image_size=224, image_decoder="vips")
     assert resize._decode_vips(PNGS["rgb"], config) is None
     out = resize.process_image(PNGS["rgb"], config)  # decoded by Pillow instead
     assert (out.width, out.height) == (336, 224)
