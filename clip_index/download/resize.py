@@ -187,8 +187,8 @@ def _decode_webp_scaled(data: bytes, config: DownloadConfig) -> Decoded | None:
 
 def _decode_vips(data: bytes, config: DownloadConfig) -> Decoded | None:
     """A (large) PNG decoded by libvips straight to the target size (see vips.py); None for
-    other formats, smaller PNGs under "auto", EXIF-rotated PNGs (rare: Pillow applies their orientation) or where libvips does
-    not load, which the other decoders handle."""
+    other formats, smaller PNGs under "auto", EXIF-rotated PNGs (rare: Pillow applies their
+    orientation) or where libvips does not load: the other decoders handle those."""
     if not vips.handles(data, config.image_decoder) or not vips.available():
         return None
     try:
