@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -277,32 +278,35 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no corpus images in {args.corpus}: run python -m bench.download.run "
                          "--images 2000 --tools img2dataset --no-ceiling once to make them")
     tools = set(args.tools.split(","))
+    count = math.ceil(args.urls / args.shard_rows)
+    plan: list[tuple[str, Any]] = []
+    if "img2dataset" in tools:
+        exe = peers.ensure_img2dataset(args.i2d_venv)
+        plan += [("img2dataset", int(t)) for t in args.i2d_threads.split(",")]
+    if "clip-index" in tools:
+        plan.append(("clip-index", []))
+        if args.clip_index_extra:
+            plan.append(("clip-index", shlex.split(args.clip_index_extra)))
     runs: list[peers.ToolRun] = []
-    with WebServer(files, args.hosts, args.seed, work) as server:
-        single, shards = write_urls(work, args.urls, args.hosts, server.port, args.seed, files,
-                                    args.shard_rows)
-        count = math.ceil(args.urls / args.shard_rows)
-        if "img2dataset" in tools:
-            exe = peers.ensure_img2dataset(args.i2d_venv)
-            for threads in (int(t) for t in args.i2d_threads.split(",")):
-                if args.wait_idle:
-                    wait_for_idle(args.wait_idle, args.idle_cores)
+    for tool, option in plan:
+        # a fresh server per run: "once" failures (503, hangs) are per server, and each tool
+        # must meet them
+        with WebServer(files, args.hosts, args.seed, work) as server:
+            single, shards = write_urls(work, args.urls, args.hosts, server.port, args.seed,
+                                        files, args.shard_rows)
+            if args.wait_idle:
+                wait_for_idle(args.wait_idle, args.idle_cores)
+            if tool == "img2dataset":
                 run = peers.run_img2dataset(
-                    exe, single, work / f"web-out-i2d-{threads}", image_size=224,
-                    resize_mode="keep_ratio", threads=threads, processes=2,
+                    exe, single, work / f"web-out-i2d-{option}", image_size=224,
+                    resize_mode="keep_ratio", threads=option, processes=2,
                     shard_size=args.shard_rows, timeout_s=args.run_timeout,
                     nginx_pids=server.pids)
-                runs.append(run)
-                logger.info("%s: %.1f img/s", run.label, run.images_per_s)
-        if "clip-index" in tools:
-            for extra in ([[]] + ([shlex.split(args.clip_index_extra)]
-                                  if args.clip_index_extra else [])):
-                if args.wait_idle:
-                    wait_for_idle(args.wait_idle, args.idle_cores)
+            else:
                 run = run_clip_index(shards, work / f"web-out-ci{len(runs)}", count,
-                                     args.run_timeout, server, extra)
-                runs.append(run)
-                logger.info("%s: %.1f img/s", run.label, run.images_per_s)
+                                     args.run_timeout, server, option)
+        runs.append(run)
+        logger.info("%s: %.1f img/s", run.label, run.images_per_s)
     results = {"machine": machine_info(), "command": "python -m bench.download.web "
                + shlex.join(sys.argv[1:] if argv is None else argv),
                "corpus_images": len(files), "runs": [r.as_dict() for r in runs]}
@@ -325,7 +329,8 @@ def report(runs: list[peers.ToolRun], args: argparse.Namespace, corpus: int) -> 
             continue
         lines.append(f"| {r.label} | {m.wall_s:.1f} | {r.successes:,} | {r.images_per_s:.1f} | "
                      f"{r.cpu_ms_per_image:.2f} | {m.peak_rss_mb:.0f} | "
-                     f"{m.other_cpu_s.get('server', 0):.1f} | {m.background_cores:.2f} |"
+                     f"{m.other_cpu_s.get('server', m.other_cpu_s.get('nginx', 0)):.1f} | "
+                     f"{m.background_cores:.2f} |"
                      + (f" {r.note}" if r.note else ""))
     i2d = [r for r in runs if r.tool == "img2dataset" and r.measurement]
     ci = [r for r in runs if r.tool == "clip-index" and r.measurement]
