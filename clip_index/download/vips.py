@@ -44,6 +44,8 @@ def _pyvips() -> Any:
     except Exception as exc:  # ImportError, OSError (no libvips), cffi errors
         _pyvips_error.append(f"{type(exc).__name__}: {exc}")
         return None
+    # libvips reports every operation through GLib at INFO: one line per stage per image
+    logging.getLogger("pyvips").setLevel(logging.WARNING)
     pyvips.cache_set_max(0)  # no operation cache across images: each image is seen once
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)
