@@ -12,6 +12,7 @@ from typing import Any
 
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
 ENCODE_FORMATS = ("jpeg", "png", "webp")
+IMAGE_DECODERS = ("auto", "pillow", "vips")
 EMBED_DTYPES = ("float32", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -73,9 +74,18 @@ class LoadConfig(_Config):
 class DownloadConfig(_Config):
     """Download step: fetch, verify, resize and re-encode every URL of a shard.
 
-    timeout_s: total deadline per request (connect + headers + body), seconds.
-    retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets).
-    concurrency: requests in flight per process; per_host_concurrency caps one host.
+    timeout_s: total deadline per request attempt (connect + headers + body), seconds;
+        first_timeout_s: the first attempt's (shorter: a dead request is retried sooner,
+        later, with timeout_s; 0 = timeout_s).
+    drip_bytes_per_s / max_drip_s: a body still arriving at this average rate when its
+        deadline comes is alive, not dead: it may go on up to max_drip_s seconds.
+    retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets); a retry
+        waits its backoff holding no slot, and queues behind the fresh rows of its host.
+    concurrency: requests in flight per process (the web is latency-bound: an event loop
+        holds hundreds cheaply); per_host_concurrency caps one host, and rows waiting for a
+        busy host hold no global slot.
+    shards_in_flight: shards of a work unit open at once: the next shard starts as soon as
+        every row of the previous one is started, so their tails overlap.
     image_size: target size in pixels (the shorter side for keep_ratio, the square side for
         center_crop and border); images are never upscaled.
     min_image_size: rows whose original shorter side is below this are `filtered`.
@@ -95,12 +105,24 @@ class DownloadConfig(_Config):
         checkpoint_rows: Finished rows are saved in chunks of this many; a run killed
             mid-shard redoes at most the unsaved chunk (and the rows in flight).
         user_agent: The User-Agent header of every request (names the project, as hosts ask).
+        first_timeout_s: The first attempt's deadline, seconds (shorter than timeout_s: a dead
+            request is retried sooner; 0 = timeout_s).
+        drip_bytes_per_s: A body still arriving at this average rate (bytes/s) at its deadline
+            is alive, not dead, and may go on up to max_drip_s.
+        max_drip_s: How long a slow but live body may go on past its deadline, seconds.
+        shards_in_flight: Shards of a work unit open at once, so that their tails overlap.
+        image_decoder: auto (PNGs of 4 MP or more through libvips, where it measured faster;
+            the rest through Pillow), pillow (never libvips) or vips (every PNG through libvips).
     """
 
     timeout_s: float = 20.0
+    first_timeout_s: float = 5.0
+    drip_bytes_per_s: int = 4096
+    max_drip_s: float = 120.0
     retries: int = 2
-    concurrency: int = 128
+    concurrency: int = 512
     per_host_concurrency: int = 16
+    shards_in_flight: int = 8
     image_size: int = 256
     resize_mode: str = "keep_ratio"
     min_image_size: int = 0
@@ -113,12 +135,20 @@ class DownloadConfig(_Config):
     respect_opt_out: bool = True
     max_redirects: int = 5
     decode_workers: int = 0
+    image_decoder: str = "auto"
     checkpoint_rows: int = 500
     user_agent: str = "clip-index/0.1 (+https://github.com/clip-index/clip-index)"
     max_failure_rate: float = 1.0
 
     def validate(self) -> None:
         _check(self.timeout_s > 0, "timeout_s", self.timeout_s, "seconds > 0")
+        _check(self.first_timeout_s >= 0, "first_timeout_s", self.first_timeout_s,
+               "seconds >= 0 (0 = timeout_s)")
+        _check(self.drip_bytes_per_s >= 1, "drip_bytes_per_s", self.drip_bytes_per_s,
+               "bytes per second >= 1")
+        _check(self.max_drip_s >= 0, "max_drip_s", self.max_drip_s, "seconds >= 0")
+        _check(self.shards_in_flight >= 1, "shards_in_flight", self.shards_in_flight,
+               "an integer >= 1")
         _check(self.retries >= 0, "retries", self.retries, "an integer >= 0")
         _check(self.concurrency >= 1, "concurrency", self.concurrency, "an integer >= 1")
         _check(
@@ -141,6 +171,8 @@ class DownloadConfig(_Config):
         _check(self.max_redirects >= 0, "max_redirects", self.max_redirects, ">= 0")
         _check(self.decode_workers >= 0, "decode_workers", self.decode_workers,
                "0 (one per core) or a process count")
+        _check(self.image_decoder in IMAGE_DECODERS, "image_decoder", self.image_decoder,
+               f"one of {IMAGE_DECODERS}")
         _check(self.checkpoint_rows >= 1, "checkpoint_rows", self.checkpoint_rows,
                "rows per checkpoint chunk >= 1")
         _check(self.user_agent.strip() != "", "user_agent", self.user_agent,

@@ -39,7 +39,7 @@ def make_retrieve_pipeline(settings: Any = None) -> Any:
         resize_mode: str = "keep_ratio",
         timeout_s: float = 20.0,
         download_retries: int = 2,
-        concurrency: int = 128,
+        concurrency: int = 512,
         allow_private_networks: bool = False,
         max_failure_rate: float = 1.0,
     ) -> None:

@@ -223,9 +223,10 @@ def _render_one(args: tuple[ImageSpec, int, str]) -> dict[str, Any]:
     spec, seed, root = args
     path = Path(root) / spec.relpath
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    _encode(render(spec, seed), spec, seed, tmp)
-    os.replace(tmp, path)
+    if not path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        _encode(render(spec, seed), spec, seed, tmp)
+        os.replace(tmp, path)
     caption = _caption(np.random.default_rng([seed, spec.index, 4]))
     return {
         "uid": spec.uid,
@@ -266,9 +267,11 @@ def ensure(root: Path, params: CorpusParams, processes: int = 0) -> Corpus:
     if cached is not None:
         logger.info("corpus: reusing %d images in %s", cached.count, root)
         return cached
-    if (root / MANIFEST).exists() or (root / IMAGES_DIR).exists():
+    if (root / MANIFEST).exists():  # made with other parameters: start afresh
         shutil.rmtree(root / IMAGES_DIR, ignore_errors=True)
         (root / MANIFEST).unlink(missing_ok=True)
+    # else an interrupted generation: its files are complete (written to a temp name, then
+    # renamed) and deterministic per (seed, index), so `_render_one` keeps them
     root.mkdir(parents=True, exist_ok=True)
     specs = plan(params)
     processes = processes or os.cpu_count() or 1

@@ -2,7 +2,8 @@
 of every corpus image in one process (no network, no pool), then the step's own
 `process_batch` over the same images with user and system CPU per image.
 
-    python -m bench.download.stages [--images 10000] [--sample 0]
+    python -m bench.download.stages [--images 10000] [--sample 0] [--image-decoder pillow|auto|vips]
+        [--formats png]
 
 Uses the download benchmark's corpus (generated if missing). The stages are the functions
 `clip_index.download.resize.process_image` calls (decode, fit, encode) plus the sha256; the
@@ -48,17 +49,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
     p.add_argument("--sample", type=int, default=0, help="images to time (0 = all)")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    p.add_argument("--image-decoder", default="auto", choices=("auto", "pillow", "vips"),
+                   help="the step's decoder: auto (PNGs of 4 MP+ through libvips), pillow, or "
+                        "vips (every PNG through libvips)")
+    p.add_argument("--formats", default="", help="only these corpus formats (e.g. png,webp)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     corpus = corpus_mod.ensure(args.work_dir / f"corpus-{args.images}-seed{args.seed}",
                                corpus_mod.CorpusParams(images=args.images, seed=args.seed))
     rows = corpus.files.select(["relpath", "format"]).to_pylist()
+    if args.formats:
+        rows = [r for r in rows if r["format"] in args.formats.split(",")]
     if args.sample:
         rows = random.Random(0).sample(rows, min(args.sample, len(rows)))
     # read from disk per image, not held: the step's processes trim their heap past 512 MiB
     # of RSS, which 2.5 GB of bodies held here would trigger after every batch
     paths = [(corpus.root / r["relpath"], r["format"]) for r in rows]
-    config = DownloadConfig(image_size=224, resize_mode="keep_ratio")
+    config = DownloadConfig(image_size=224, resize_mode="keep_ratio",
+                            image_decoder=args.image_decoder)
     resize.init_worker(config)  # the workers' allocator settings too
 
     totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))

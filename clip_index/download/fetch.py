@@ -15,7 +15,7 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -35,6 +35,7 @@ REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
 MAX_URL_CHARS = 8192  # longer URLs are refused before any request (most servers refuse them too)
 _MAX_BACKOFF_S = 30.0
+_DRIP_GRACE_S = 5.0  # a live slow body's deadline is kept at least this far ahead
 
 
 class _Retryable(RowError):
@@ -52,56 +53,84 @@ class _HostSlots:
 
 
 class Fetcher:
-    """Fetches one URL's body with a total deadline per attempt, bounded retries with backoff,
-    redirects followed by hand (so every hop passes the address guard) and a size cap."""
+    """Fetches one URL's body with a deadline per attempt, bounded retries with backoff,
+    redirects followed by hand (so every hop passes the address guard) and a size cap.
 
-    def __init__(self, session: aiohttp.ClientSession, config: DownloadConfig) -> None:
+    Slots are held only while a request is on the wire, and taken in this order: the host's
+    (politeness: at most `per_host_concurrency` requests to one host), then `ready` (the
+    caller's back-pressure, e.g. the decode pool having room), then the global window
+    (`concurrency` requests in flight). A row queued behind a busy host therefore holds no
+    global slot, so a popular host never idles the other hosts; a row waiting for a retry
+    (its backoff) holds none at all, and queues again behind the fresh rows of its host: a
+    retry never takes a fresh row's slot.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, config: DownloadConfig,
+                 ready: Callable[[], Awaitable[None]] | None = None) -> None:
         self.session = session
         self.config = config
+        self.ready = ready
+        self._window = asyncio.Semaphore(config.concurrency)
         self._hosts: dict[str, _HostSlots] = {}
+        self.retried = 0  # attempts after the first (for the stats/logs)
 
     async def fetch(self, url: str | None) -> bytes:
         url = normalise_url(url)
+        host = (urlsplit(url).hostname or "").lower()
+        last: RowError = RowError(Status.FAILED_TO_DOWNLOAD, "no_attempt")
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                self.retried += 1
+                await asyncio.sleep(_backoff_s(attempt, last))  # holding no slot
+            try:
+                return await self._slotted_attempt(url, host, self._deadline_s(attempt))
+            except _Retryable as exc:
+                last = exc
+        raise last
+
+    def _deadline_s(self, attempt: int) -> float:
+        """The first attempt's deadline is the short one (most dead requests are dead on the
+        first try; a live slow body is extended, see `_read_body`); retries get `timeout_s`."""
+        if attempt == 0 and self.config.first_timeout_s:
+            return min(self.config.first_timeout_s, self.config.timeout_s)
+        return self.config.timeout_s
+
+    async def _slotted_attempt(self, url: str, host: str, deadline_s: float) -> bytes:
         # wait for a per-host slot *before* the deadline starts: rows queued behind a busy
         # host must not time out while they wait their turn (the connector's own per-host
-        # limit would count that wait against timeout_s)
-        host = (urlsplit(url).hostname or "").lower()
+        # limit would count that wait against the deadline)
         slots = self._hosts.get(host)
         if slots is None:
             slots = self._hosts[host] = _HostSlots(self.config.per_host_concurrency)
         slots.users += 1
         try:
             async with slots.semaphore:
-                return await self._fetch(url)
+                if self.ready is not None:
+                    await self.ready()
+                async with self._window:
+                    return await self._deadlined(url, deadline_s)
         finally:
             slots.users -= 1
             if not slots.users:
                 del self._hosts[host]
 
-    async def _fetch(self, url: str) -> bytes:
-        last: RowError = RowError(Status.FAILED_TO_DOWNLOAD, "no_attempt")
-        for attempt in range(self.config.retries + 1):
-            if attempt:
-                await asyncio.sleep(_backoff_s(attempt, last))
-            try:
-                async with asyncio.timeout(self.config.timeout_s):
-                    return await self._attempt(url)
-            except _Retryable as exc:
-                last = exc
-            except RowError:
-                raise
-            except TimeoutError:
-                last = _Retryable(f"timeout: no complete response in {self.config.timeout_s}s")
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                reason = blocked_reason(exc)
-                if reason:
-                    raise RowError(Status.BLOCKED, reason) from exc
-                if isinstance(exc, (aiohttp.InvalidURL, ValueError)):
-                    raise RowError(Status.FAILED_TO_DOWNLOAD, f"invalid_url: {exc}") from exc
-                last = _Retryable(f"connection_error: {type(exc).__name__}: {exc}"[:300])
-        raise last
+    async def _deadlined(self, url: str, deadline_s: float) -> bytes:
+        """One attempt (with its redirects) under a deadline; retryable failures raise
+        `_Retryable`, final ones `RowError`."""
+        try:
+            async with asyncio.timeout(deadline_s) as timeout:
+                return await self._attempt(url, timeout)
+        except TimeoutError:
+            raise _Retryable(f"timeout: no complete response in {deadline_s:g}s") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            reason = blocked_reason(exc)
+            if reason:
+                raise RowError(Status.BLOCKED, reason) from exc
+            if isinstance(exc, (aiohttp.InvalidURL, ValueError)):
+                raise RowError(Status.FAILED_TO_DOWNLOAD, f"invalid_url: {exc}") from exc
+            raise _Retryable(f"connection_error: {type(exc).__name__}: {exc}"[:300]) from exc
 
-    async def _attempt(self, url: str) -> bytes:
+    async def _attempt(self, url: str, timeout: asyncio.Timeout) -> bytes:
         visited: set[str] = set()
         current = url
         for _ in range(self.config.max_redirects + 1):
@@ -116,7 +145,7 @@ class Fetcher:
                     current = self._next_hop(resp, visited)
                     continue
                 self._check_response(resp)
-                return await self._read_body(resp)
+                return await self._read_body(resp, timeout)
         raise RowError(Status.FAILED_TO_DOWNLOAD,
                        f"too_many_redirects: more than max_redirects={self.config.max_redirects}")
 
@@ -147,15 +176,28 @@ class Fetcher:
                            f"too_large: Content-Length {length} passes "
                            f"max_image_bytes={self.config.max_image_bytes}")
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_body(self, resp: aiohttp.ClientResponse, timeout: asyncio.Timeout) -> bytes:
+        """The body, within the size cap. A body still arriving at `drip_bytes_per_s` or
+        faster (on average since its first byte) when the deadline nears is alive, not dead:
+        each chunk that keeps that rate pushes the deadline out by `_DRIP_GRACE_S`, up to
+        `max_drip_s` after the body started. A body that stops (no byte for the rest of the
+        deadline) or crawls below the rate fails at the deadline, and is retried."""
         chunks: list[bytes] = []
         size, limit = 0, self.config.max_image_bytes
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        cap = started + self.config.max_drip_s
         while chunk := await resp.content.readany():
             size += len(chunk)
             if size > limit:
                 raise RowError(Status.FAILED_TO_DOWNLOAD,
                                f"too_large: body passes max_image_bytes={limit}")
             chunks.append(chunk)
+            now = loop.time()
+            when = timeout.when()
+            if (when is not None and when - now < _DRIP_GRACE_S and now < cap
+                    and size >= self.config.drip_bytes_per_s * max(now - started, 1.0)):
+                timeout.reschedule(min(cap, now + _DRIP_GRACE_S))
         if not size:
             raise RowError(Status.FAILED_TO_DOWNLOAD, "empty_body: the server sent no bytes")
         # one copy at the end (none for a body that arrived in one chunk), where growing a

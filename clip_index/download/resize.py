@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from clip_index.config import DownloadConfig
-from clip_index.download import webp
+from clip_index.download import vips, webp
 from clip_index.download.memory import reuse_freed_memory, trim_if_above
 from clip_index.status import RowError, Status
 
@@ -88,9 +88,10 @@ def process_image(data: bytes, config: DownloadConfig) -> ProcessedImage:
 
 
 def decode(data: bytes, config: DownloadConfig) -> Decoded:
-    """The image, decoded as small as the target allows (libwebp's scaling for still WebPs,
-    DCT scaling for JPEGs), after the size checks."""
-    return _decode_webp_scaled(data, config) or _decode(data, config)
+    """The image, decoded as small as the target allows (libvips' streaming shrink for PNGs,
+    libwebp's scaling for still WebPs, DCT scaling for JPEGs), after the size checks."""
+    return (_decode_vips(data, config) or _decode_webp_scaled(data, config)
+            or _decode(data, config))
 
 
 def fit(decoded: Decoded, config: DownloadConfig) -> Image.Image:
@@ -184,6 +185,25 @@ def _decode_webp_scaled(data: bytes, config: DownloadConfig) -> Decoded | None:
     return Decoded(img, target, 1, (width, height))
 
 
+def _decode_vips(data: bytes, config: DownloadConfig) -> Decoded | None:
+    """A (large) PNG decoded by libvips straight to the target size (see vips.py); None for
+    other formats, smaller PNGs under "auto", EXIF-rotated PNGs (rare: Pillow applies their
+    orientation) or where libvips does not load: the other decoders handle those."""
+    if not vips.handles(data, config.image_decoder) or not vips.available():
+        return None
+    try:
+        width, height, orientation = vips.header(data)
+        if orientation != 1:
+            return None
+        _check_size(width, height, config)  # before a single pixel is decoded
+        target = _target_size(width, height, config)
+        mode, size, pixels = vips.thumbnail(data, target)
+    except vips.VipsError as exc:
+        raise RowError(Status.FAILED_TO_DECODE, f"decode_error: {exc}"[:300]) from exc
+    img = Image.frombuffer(mode, size, pixels, "raw", mode, 0, 1)
+    return Decoded(img, size, 1, (width, height))
+
+
 # EXIF orientation → the transpose that displays the image upright (as ImageOps.exif_transpose)
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -242,6 +262,8 @@ def init_worker(config: DownloadConfig) -> None:
     global _WORKER_CONFIG
     _WORKER_CONFIG = config
     reuse_freed_memory()
+    if config.image_decoder != "pillow":
+        vips.available()  # load libvips (configured) once per worker, not on the first PNG
 
 
 def process_batch(bodies: list[bytes]) -> list[ProcessedImage | tuple[str, str]]:

@@ -1,11 +1,14 @@
-"""Download step: fetch every URL of a shard over HTTP(S), verify, resize and re-encode the image,
-and write one row per input row with its status and error.
+"""Download step: fetch every URL of a work unit's shards over HTTP(S), verify, resize and
+re-encode the image, and write one row per input row with its status and error.
 
-Network work runs on one asyncio event loop with one aiohttp session (connection reuse, DNS
-cache, per-host limits, the address guard: see fetch.py and guard.py); decoding and resizing run
-in a process pool sized to the cores (decoder.py), so both overlap. Finished rows are
-checkpointed in small chunks (checkpoint.py): memory is bounded by the in-flight window and one
-chunk, and a run killed mid-shard resumes where it stopped, every row ending up exactly once.
+One asyncio event loop, one aiohttp session (connection reuse, DNS cache, the address guard: see
+fetch.py and guard.py) and one decode pool (decoder.py: a process per core, decoding while the
+loop fetches) serve the whole unit. Shards run one after another but overlap: as soon as every
+row of a shard has started, the next shard's rows start too (up to `shards_in_flight` shards
+open), so the slow tail of one shard (hung requests waiting for their retry, slow bodies) no
+longer idles the machine. Each shard keeps its own checkpoint (checkpoint.py: finished rows saved
+in small chunks, so a run killed mid-shard resumes where it stopped, every row exactly once), its
+parquet file and its stats file, written when its last row is done.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,6 +27,7 @@ import pyarrow.compute as pc
 
 from clip_index import io, schema
 from clip_index.config import DownloadConfig
+from clip_index.download import vips
 from clip_index.download.checkpoint import ROW, ShardCheckpoint
 from clip_index.download.decoder import DecodePool, DecoderUnavailable
 from clip_index.download.fetch import Fetcher
@@ -39,6 +44,7 @@ _COMPRESSION = {name: "none" if name == schema.IMAGE else "zstd"
                 for name in schema.IMAGES_SCHEMA.names}
 _DNS_CACHE_S = 300
 _DNS_THREADS = 64  # getaddrinfo runs in threads: the default pool (cores + 4) starves on DNS
+_ROWS_QUEUED_PER_REQUEST = 16  # rows started (most waiting for their host) per request slot
 
 
 def shard_metadata(stats: ShardStats) -> dict[str, Any]:
@@ -48,22 +54,44 @@ def shard_metadata(stats: ShardStats) -> dict[str, Any]:
     return meta
 
 
+@dataclass
+class _Job:
+    """One shard to download: its URL file, its output file and (for a unit) its stats file."""
+
+    input_path: str
+    output_path: str
+    shard: int
+    stats_path: str | None = None
+
+
 def run_download(urls_dir: str, shards: Sequence[int], output_dir: str,
                  config: DownloadConfig) -> UnitResult:
-    """Download URL shards `shards` of `urls_dir` (a task's work unit), one after another, into
-    ``output_dir/part-NNNNN.parquet`` + ``part-NNNNN_stats.json`` each.
+    """Download URL shards `shards` of `urls_dir` (a task's work unit) into
+    ``output_dir/part-NNNNN.parquet`` + ``part-NNNNN_stats.json`` each, on one event loop,
+    session and decode pool, consecutive shards overlapping (see the module docstring).
 
     The shard is the unit of resume: one whose stats file exists is complete and is skipped (a
     retried task redoes only what it had not finished); one killed midway resumes from its
-    checkpoint (see `download_shard`). The failure rate is checked over the whole unit once
-    every shard is written.
+    checkpoint. The failure rate is checked over the whole unit once every shard is written.
     """
     config.validate()
     if not shards:
         raise ValueError(f"download: no shards given for {urls_dir}: expected a work unit of "
                          "one or more shard numbers")
     start = time.monotonic()
-    done = [download_one(urls_dir, int(shard), output_dir, config) for shard in shards]
+    results: dict[int, ShardStats] = {}
+    jobs: list[_Job] = []
+    for shard in dict.fromkeys(int(s) for s in shards):
+        stats = _finished(output_dir, shard)
+        if stats is not None:
+            results[shard] = stats
+        else:
+            jobs.append(_Job(io.join(urls_dir, io.shard_name(shard)),
+                             io.join(output_dir, io.shard_name(shard)), shard,
+                             io.join(output_dir, io.stats_name(shard))))
+    for job, stats in zip(jobs, _run_jobs(jobs, config), strict=True):
+        results[job.shard] = stats
+    done = [results[shard] for shard in dict.fromkeys(int(s) for s in shards)]
     check_failure_rate(done, config.max_failure_rate, "download")
     return UnitResult(output_dir, done, time.monotonic() - start)
 
@@ -71,6 +99,18 @@ def run_download(urls_dir: str, shards: Sequence[int], output_dir: str,
 def download_one(urls_dir: str, shard: int, output_dir: str, config: DownloadConfig) -> ShardStats:
     """One shard of a unit: skipped when complete, counted again when written without its stats,
     else downloaded; its stats file is written last."""
+    config.validate()
+    stats = _finished(output_dir, shard)
+    if stats is None:
+        stats = _run_jobs([_Job(io.join(urls_dir, io.shard_name(shard)),
+                                io.join(output_dir, io.shard_name(shard)), shard,
+                                io.join(output_dir, io.stats_name(shard)))], config)[0]
+    return stats
+
+
+def _finished(output_dir: str, shard: int) -> ShardStats | None:
+    """The stats of a shard that needs no download: complete (skipped), or written but killed
+    before its stats (counted again, its stats written now); None when it must be downloaded."""
     stats_path = io.join(output_dir, io.stats_name(shard))
     if io.exists(stats_path):
         stats = ShardStats.from_dict(io.read_json(stats_path))
@@ -85,39 +125,29 @@ def download_one(urls_dir: str, shard: int, output_dir: str, config: DownloadCon
                                                             schema.IMAGE]):
             _count(stats, pa.Table.from_batches([batch]))
         log.info("download: shard %d was written, its stats were not: counted again", shard)
-    else:
-        stats = download_shard(io.join(urls_dir, io.shard_name(shard)), output_path, config,
-                               shard=shard)
-    io.write_json(stats_path, shard_metadata(stats))
-    return stats
+        io.write_json(stats_path, shard_metadata(stats))
+        return stats
+    return None
 
 
 def download_shard(input_path: str, output_path: str, config: DownloadConfig,
                    shard: int = 0) -> ShardStats:
-    """Download every row of one URL parquet file into one image parquet file (atomic).
+    """Download every row of one URL parquet file into one image parquet file (atomic); no
+    stats file (see `run_download` for units).
 
     Rows already checkpointed by an earlier, interrupted run of the same output are not
     fetched again. The stats count every row of the output, resumed ones included; `seconds`
     is this run's time.
     """
     config.validate()
-    start = time.monotonic()
-    urls = io.read_parquet(input_path, columns=[schema.UID, schema.URL, schema.CAPTION])
-    uids = urls.column(schema.UID).to_pylist()
-    checkpoint = ShardCheckpoint(output_path, schema.IMAGES_SCHEMA, _COMPRESSION)
-    done = checkpoint.done_rows(uids)
-    if done:
-        log.info("download: shard %d resumes: %d of %d rows already done", shard, len(done),
-                 len(uids))
-    todo = [i for i in range(len(uids)) if i not in done]
-    if todo:
-        asyncio.run(_download_rows(urls, todo, config, checkpoint, shard))
-    stats = ShardStats(shard=shard)
-    checkpoint.finish(lambda table: _count(stats, table))
+    return _run_jobs([_Job(input_path, output_path, shard)], config)[0]
+
+
+def _run_jobs(jobs: list[_Job], config: DownloadConfig) -> list[ShardStats]:
+    if not jobs:
+        return []
+    stats = asyncio.run(_download_unit(jobs, config))
     release_memory()
-    stats.seconds = time.monotonic() - start
-    log.info("download: shard %d: %d rows, %d ok, %s in %.1fs (%.1f rows/s)", shard, stats.rows,
-             stats.successes, dict(stats.statuses), stats.seconds, stats.rows_per_s)
     return stats
 
 
@@ -139,61 +169,117 @@ def _count(stats: ShardStats, table: pa.Table) -> None:
     stats.bytes += int(pc.sum(lengths).as_py() or 0)
 
 
-async def _download_rows(urls: pa.Table, todo: list[int], config: DownloadConfig,
-                         checkpoint: ShardCheckpoint, shard: int) -> None:
+async def _download_unit(jobs: list[_Job], config: DownloadConfig) -> list[ShardStats]:
+    """Every job's rows on one loop, session and decode pool; a job's rows start once the
+    previous job's have all started (at most `shards_in_flight` jobs open)."""
     reuse_freed_memory()
+    if config.image_decoder != "pillow":
+        vips.warn_if_unavailable()  # once per unit, here rather than in every worker
     loop = asyncio.get_running_loop()
     dns_threads = concurrent.futures.ThreadPoolExecutor(_DNS_THREADS, thread_name_prefix="dns")
     loop.set_default_executor(dns_threads)
-    progress = Progress(f"download shard {shard}", len(todo))
-    window = asyncio.Semaphore(config.concurrency)  # rows in flight (and bodies in memory)
-    buffer: list[dict[str, Any]] = []
-    writes: list[asyncio.Task[None]] = []
-    write_lock = asyncio.Lock()
-
-    async def write(records: list[dict[str, Any]]) -> None:
-        async with write_lock:  # one chunk at a time, in order
-            await asyncio.to_thread(checkpoint.write, records)
-        del records
-        release_memory()
-
-    def flush() -> None:
-        if buffer:
-            writes.append(asyncio.create_task(write(list(buffer))))
-            buffer.clear()
-
+    open_shards = asyncio.Semaphore(config.shards_in_flight)
+    # rows started and not finished, over all open shards: each costs a task (a few KB) while
+    # it waits for its host, so the bound is generous: a popular host's queue must not fill
+    # it, or the other hosts would idle
+    rows_room = asyncio.Semaphore(_ROWS_QUEUED_PER_REQUEST * config.concurrency)
     connector = aiohttp.TCPConnector(
         limit=config.concurrency, limit_per_host=config.per_host_concurrency,
         ttl_dns_cache=_DNS_CACHE_S, resolver=GuardedResolver(config.allow_private_networks),
     )
-    async with DecodePool(config) as pool, aiohttp.ClientSession(
-        connector=connector, headers={"User-Agent": config.user_agent}, trust_env=False,
-    ) as session:
-        fetcher = Fetcher(session, config)
+    finishing: list[asyncio.Task[ShardStats]] = []
+    try:
+        async with DecodePool(config) as pool, aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": config.user_agent}, trust_env=False,
+        ) as session:
+            fetcher = Fetcher(session, config, ready=pool.ready)
+            for job in jobs:
+                await open_shards.acquire()
+                failed = [t for t in finishing if t.done() and t.exception() is not None]
+                if failed:
+                    break  # e.g. DecoderUnavailable: gathered (and raised) below
+                run = _ShardRun(job, config)
+                await run.start(fetcher, pool, rows_room)
+                finishing.append(asyncio.create_task(run.finish(open_shards.release)))
+            return list(await asyncio.gather(*finishing))
+    finally:
+        for task in finishing:
+            task.cancel()
+        dns_threads.shutdown(wait=False)
 
-        async def one(index: int) -> None:
-            try:
-                record = await _process_row(_row(urls, index), fetcher, pool)
-            finally:
-                window.release()
-            record[ROW] = index
-            buffer.append(record)
-            progress.update()
-            if len(buffer) >= config.checkpoint_rows:
-                flush()
 
-        tasks: set[asyncio.Task[None]] = set()
-        for index in todo:
-            await pool.ready()  # decoding is behind: fetching more would only fill memory
-            await window.acquire()
-            task = asyncio.create_task(one(index))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
-        flush()
-        await asyncio.gather(*writes)
-    dns_threads.shutdown(wait=False)
-    progress.close()
+class _ShardRun:
+    """One shard on the unit's loop: its rows, its checkpoint chunks, its stats."""
+
+    def __init__(self, job: _Job, config: DownloadConfig) -> None:
+        self.job = job
+        self.config = config
+        self.started = time.monotonic()
+        self.urls = io.read_parquet(job.input_path,
+                                    columns=[schema.UID, schema.URL, schema.CAPTION])
+        uids = self.urls.column(schema.UID).to_pylist()
+        self.checkpoint = ShardCheckpoint(job.output_path, schema.IMAGES_SCHEMA, _COMPRESSION)
+        done = self.checkpoint.done_rows(uids)
+        if done:
+            log.info("download: shard %d resumes: %d of %d rows already done", job.shard,
+                     len(done), len(uids))
+        self.todo = [i for i in range(len(uids)) if i not in done]
+        self.progress = Progress(f"download shard {job.shard}", len(self.todo))
+        self.rows: list[asyncio.Task[None]] = []
+        self.buffer: list[dict[str, Any]] = []
+        self.writes: list[asyncio.Task[None]] = []
+        self.write_lock = asyncio.Lock()
+
+    async def start(self, fetcher: Fetcher, pool: DecodePool,
+                    rows_room: asyncio.Semaphore) -> None:
+        """Start every row (returns once the last one has started)."""
+        for index in self.todo:
+            await pool.ready()  # decoding is behind: starting more would only fill memory
+            await rows_room.acquire()
+            self.rows.append(asyncio.create_task(self._one(index, fetcher, pool, rows_room)))
+
+    async def _one(self, index: int, fetcher: Fetcher, pool: DecodePool,
+                   rows_room: asyncio.Semaphore) -> None:
+        try:
+            record = await _process_row(_row(self.urls, index), fetcher, pool)
+        finally:
+            rows_room.release()
+        record[ROW] = index
+        self.buffer.append(record)
+        self.progress.update()
+        if len(self.buffer) >= self.config.checkpoint_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buffer:
+            self.writes.append(asyncio.create_task(self._write(list(self.buffer))))
+            self.buffer.clear()
+
+    async def _write(self, records: list[dict[str, Any]]) -> None:
+        async with self.write_lock:  # one chunk at a time, in order
+            await asyncio.to_thread(self.checkpoint.write, records)
+        del records
+        release_memory()
+
+    async def finish(self, release: Callable[[], None]) -> ShardStats:
+        """Wait for the last row, write the shard (and its stats file, last)."""
+        try:
+            await asyncio.gather(*self.rows)
+            self._flush()
+            await asyncio.gather(*self.writes)
+            self.progress.close()
+            stats = ShardStats(shard=self.job.shard)
+            await asyncio.to_thread(self.checkpoint.finish, lambda table: _count(stats, table))
+            stats.seconds = time.monotonic() - self.started
+            if self.job.stats_path is not None:
+                await asyncio.to_thread(io.write_json, self.job.stats_path,
+                                        shard_metadata(stats))
+        finally:
+            release()
+        log.info("download: shard %d: %d rows, %d ok, %s in %.1fs (%.1f rows/s)",
+                 stats.shard, stats.rows, stats.successes, dict(stats.statuses), stats.seconds,
+                 stats.rows_per_s)
+        return stats
 
 
 def _row(urls: pa.Table, index: int) -> dict[str, Any]:
