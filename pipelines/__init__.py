@@ -134,6 +134,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             embed = c.embed_images(
                 images=images, unit=unit, model=model, pretrained=pretrained,
                 batch_size=batch_size, dtype=dtype, seed=seed, precision=precision,
+                device="cuda" if settings.gpu_count else "auto",  # a GPU task requires CUDA
             ).set_display_name("Embed images")
             embed.set_cpu_limit(settings.embed_cpu).set_memory_limit(settings.embed_memory)
             if settings.gpu_count:
