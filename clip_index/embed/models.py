@@ -182,9 +182,14 @@ def _load(name: str, pretrained: str, device: str, seed: int) -> ClipModel:
         from clip_index.embed.assets import TINY_CLIP_WEIGHTS
 
         weights = str(TINY_CLIP_WEIGHTS)
+    extra: dict[str, Any] = {}
+    staged = staged_weights(name, pretrained)
+    if staged is not None:  # in the local cache (baked into the GPU image): no hub request
+        weights, extra = staged
+        log.info("pretrained %s for %s from the local cache: %s", pretrained, name, weights)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=weights, device=device
+            name, pretrained=weights, device=device, **extra
         )
     except Exception as exc:
         if weights and not os.path.exists(weights):
@@ -199,6 +204,50 @@ def _load(name: str, pretrained: str, device: str, seed: int) -> ClipModel:
     dim = int(model.text_projection.shape[1]) if _has_text_projection(model) else _probe_dim(model)
     log.info("loaded %s (%s) on %s, dim %d", name, pretrained, device, dim)
     return ClipModel(name, pretrained, model, preprocess, tokenizer, dim, device, seed)
+
+
+# pretrained-config keys that a checkpoint loaded by path reproduces through the arguments below
+_PREPROCESS_KEYS = {"mean": "image_mean", "std": "image_std",
+                    "interpolation": "image_interpolation", "resize_mode": "image_resize_mode"}
+
+
+def staged_weights(name: str, pretrained: str, cache_dir: str | None = None
+                   ) -> tuple[str, dict[str, Any]] | None:
+    """(local file, preprocess arguments) for an open_clip pretrained tag whose weights are
+    already in the Hugging Face cache (``HF_HUB_CACHE``; the GPU image bakes the default in),
+    so that every task loads them without asking the hub (anonymous requests are rate-limited);
+    None when not cached, or when the tag needs more than the file and its preprocess (it then
+    goes through open_clip's own hub download, which uses the cache too)."""
+    import open_clip
+
+    if pretrained in (NO_WEIGHTS, BUNDLED) or os.path.exists(pretrained):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    hub = (cfg or {}).get("hf_hub", "")
+    if not hub or set(cfg) - {"url", "hf_hub", *_PREPROCESS_KEYS}:
+        return None
+    repo, filename = os.path.split(hub)  # 'org/name/' means open_clip's default file name
+    filename = filename or "open_clip_pytorch_model.bin"
+    stem = os.path.splitext(filename)[0]
+    candidates = [f"{stem.replace('pytorch_model', 'model')}.safetensors",
+                  f"{stem}.safetensors", filename]  # open_clip prefers safetensors too
+    for candidate in dict.fromkeys(candidates):
+        path = try_to_load_from_cache(repo, candidate, cache_dir=cache_dir)
+        if isinstance(path, str):
+            return path, {arg: cfg[key] for key, arg in _PREPROCESS_KEYS.items() if key in cfg}
+    return None
+
+
+def stage_weights(name: str, pretrained: str) -> str:
+    """Download `name`'s `pretrained` weights into the Hugging Face cache (the GPU image's build
+    runs this for the default model); returns the file."""
+    import open_clip
+
+    return str(open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained)))
 
 
 def _has_text_projection(model: Any) -> bool:

@@ -118,3 +118,24 @@ def test_workers_follow_the_quota_not_the_node(tmp_path, monkeypatch) -> None:
     assert dev.default_num_workers("cuda", 8, cpus=8) == 1
     assert dev.default_num_workers("cuda", 2, cpus=4) == 1
     assert dev.default_num_workers("cpu", 1, cpus=8) == 0
+
+
+def test_staged_weights_are_found_in_the_hub_cache_without_the_hub(tmp_path) -> None:
+    """The GPU image bakes the default weights into the Hugging Face cache; a task then loads
+    them by path (with the tag's preprocess settings), never asking the hub."""
+    from clip_index.embed.models import staged_weights
+
+    assert staged_weights("ViT-B-32", "laion2b_s34b_b79k", str(tmp_path)) is None
+    repo = tmp_path / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"weights")
+    found = staged_weights("ViT-B-32", "laion2b_s34b_b79k", str(tmp_path))
+    assert found is not None
+    path, args = found
+    assert path == str(snapshot / "open_clip_model.safetensors")
+    assert args["image_mean"] == (0.48145466, 0.4578275, 0.40821073)
+    assert args["image_interpolation"] == "bicubic"
+    assert staged_weights("tiny-clip", "none", str(tmp_path)) is None
