@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow.parquet as pq
+import torch
+import torch.utils.data
 
 from clip_index import io, schema
 from clip_index.embed.decoder import DeviceResize, decode_jpegs, is_jpeg
@@ -33,13 +35,7 @@ META_COLUMNS = [schema.UID, schema.URL, schema.CAPTION, schema.STATUS, schema.ER
 SHARD = "_shard"
 
 
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-class UnitRows(_torch().utils.data.IterableDataset):
+class UnitRows(torch.utils.data.IterableDataset):
     """Successful rows of the image shards `jobs` [(shard, path), ...] as dicts with the meta
     columns, `_shard`, and either `pixels` (uint8 or float tensor from `transform`), `jpeg`
     (1-D uint8 tensor of the file's bytes, when `jpeg_bytes`) or an error. Row groups of all
@@ -53,7 +49,6 @@ class UnitRows(_torch().utils.data.IterableDataset):
         self.jpeg_bytes = jpeg_bytes
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        torch = _torch()
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         index = -1
@@ -71,7 +66,6 @@ class UnitRows(_torch().utils.data.IterableDataset):
                             yield self._row(shard, row)
 
     def _row(self, shard: int, row: dict[str, Any]) -> dict[str, Any]:
-        torch = _torch()
         row[SHARD] = shard
         image = row.pop(schema.IMAGE)
         if self.jpeg_bytes and image and is_jpeg(image):
@@ -124,7 +118,6 @@ class DevicePrepare:
         self.device, self.resize, self.pil_stage = device, resize, pil_stage
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        torch = _torch()
         if "jpeg" not in batch:
             if batch["pixels"] is not None:
                 batch["pixels"] = batch["pixels"].to(self.device, non_blocking=True)
@@ -151,7 +144,6 @@ class DevicePrepare:
         """Resize+crop in groups of equal size (the download step's keep_ratio output has a
         handful of shapes per shard), so a batch costs a few kernel launches, not one per
         image; returns the batch in input order."""
-        torch = _torch()
         assert self.resize is not None
         out: list[Any] = [None] * len(images)
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -182,7 +174,6 @@ class Prefetcher:
         self.batches, self.prepare, self.device, self.depth = batches, prepare, device, depth
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        torch = _torch()
         cuda = self.device.startswith("cuda")
         slots: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
         stop = threading.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import logging
 import multiprocessing as mp
 import time
@@ -147,7 +148,7 @@ def embed_shards(jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipMod
              len(jobs), clip.device, precision, batch_size, workers, decode)
     transform = split.pil_stage if split else clip.preprocess
     sinks = _ShardSinks(jobs, output_dir, clip, config, names or {})
-    loader = torch.utils.data.DataLoader(
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
         UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size=batch_size,
         num_workers=workers, collate_fn=collate, pin_memory=clip.device.startswith("cuda"),
         prefetch_factor=4 if workers else None)
@@ -245,7 +246,10 @@ class _ShardSinks:
         """Shards without a successful row are written at once (the loader never sees them)."""
         for shard, left in self.left.items():
             if left == 0:
-                writer.put(lambda shard=shard: self._finish_if_done(self._open(shard)))
+                writer.put(functools.partial(self._open_and_finish, shard))
+
+    def _open_and_finish(self, shard: int) -> None:
+        self._finish_if_done(self._open(shard))
 
     def _open(self, shard: int) -> int:
         if shard not in self.writers:
