@@ -96,7 +96,6 @@ def mark_undecodable(row: dict[str, Any], exc: BaseException | str) -> None:
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the decoded images (or keep the JPEG bytes, one tensor each); keep the undecodable
     rows aside so they are written too."""
-    torch = _torch()
     good = [r for r in rows if r.get("pixels") is not None or "jpeg" in r]
     bad = [{k: v for k, v in r.items() if k != "pixels"} for r in rows
            if r.get("pixels") is None and "jpeg" not in r]
