@@ -15,6 +15,7 @@ import concurrent.futures
 import functools
 import logging
 import multiprocessing as mp
+import queue
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -365,8 +366,16 @@ def _embed_in_processes(jobs: Sequence[tuple[int, str]], output_dir: str, config
         children.append(child)
     stats: dict[int, ShardStats] = {}
     errors: list[str] = []
-    for _ in children:
-        rank, payload, error = results.get()
+    waiting = set(range(processes))
+    while waiting:
+        try:
+            rank, payload, error = results.get(timeout=5)
+        except queue.Empty:  # a child killed outright (OOM killer, segfault) reports nothing
+            for rank in [r for r in waiting if children[r].exitcode not in (None, 0)]:
+                waiting.discard(rank)
+                errors.append(f"process {rank}: exited with code {children[rank].exitcode}")
+            continue
+        waiting.discard(rank)
         if error:
             errors.append(f"process {rank}: {error}")
         else:
