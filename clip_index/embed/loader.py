@@ -186,7 +186,12 @@ class Prefetcher:
                     continue
             return False
 
+        # the current GPU is per thread: this process's (one process per GPU), not GPU 0
+        gpu = torch.cuda.current_device() if cuda else None
+
         def work() -> None:
+            if gpu is not None:
+                torch.cuda.set_device(gpu)
             stream = torch.cuda.Stream() if cuda else None
             try:
                 for batch in self.batches:
