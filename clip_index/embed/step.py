@@ -240,7 +240,9 @@ class _ShardSinks:
             total += meta.num_rows
         self.writers: dict[int, io.AtomicParquetWriter] = {}
         self.stats: dict[int, ShardStats] = {}
-        self.started: dict[int, float] = {}
+        # a shard's seconds run from the previous shard's end (or the loader's start) to its
+        # own: shards stream one after another, so the sum is the unit's streaming time
+        self.last_end = time.monotonic()
         self.progress = Progress(f"embed {len(jobs)} shards", total)
 
     def open_empty(self, writer: _BackgroundWriter) -> None:
@@ -254,7 +256,6 @@ class _ShardSinks:
 
     def _open(self, shard: int) -> int:
         if shard not in self.writers:
-            self.started[shard] = time.monotonic()
             self.stats[shard] = ShardStats(shard=shard)
             name = self.names.get(shard, io.shard_name(shard))
             self.writers[shard] = io.AtomicParquetWriter(io.join(self.output_dir, name),
@@ -303,7 +304,8 @@ class _ShardSinks:
             return
         self.writers.pop(shard).__exit__(None, None, None)
         stats = self.stats[shard]
-        stats.seconds = time.monotonic() - self.started[shard]
+        now = time.monotonic()
+        stats.seconds, self.last_end = now - self.last_end, now
         io.write_json(io.join(self.output_dir, io.stats_name(shard)),
                       {**stats.as_dict(), "model": self.model})
         log.info("embed: shard %d: %d rows, %d embedded", shard, stats.rows, stats.successes)
