@@ -16,6 +16,7 @@ IMAGE_DECODERS = ("auto", "pillow", "vips")
 EMBED_DTYPES = ("float32", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODERS = ("auto", "device", "cpu")
 _MEMORY = re.compile(r"^\d+(\.\d+)?[KMGT]B?$", re.IGNORECASE)
 
 
@@ -188,17 +189,25 @@ class EmbedConfig(_Config):
     model: an open_clip model name (``open_clip.list_models()``) or a custom config name.
     pretrained: an open_clip pretrained tag, a local checkpoint path, ``bundled`` (the tiny CLIP
         shipped with clip-index, for the `tiny-clip` model) or ``none`` (random weights, seeded).
-    batch_size: images per forward pass (0 = pick for the device: 256 per GPU, 64 on CPU);
-        halved on CUDA out-of-memory.
-    num_workers: DataLoader processes decoding and preprocessing (-1 = pick for the device: all
-        cores but one, max 16, on CUDA; 0 on CPU: decode in the main process, as the forward
-        pass needs the cores).
-    precision: auto (bf16 autocast on CUDA, exact fp32 on CPU), fp32, bf16 or fp16 (autocast).
+    batch_size: images per forward pass, per GPU (0 = pick for the device: 256 on a GPU, 64
+        on CPU); halved on CUDA out-of-memory.
+    num_workers: DataLoader processes reading (and on the CPU path decoding) images, per GPU
+        process (-1 = pick: on CUDA the process's share of the container's CPU limit less one,
+        at most 4; 0 on CPU: decode in the main process, as the forward pass needs the cores).
+    device: auto (CUDA when usable, else the CPU with a warning), cpu, or cuda: CUDA required,
+        the step fails at once saying why when it is not usable (what a pipeline compiled for
+        a GPU passes). Every visible GPU gets its own process.
+    precision: auto (exact fp32 on CPU; on a GPU bf16 where native, sm_80+, fp16 on T4/V100/
+        P100, fp32 on P4), fp32, bf16 or fp16 (autocast); the same on every GPU.
+    decode: auto (JPEGs decoded and resized on the GPU with nvJPEG on CUDA, Pillow in the
+        workers on CPU), device (force the device decoder, also on the CPU), cpu (Pillow).
     dtype: the stored embedding type; float16 halves the disk (see BENCHMARKS.md for recall).
 
     Attributes:
-        device: auto (CUDA when available; every visible GPU is used), cpu or cuda.
-        max_failure_rate: Fail the step when the shard's share of non-successes (failed
+        device: auto (CUDA when usable, else the CPU with a warning), cpu, or cuda (required:
+            the step fails at once saying why when it is not usable).
+        decode: auto (JPEGs on the GPU with nvJPEG on CUDA, Pillow on CPU), device or cpu.
+        max_failure_rate: Fail the step when the unit's share of non-successes (failed
             downloads included) passes this fraction.
     """
 
@@ -208,6 +217,7 @@ class EmbedConfig(_Config):
     num_workers: int = -1
     device: str = "auto"
     precision: str = "auto"
+    decode: str = "auto"
     dtype: str = "float32"
     seed: int = 0
     max_failure_rate: float = 1.0
@@ -220,6 +230,7 @@ class EmbedConfig(_Config):
         _check(self.num_workers >= -1, "num_workers", self.num_workers, "-1 (auto) or >= 0")
         _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
+        _check(self.decode in DECODERS, "decode", self.decode, f"one of {DECODERS}")
         _check(self.dtype in EMBED_DTYPES, "dtype", self.dtype, f"one of {EMBED_DTYPES}")
         _check(0 <= self.max_failure_rate <= 1, "max_failure_rate", self.max_failure_rate,
                "a fraction in [0, 1]")

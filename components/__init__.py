@@ -121,9 +121,10 @@ def embed_images(
     seed: int = 0,
     precision: str = "auto",
     num_workers: int = -1,
+    device: str = "auto",
 ) -> None:
     """Embed the downloaded images of a work unit's shards with an open_clip model, the model
-    built once for all of them (GPU when present).
+    built once for all of them (one process per GPU).
 
     Args:
         images: Every download task's output folder (the unit's shards are found among them).
@@ -136,14 +137,17 @@ def embed_images(
             out-of-memory.
         dtype: Stored embedding type, float32 or float16 (half the disk).
         seed: Seed for random weights (pretrained='none').
-        precision: auto (bf16 autocast on GPU, exact fp32 on CPU), fp32, bf16 or fp16.
-        num_workers: Image decoding processes (-1 = all cores but one on GPU, none on CPU).
+        precision: auto (bf16 where native, sm_80+; fp16 on T4/V100/P100; exact fp32 on CPU),
+            fp32, bf16 or fp16.
+        num_workers: Image reading processes per GPU (-1 = from the CPU limit; none on CPU).
+        device: cuda (set by a pipeline compiled with a GPU: fail at once if CUDA is not
+            usable), auto or cpu.
     """
     from clip_index.config import EmbedConfig
     from clip_index.embed.step import run_embed
 
     config = EmbedConfig(model=model, pretrained=pretrained, batch_size=batch_size, dtype=dtype,
-                         seed=seed, precision=precision, num_workers=num_workers)
+                         seed=seed, precision=precision, num_workers=num_workers, device=device)
     shards = [int(s) for s in unit["shards"]]  # kfp.local hands numbers back as floats
     embeddings.metadata.update(
         run_embed([i.path for i in images], shards, embeddings.path, config).as_metadata())

@@ -15,14 +15,9 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input
 
 from clip_index.components import make_components
+from clip_index.embed.gpus import GPU_TYPES, check_gpu  # noqa: F401 (Vertex types + counts)
 from clip_index.limits import MAX_LOOP_WIDTH
 
-# Vertex AI accelerator types (aiplatform AcceleratorType names) the embed step may ask for.
-GPU_TYPES = (
-    "NVIDIA_TESLA_T4", "NVIDIA_L4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4",
-    "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB", "NVIDIA_H100_MEGA_80GB",
-    "NVIDIA_H200_141GB",
-)
 DEFAULT_IMAGE_REPO = "us-docker.pkg.dev/PROJECT/clip-index"
 # Kubernetes quantities as KFP accepts them: CPU "8", "0.5", "500m"; memory "32G", "512Mi".
 _CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
@@ -85,8 +80,7 @@ class PipelineSettings:
                 raise ValueError(f"{name}={image!r}: ':latest' is not reproducible; pin a tag")
         if self.gpu_count < 0:
             raise ValueError(f"gpu_count={self.gpu_count}: expected an integer >= 0")
-        if self.gpu_count and self.gpu_type not in GPU_TYPES:
-            raise ValueError(f"gpu_type={self.gpu_type!r}: expected one of {GPU_TYPES}")
+        check_gpu(self.gpu_type, self.gpu_count)
         for name in ("download_parallelism", "embed_parallelism"):
             width = getattr(self, name)
             if not 1 <= width <= MAX_LOOP_WIDTH:
@@ -146,6 +140,7 @@ def make_index_pipeline(settings: PipelineSettings = PipelineSettings(),
             embed = c.embed_images(
                 images=images, unit=unit, model=model, pretrained=pretrained,
                 batch_size=batch_size, dtype=dtype, seed=seed, precision=precision,
+                device="cuda" if settings.gpu_count else "auto",  # a GPU task requires CUDA
             ).set_display_name("Embed images")
             embed.set_cpu_limit(settings.embed_cpu).set_memory_limit(settings.embed_memory)
             if settings.gpu_count:

@@ -24,6 +24,9 @@ class KubeflowSettings:
         Vertex GPU type, GKE style (NVIDIA_L4 → cloud.google.com/gke-accelerator=nvidia-l4).
     toleration_key / toleration_effect: the taint GPU node pools carry (GKE: nvidia.com/gpu,
         NoSchedule); tolerated with operator Exists.
+    shm_size: a memory-backed emptyDir mounted at /dev/shm of the embed task: DataLoader
+        workers hand batches over through shared memory, and pods get only 64 MB there by
+        default (kubeflow/pipelines#9893). It counts against the task's memory limit.
     """
 
     gpu_resource: str = "nvidia.com/gpu"
@@ -31,6 +34,7 @@ class KubeflowSettings:
     node_selector_value: str = ""
     toleration_key: str = "nvidia.com/gpu"
     toleration_effect: str = "NoSchedule"
+    shm_size: str = "8Gi"
 
     def validate(self) -> None:
         if "/" not in self.gpu_resource:
@@ -69,5 +73,7 @@ def make_kubeflow_pipeline(settings: PipelineSettings | None = None,
                                      label_value=selector)
         kubernetes.add_toleration(task, key=kubeflow.toleration_key, operator="Exists",
                                   effect=kubeflow.toleration_effect)
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
+                                   medium="Memory", size_limit=kubeflow.shm_size)
 
     return make_index_pipeline(settings, task_hook=hook)

@@ -1,4 +1,5 @@
-"""Embed benchmark, one command: ``python -m bench.embed.run`` (``make bench``).
+"""Embed benchmark, one command: ``python -m bench.embed.run`` (``make bench``) on the CPU;
+``python -m bench.embed.run --device cuda`` on a GPU machine runs bench.embed.gpu instead.
 
 On one download-step image shard (bench.embed.corpus) and one model (ViT-B-32, random weights
 saved as a local checkpoint: no weights can be downloaded here), measures
@@ -224,6 +225,11 @@ def fragment(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    if "--device" in sys.argv:  # the GPU (or harness-check) benchmark: bench.embed.gpu
+        from bench.embed import gpu
+
+        gpu.main(sys.argv[1:])
+        return
     parser = argparse.ArgumentParser(description="embed benchmark: ceiling / clip-index / "
                                      "clip-retrieval")
     parser.add_argument("--images", type=int, default=1024)

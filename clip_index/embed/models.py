@@ -23,11 +23,8 @@ NO_WEIGHTS = "none"
 
 @dataclass
 class ClipModel:
-    """A loaded open_clip model with its image preprocess, tokenizer and embedding size.
-
-    On CUDA with more than one visible GPU, image batches are split across all of them
-    (`torch.nn.DataParallel` over the image tower); the output is the same as on one GPU.
-    """
+    """A loaded open_clip model with its image preprocess, tokenizer and embedding size, on one
+    device (one process per GPU: several GPUs are used by several processes, see embed.step)."""
 
     name: str
     pretrained: str
@@ -37,7 +34,6 @@ class ClipModel:
     dim: int
     device: str
     seed: int = 0
-    _visual: Any = field(default=None, repr=False)  # the image tower, data-parallel when >1 GPU
     _split: Any = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
@@ -45,15 +41,6 @@ class ClipModel:
         rebuilds random weights (pretrained 'none')."""
         return {"model": self.name, "pretrained": self.pretrained, "dim": self.dim,
                 "seed": self.seed}
-
-    @property
-    def gpus(self) -> int:
-        """GPUs an image batch is spread over (0 on CPU)."""
-        if self.device != "cuda":
-            return 0
-        import torch
-
-        return int(torch.cuda.device_count())
 
     @property
     def split(self) -> SplitPreprocess | None:
@@ -72,10 +59,15 @@ class ClipModel:
         return normalise(features.cpu().numpy())
 
     def encode_images(self, pixels: Any, precision: str = "auto") -> np.ndarray:
-        """L2-normalised image embeddings, float32, shape (N, dim), of a (N, 3, H, W) tensor:
+        """L2-normalised image embeddings, float32 numpy, shape (N, dim); see `encode_tensor`."""
+        return self.encode_tensor(pixels, precision).cpu().numpy()
+
+    def encode_tensor(self, pixels: Any, precision: str = "auto") -> Any:
+        """L2-normalised image embeddings as a float32 tensor (N, dim) left on the device (no
+        synchronisation: the caller copies it when it needs it), of a (N, 3, H, W) tensor:
         float32 = `preprocess` output, or uint8 = the PIL stage of `split` (finished here, on
-        the device). precision: 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32', 'bf16',
-        'fp16'."""
+        the device, in the autocast dtype). precision: 'auto' (bf16 autocast on CUDA, fp32 on
+        CPU), 'fp32', 'bf16', 'fp16'."""
         import torch
 
         with torch.inference_mode():
@@ -84,26 +76,27 @@ class ClipModel:
                 if self.split is None:
                     raise ValueError(f"uint8 pixels need a splittable preprocess; {self.name}'s "
                                      "is not: pass preprocess() output")
-                pixels = self.split.tensor_stage(pixels)
+                pixels = self.split.tensor_stage(pixels, _dtype(self.device, precision))
             with autocast(self.device, precision):
                 features = self._image_tower()(pixels)
-            return normalise(features.float().cpu().numpy())
+            features = features.float()
+            return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def _image_tower(self) -> Any:
-        """A callable computing open_clip's `encode_image` (unnormalised). For the CLIP classes
-        that is the image tower alone, made data-parallel on >1 GPU (only it is replicated);
-        other classes (e.g. CoCa, whose tower returns more) run `encode_image` on one GPU."""
-        if self._visual is None:
-            if type(self.model).__name__ not in ("CLIP", "CustomTextCLIP"):
-                self._visual = self.model.encode_image
-            elif self.gpus > 1:
-                import torch
+        """open_clip's `encode_image` (unnormalised): the image tower alone for the CLIP classes;
+        other classes (e.g. CoCa, whose tower returns more) run `encode_image`."""
+        if type(self.model).__name__ not in ("CLIP", "CustomTextCLIP"):
+            return self.model.encode_image
+        return self.model.visual
 
-                self._visual = torch.nn.DataParallel(self.model.visual)
-                log.info("image tower data-parallel over %d GPUs", self.gpus)
-            else:
-                self._visual = self.model.visual
-        return self._visual
+
+def _dtype(device: str, precision: str) -> Any:
+    """The dtype the first layer computes in: the autocast dtype, else float32."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -111,17 +104,6 @@ def normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'cuda' when asked for or available under 'auto', else 'cpu'."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA GPU")
-    return device
 
 
 def autocast(device: str, precision: str) -> Any:
@@ -132,10 +114,10 @@ def autocast(device: str, precision: str) -> Any:
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
+        precision = "bf16" if device.startswith("cuda") else "fp32"
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=dtypes[precision])
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtypes[precision])
 
 
 def register_bundled_configs() -> None:
@@ -178,6 +160,8 @@ def check_pretrained(name: str, pretrained: str) -> None:
 
 def load_model(name: str, pretrained: str, device: str = "auto", seed: int = 0) -> ClipModel:
     """Load (once per process) an open_clip model; see EmbedConfig for the `pretrained` forms."""
+    from clip_index.embed.device import resolve_device
+
     return _load(name, pretrained, resolve_device(device), seed)
 
 
@@ -198,9 +182,14 @@ def _load(name: str, pretrained: str, device: str, seed: int) -> ClipModel:
         from clip_index.embed.assets import TINY_CLIP_WEIGHTS
 
         weights = str(TINY_CLIP_WEIGHTS)
+    extra: dict[str, Any] = {}
+    staged = staged_weights(name, pretrained)
+    if staged is not None:  # in the local cache (baked into the GPU image): no hub request
+        weights, extra = staged
+        log.info("pretrained %s for %s from the local cache: %s", pretrained, name, weights)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=weights, device=device
+            name, pretrained=weights, device=device, **extra
         )
     except Exception as exc:
         if weights and not os.path.exists(weights):
@@ -215,6 +204,50 @@ def _load(name: str, pretrained: str, device: str, seed: int) -> ClipModel:
     dim = int(model.text_projection.shape[1]) if _has_text_projection(model) else _probe_dim(model)
     log.info("loaded %s (%s) on %s, dim %d", name, pretrained, device, dim)
     return ClipModel(name, pretrained, model, preprocess, tokenizer, dim, device, seed)
+
+
+# pretrained-config keys that a checkpoint loaded by path reproduces through the arguments below
+_PREPROCESS_KEYS = {"mean": "image_mean", "std": "image_std",
+                    "interpolation": "image_interpolation", "resize_mode": "image_resize_mode"}
+
+
+def staged_weights(name: str, pretrained: str, cache_dir: str | None = None
+                   ) -> tuple[str, dict[str, Any]] | None:
+    """(local file, preprocess arguments) for an open_clip pretrained tag whose weights are
+    already in the Hugging Face cache (``HF_HUB_CACHE``; the GPU image bakes the default in),
+    so that every task loads them without asking the hub (anonymous requests are rate-limited);
+    None when not cached, or when the tag needs more than the file and its preprocess (it then
+    goes through open_clip's own hub download, which uses the cache too)."""
+    import open_clip
+
+    if pretrained in (NO_WEIGHTS, BUNDLED) or os.path.exists(pretrained):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    hub = (cfg or {}).get("hf_hub", "")
+    if not hub or set(cfg) - {"url", "hf_hub", *_PREPROCESS_KEYS}:
+        return None
+    repo, filename = os.path.split(hub)  # 'org/name/' means open_clip's default file name
+    filename = filename or "open_clip_pytorch_model.bin"
+    stem = os.path.splitext(filename)[0]
+    candidates = [f"{stem.replace('pytorch_model', 'model')}.safetensors",
+                  f"{stem}.safetensors", filename]  # open_clip prefers safetensors too
+    for candidate in dict.fromkeys(candidates):
+        path = try_to_load_from_cache(repo, candidate, cache_dir=cache_dir)
+        if isinstance(path, str):
+            return path, {arg: cfg[key] for key, arg in _PREPROCESS_KEYS.items() if key in cfg}
+    return None
+
+
+def stage_weights(name: str, pretrained: str) -> str:
+    """Download `name`'s `pretrained` weights into the Hugging Face cache (the GPU image's build
+    runs this for the default model); returns the file."""
+    import open_clip
+
+    return str(open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained)))
 
 
 def _has_text_projection(model: Any) -> bool:

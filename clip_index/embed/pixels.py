@@ -37,10 +37,19 @@ class SplitPreprocess:
         array = np.array(img, dtype=np.uint8, copy=True)  # as torchvision's to_tensor does
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
-    def tensor_stage(self, pixels: Any) -> Any:
-        """uint8 (N, 3, H, W) on any device → the float32 tensor `preprocess` would give."""
+    def tensor_stage(self, pixels: Any, dtype: Any = None) -> Any:
+        """uint8 (N, 3, H, W) on any device → the tensor `preprocess` would give: float32 and
+        bit-identical by default; in `dtype` (bf16/fp16, the autocast dtype the first layer
+        casts to anyway) as one fused multiply-add, without float32 intermediates."""
         import torch
 
+        if dtype is not None and dtype != torch.float32:
+            scale = torch.tensor([1 / (255 * s) for s in self.std], dtype=torch.float32)
+            shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)],
+                                 dtype=torch.float32)
+            shape = (1, -1, 1, 1)
+            return torch.addcmul(shift.to(pixels.device, dtype).view(shape),
+                                 pixels.to(dtype), scale.to(pixels.device, dtype).view(shape))
         x = pixels.to(dtype=torch.float32).div(255)
         mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

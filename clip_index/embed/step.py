@@ -1,8 +1,11 @@
-"""Embed step: CLIP image embeddings for one image shard.
+"""Embed step: CLIP image embeddings for a work unit of image shards.
 
-Images are decoded and preprocessed in DataLoader workers (row groups are split between them),
-undecodable images are dropped in `collate` and counted, the forward pass runs batched (autocast
-on CUDA), embeddings are L2-normalised, and every input row leaves with a status.
+One process per GPU (or one on the CPU) builds the model once and streams all its shards
+through one loader (`loader`): JPEGs are decoded and resized on the GPU, or decoded in DataLoader
+workers on the CPU path; the next batches are prepared on a side stream while the forward pass
+runs; each batch's embeddings stay on the device until the next batch is queued, then a writer
+thread turns them into parquet rows. Undecodable images are counted; every input row leaves
+with a status; a shard's stats file is written when its last row is, and marks it done.
 """
 
 from __future__ import annotations
@@ -10,55 +13,66 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
-import io as _io
 import logging
-import os
+import multiprocessing as mp
+import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from clip_index import io, schema
 from clip_index.config import EmbedConfig
+from clip_index.embed.decoder import DeviceResize
+from clip_index.embed.device import (
+    choose_precision,
+    default_num_workers,
+    resolve_device,
+    usable_cpus,
+)
+from clip_index.embed.loader import (
+    META_COLUMNS,
+    SHARD,
+    DevicePrepare,
+    Prefetcher,
+    UnitRows,
+    collate,
+)
 from clip_index.embed.models import ClipModel, check_model_name, check_pretrained, load_model
 from clip_index.schema import Status
 from clip_index.stats import Progress, ShardStats, UnitResult, check_failure_rate
 
 log = logging.getLogger(__name__)
 
-_META_COLUMNS = [schema.UID, schema.URL, schema.CAPTION, schema.STATUS, schema.ERROR]
 
-
-def default_batch_size(device: str, gpus: int = 1) -> int:
-    """Images per forward pass: 256 per GPU (bf16 ViT-B-32 uses ~2 GB at 256), 64 on CPU
+def default_batch_size(device: str) -> int:
+    """Images per forward pass: 256 on a GPU (bf16 ViT-B-32 uses ~2 GB at 256), 64 on CPU
     (throughput is flat from 32 up, REFERENCES §5)."""
-    return 256 * max(1, gpus) if device == "cuda" else 64
+    return 256 if device.startswith("cuda") else 64
 
 
-def default_num_workers(device: str) -> int:
-    """DataLoader decode processes: on CUDA all cores but the one feeding the GPU (max 16); on
-    CPU none: decoding costs ~2% of the forward pass's CPU, and on a small machine a worker
-    process only competes with the forward pass's threads (bench/embed: 94-101% of the
-    ceiling without a worker, 80-96% with one, on 2 cores)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return min(16, max(1, cores - 1)) if device == "cuda" else 0
+def embedding_processes(device: str, shards: int) -> int:
+    """Processes to embed with: one per visible GPU (at most one per shard), one on the CPU."""
+    if not device.startswith("cuda"):
+        return 1
+    return max(1, min(torch.cuda.device_count(), shards))
 
 
 def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
               config: EmbedConfig) -> UnitResult:
     """Embed image shards `shards` (a task's work unit), found in `image_dirs` (the download
-    tasks' folders), one after another, into ``output_dir/part-NNNNN.parquet`` each.
+    tasks' folders), into ``output_dir/part-NNNNN.parquet`` each.
 
-    The model is built once for all of them, and only when a shard is left to do. A shard whose
-    stats file (written last) exists is skipped; the failure rate is checked over the unit.
+    The device is resolved first (device='cuda' fails here, saying why, when CUDA is not
+    usable); the model is built once per process and only when a shard is left to do; with
+    several GPUs each gets its own process and a share of the shards. A shard whose stats file
+    (written last) exists is skipped; the failure rate is checked over the unit.
     """
     config.validate()
     if not shards:
@@ -68,9 +82,11 @@ def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
     check_pretrained(config.model, config.pretrained)
     start = time.monotonic()
     todo = [int(s) for s in shards if not io.exists(io.join(output_dir, io.stats_name(int(s))))]
+    device = resolve_device(config.device) if todo else "cpu"
+    processes = embedding_processes(device, len(todo)) if todo else 1
     # the weights first: a tag that cannot be fetched is reported before any image is read
-    clip = load_model(config.model, config.pretrained, config.device, config.seed) if todo \
-        else None
+    clip = load_model(config.model, config.pretrained, device, config.seed) \
+        if todo and processes == 1 else None
     located = io.complete_shards(image_dirs) if todo else {}
     missing = [s for s in todo if s not in located]
     if missing:
@@ -78,23 +94,24 @@ def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
             f"embed: image shards {missing[:10]}{' ...' if len(missing) > 10 else ''} are not "
             f"complete in any of the {len(image_dirs)} download folders ({list(image_dirs)[:3]}"
             f"{' ...' if len(image_dirs) > 3 else ''}): the download step did not finish them")
+    jobs = [(s, io.join(located[s], io.shard_name(s))) for s in todo]
+    if clip is not None:
+        fresh = embed_shards(jobs, output_dir, clip, config)
+    elif jobs:
+        fresh = _embed_in_processes(jobs, output_dir, config, device, processes)
+    else:
+        fresh = {}
     done: list[ShardStats] = []
     model: dict[str, Any] = {}
     for shard in (int(s) for s in shards):
         stats_path = io.join(output_dir, io.stats_name(shard))
-        if shard not in todo:
-            previous = io.read_json(stats_path)
-            stats = ShardStats.from_dict(previous)
-            stats.skipped = True
-            model = model or previous["model"]
-            log.info("embed: shard %d already complete, skipped", shard)
+        if shard in fresh:
+            stats = fresh[shard]
         else:
-            assert clip is not None
-            stats = embed_shard(io.join(located[shard], io.shard_name(shard)),
-                                io.join(output_dir, io.shard_name(shard)), clip, config,
-                                shard=shard)
-            model = {**clip.describe(), "dtype": config.dtype, "normalised": True}
-            io.write_json(stats_path, {**stats.as_dict(), "model": model})
+            stats = ShardStats.from_dict(io.read_json(stats_path))
+            stats.skipped = True
+            log.info("embed: shard %d already complete, skipped", shard)
+        model = model or io.read_json(stats_path)["model"]
         done.append(stats)
     check_failure_rate(done, config.max_failure_rate, "embed")
     return UnitResult(output_dir, done, time.monotonic() - start, extra=model)
@@ -102,68 +119,221 @@ def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
 
 def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: EmbedConfig,
                 shard: int = 0) -> ShardStats:
-    """Embed every successful row of one image parquet; pass the other rows through.
+    """Embed one image parquet into `output_path` (and its stats file beside it)."""
+    import posixpath
 
-    Workers decode and run the PIL part of the preprocess; the main process runs the forward
-    pass; a writer thread turns each batch into parquet rows while the next batch is encoded.
-    """
-    start = time.monotonic()
-    stats = ShardStats(shard=shard)
-    out_schema = schema.embeddings_schema(clip.dim, config.dtype)
-    meta = io.read_parquet(input_path, columns=_META_COLUMNS)
-    ok = pc.equal(meta.column(schema.STATUS), Status.SUCCESS.value)
-    failed = meta.filter(pc.invert(ok))
-    n_ok = meta.num_rows - failed.num_rows
-    batch_size = config.batch_size or default_batch_size(clip.device, clip.gpus)
-    workers = default_num_workers(clip.device) if config.num_workers < 0 else config.num_workers
-    progress = Progress(f"embed shard {shard}", meta.num_rows)
-    with io.AtomicParquetWriter(output_path, out_schema) as writer, \
-            _BackgroundWriter(writer, stats, progress) as sink:
-        if failed.num_rows:  # failures of earlier steps stay in the data, with their reasons
-            sink.put(lambda: failed.append_column(
-                schema.EMBEDDING, pa.nulls(failed.num_rows, out_schema.field(schema.EMBEDDING).type)
-            ))
-        if n_ok:
-            transform = clip.split.pil_stage if clip.split else clip.preprocess
-            loader = torch.utils.data.DataLoader(
-                ImageRows(input_path, transform), batch_size=batch_size, num_workers=workers,
-                collate_fn=collate, pin_memory=clip.device == "cuda", persistent_workers=False,
-            )
-            encoder = BatchEncoder(clip, config.precision)
-            for batch in loader:
-                embeddings = encoder(batch["pixels"]) if batch["good"] else None
-                sink.put(functools.partial(_embedded_rows, batch, embeddings, config.dtype,
-                                           out_schema))
-    stats.seconds = progress.close()
-    log.info("embed: shard %d: %d rows, %d embedded in %.1fs (%.1f img/s)", shard, stats.rows,
-             stats.successes, time.monotonic() - start,
-             stats.successes / max(stats.seconds, 1e-9))
-    return stats
+    out_dir = posixpath.dirname(output_path)
+    return embed_shards([(shard, input_path)], out_dir, clip, config,
+                        names={shard: posixpath.basename(output_path)})[shard]
+
+
+def embed_shards(jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipModel,
+                 config: EmbedConfig, processes: int = 1,
+                 names: dict[int, str] | None = None) -> dict[int, ShardStats]:
+    """Embed the image shards `jobs` [(shard, path)] through one loader and one model; each
+    shard's parquet is closed and its stats file written as soon as its last row is written."""
+    batch_size = config.batch_size or default_batch_size(clip.device)
+    workers = default_num_workers(clip.device, processes) if config.num_workers < 0 \
+        else config.num_workers
+    capability = torch.cuda.get_device_capability() if clip.device.startswith("cuda") else None
+    precision = choose_precision(config.precision, clip.device, capability)
+    split = clip.split
+    resize = DeviceResize.from_preprocess(split.pil_transforms) if split else None
+    decode = config.decode
+    if decode == "auto":
+        decode = "device" if clip.device.startswith("cuda") and resize else "cpu"
+    if decode == "device" and resize is None:
+        raise ValueError(f"decode='device': {clip.name}'s preprocess is not a bicubic resize + "
+                         "center crop, which the device decoder reproduces: use decode='cpu'")
+    log.info("embed: %d shards on %s, %s, batch %d, %d decode workers, decode on %s",
+             len(jobs), clip.device, precision, batch_size, workers, decode)
+    transform = split.pil_stage if split else clip.preprocess
+    sinks = _ShardSinks(jobs, output_dir, clip, config, names or {})
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
+        UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size=batch_size,
+        num_workers=workers, collate_fn=collate, pin_memory=clip.device.startswith("cuda"),
+        prefetch_factor=4 if workers else None)
+    prepare = DevicePrepare(clip.device, resize, transform)
+    encoder = BatchEncoder(clip, precision)
+    with _BackgroundWriter() as writer:
+        sinks.open_empty(writer)
+        pending: _Pending | None = None
+        for batch in Prefetcher(loader, prepare, clip.device):
+            vectors = encoder(batch["pixels"]) if batch["good"] else None
+            current = _Pending(batch, vectors)  # the copy to the host starts now, no wait
+            if pending is not None:  # the previous batch's results: ready by now
+                writer.put(pending.rows_writer(sinks))
+            pending = current
+        if pending is not None:
+            writer.put(pending.rows_writer(sinks))
+    return sinks.finish()
+
+
+class BatchEncoder:
+    """Encodes image batches into device tensors; on CUDA out-of-memory it halves the batch and
+    goes on (and keeps the smaller size for the batches after)."""
+
+    def __init__(self, clip: ClipModel, precision: str = "auto") -> None:
+        self.clip = clip
+        self.precision = precision
+        self.max_batch: int | None = None
+
+    def __call__(self, pixels: Any) -> Any:
+        step = min(self.max_batch or len(pixels), len(pixels))
+        parts = []
+        start = 0
+        while start < len(pixels):
+            try:
+                parts.append(self.clip.encode_tensor(pixels[start:start + step], self.precision))
+                start += step
+            except torch.cuda.OutOfMemoryError:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if step == 1:
+                    raise
+                step = max(1, step // 2)
+                self.max_batch = step
+                log.warning("embed: CUDA out of memory, batch size now %d", step)
+        return torch.cat(parts) if parts else torch.zeros((0, self.clip.dim))
+
+
+class _Pending:
+    """A batch whose embeddings are being copied to pinned host memory (non-blocking, with an
+    event on CUDA); `rows_writer` hands the writer thread a job that waits for the copy."""
+
+    def __init__(self, batch: dict[str, Any], vectors: Any) -> None:
+        self.batch, self.event, self.host = batch, None, vectors
+        if vectors is not None and vectors.is_cuda:
+            self.host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+            self.host.copy_(vectors, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def rows_writer(self, sinks: _ShardSinks) -> Callable[[], None]:
+        def write() -> None:
+            if self.event is not None:
+                self.event.synchronize()
+            vectors = None if self.host is None else self.host.numpy()
+            sinks.write(self.batch, vectors)
+        return write
+
+
+class _ShardSinks:
+    """One atomic parquet writer per shard, opened at the shard's first row and closed at its
+    last (the successful rows are counted up front); then the stats file, the "done" marker."""
+
+    def __init__(self, jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipModel,
+                 config: EmbedConfig, names: dict[int, str]) -> None:
+        self.output_dir, self.config, self.names = output_dir, config, names
+        self.model = {**clip.describe(), "dtype": config.dtype, "normalised": True}
+        self.schema = schema.embeddings_schema(clip.dim, config.dtype)
+        self.vector_type = self.schema.field(schema.EMBEDDING).type
+        self.meta_schema = self.schema.remove(self.schema.get_field_index(schema.EMBEDDING))
+        self.failed: dict[int, pa.Table] = {}
+        self.left: dict[int, int] = {}
+        total = 0
+        for shard, path in jobs:
+            meta = io.read_parquet(path, columns=META_COLUMNS)
+            ok = pc.equal(meta.column(schema.STATUS), Status.SUCCESS.value)
+            self.failed[shard] = meta.filter(pc.invert(ok))
+            self.left[shard] = meta.num_rows - self.failed[shard].num_rows
+            total += meta.num_rows
+        self.writers: dict[int, io.AtomicParquetWriter] = {}
+        self.stats: dict[int, ShardStats] = {}
+        # a shard's seconds run from the previous shard's end (or the loader's start) to its
+        # own: shards stream one after another, so the sum is the unit's streaming time
+        self.last_end = time.monotonic()
+        self.progress = Progress(f"embed {len(jobs)} shards", total)
+
+    def open_empty(self, writer: _BackgroundWriter) -> None:
+        """Shards without a successful row are written at once (the loader never sees them)."""
+        for shard, left in self.left.items():
+            if left == 0:
+                writer.put(functools.partial(self._open_and_finish, shard))
+
+    def _open_and_finish(self, shard: int) -> None:
+        self._finish_if_done(self._open(shard))
+
+    def _open(self, shard: int) -> int:
+        if shard not in self.writers:
+            self.stats[shard] = ShardStats(shard=shard)
+            name = self.names.get(shard, io.shard_name(shard))
+            self.writers[shard] = io.AtomicParquetWriter(io.join(self.output_dir, name),
+                                                         self.schema).__enter__()
+            failed = self.failed.pop(shard)
+            if failed.num_rows:  # failures of earlier steps stay in the data, with reasons
+                self._write(shard, failed.append_column(
+                    schema.EMBEDDING, pa.nulls(failed.num_rows, self.vector_type)))
+        return shard
+
+    def write(self, batch: dict[str, Any], vectors: np.ndarray | None) -> None:
+        """The batch's rows, each into its shard: embedded rows, then undecodable ones."""
+        rows_by_shard: dict[int, list[tuple[dict[str, Any], Any]]] = collections.defaultdict(list)
+        for i, row in enumerate(batch["good"]):
+            rows_by_shard[row[SHARD]].append((row, None if vectors is None else vectors[i]))
+        for row in batch["bad"]:
+            rows_by_shard[row[SHARD]].append((row, None))
+        for shard, rows in rows_by_shard.items():
+            self._open(shard)
+            self._write(shard, self._table(rows))
+            self.left[shard] -= len(rows)
+            self._finish_if_done(shard)
+
+    def _table(self, rows: list[tuple[dict[str, Any], Any]]) -> pa.Table:
+        meta = pa.Table.from_pylist([{k: v for k, v in r.items() if k != SHARD} for r, _ in rows],
+                                    schema=self.meta_schema)
+        embedded = [v for _, v in rows if v is not None]
+        if len(embedded) == len(rows):
+            matrix = np.stack(embedded).astype(self.config.dtype)
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)),
+                                                        matrix.shape[1]).cast(self.vector_type)
+        else:
+            vectors = pa.array([None if v is None else v.astype(self.config.dtype).tolist()
+                                for _, v in rows], type=self.vector_type)
+        return meta.append_column(schema.EMBEDDING, vectors)
+
+    def _write(self, shard: int, table: pa.Table) -> None:
+        self.writers[shard].write(table)
+        for status, error in zip(table.column(schema.STATUS).to_pylist(),
+                                 table.column(schema.ERROR).to_pylist()):
+            self.stats[shard].count(status, error)
+        self.progress.update(table.num_rows)
+
+    def _finish_if_done(self, shard: int) -> None:
+        if self.left[shard] > 0 or shard not in self.writers:
+            return
+        self.writers.pop(shard).__exit__(None, None, None)
+        stats = self.stats[shard]
+        now = time.monotonic()
+        stats.seconds, self.last_end = now - self.last_end, now
+        io.write_json(io.join(self.output_dir, io.stats_name(shard)),
+                      {**stats.as_dict(), "model": self.model})
+        log.info("embed: shard %d: %d rows, %d embedded", shard, stats.rows, stats.successes)
+
+    def finish(self) -> dict[int, ShardStats]:
+        self.progress.close()
+        unfinished = [s for s, left in self.left.items() if left > 0 or s not in self.stats]
+        for shard in list(self.writers):  # never rename a partial shard into place
+            self.writers.pop(shard).__exit__(RuntimeError, None, None)
+        if unfinished:
+            raise RuntimeError(f"embed: shards {unfinished} did not receive all their rows")
+        return self.stats
 
 
 class _BackgroundWriter:
-    """Builds and writes each batch's rows on one thread, so writing overlaps the next forward
-    pass; at most `depth` batches wait. Leaving the block waits for every write and re-raises
-    the first error."""
+    """Runs write jobs in order on one thread, so writing overlaps the next forward pass; at
+    most `depth` jobs wait. Leaving the block waits for every job and re-raises the first
+    error."""
 
-    def __init__(self, writer: io.AtomicParquetWriter, stats: ShardStats, progress: Progress,
-                 depth: int = 2) -> None:
-        self.writer, self.stats, self.progress, self.depth = writer, stats, progress, depth
+    def __init__(self, depth: int = 2) -> None:
+        self.depth = depth
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed-writer")
-        self.pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+        self.pending: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
 
-    def put(self, make_rows: Callable[[], pa.Table]) -> None:
+    def put(self, job: Callable[[], Any]) -> None:
         while len(self.pending) >= self.depth:
             self.pending.popleft().result()
-        self.pending.append(self.pool.submit(self._write, make_rows))
-
-    def _write(self, make_rows: Callable[[], pa.Table]) -> None:
-        rows = make_rows()
-        self.writer.write(rows)
-        for status, error in zip(rows.column(schema.STATUS).to_pylist(),
-                                 rows.column(schema.ERROR).to_pylist()):
-            self.stats.count(status, error)
-        self.progress.update(rows.num_rows)
+        self.pending.append(self.pool.submit(job))
 
     def __enter__(self) -> _BackgroundWriter:
         return self
@@ -180,90 +350,57 @@ class _BackgroundWriter:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class ImageRows(torch.utils.data.IterableDataset):
-    """Successful rows of an image parquet, decoded and transformed; row groups are divided
-    among DataLoader workers. Yields dicts; undecodable images carry an error instead."""
-
-    def __init__(self, path: str, transform: Any) -> None:
-        self.path = path
-        self.transform = transform  # PIL image -> tensor (3, H, W), float32 or uint8
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        from PIL import Image
-
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        fs, fs_path = io.filesystem(self.path)
-        with fs.open(fs_path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            for group in range(worker, parquet.num_row_groups, workers):
-                table = parquet.read_row_group(group, columns=[*_META_COLUMNS, schema.IMAGE])
-                for row in table.to_pylist():
-                    if row[schema.STATUS] != Status.SUCCESS.value:
-                        continue
-                    image = row.pop(schema.IMAGE)
-                    try:
-                        with Image.open(_io.BytesIO(image)) as img:
-                            row["pixels"] = self.transform(img.convert("RGB"))
-                    except Exception as exc:  # counted in collate, never a crash
-                        row["pixels"] = None
-                        row[schema.STATUS] = Status.FAILED_TO_DECODE.value
-                        row[schema.ERROR] = f"embed_decode_error: {exc}"[:300]
-                    yield row
-
-
-def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the decodable images; keep the undecodable rows aside so they are written too."""
-    good = [r for r in rows if r["pixels"] is not None]
-    bad = [r for r in rows if r["pixels"] is None]
-    return {
-        "pixels": torch.stack([r.pop("pixels") for r in good]) if good else None,
-        "good": good,
-        "bad": [{k: v for k, v in r.items() if k != "pixels"} for r in bad],
-    }
+def _embed_in_processes(jobs: Sequence[tuple[int, str]], output_dir: str, config: EmbedConfig,
+                        device: str, processes: int) -> dict[int, ShardStats]:
+    """One process per GPU (rank r uses GPU r, with the same precision as any other), each with
+    its own loader and a round-robin share of the shards. Replaces DataParallel, which copied
+    the weights on every forward and dropped the autocast dtype in its threads (pytorch#125186).
+    """
+    context = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+    results = context.Queue()
+    children = []
+    for rank in range(processes):
+        share = list(jobs[rank::processes])
+        child = context.Process(target=_child, name=f"embed-{device}-{rank}",
+                                args=(rank, share, output_dir, asdict(config), device,
+                                      processes, results))
+        child.start()
+        children.append(child)
+    stats: dict[int, ShardStats] = {}
+    errors: list[str] = []
+    waiting = set(range(processes))
+    while waiting:
+        try:
+            rank, payload, error = results.get(timeout=5)
+        except queue.Empty:  # a child killed outright (OOM killer, segfault) reports nothing
+            for rank in [r for r in waiting if children[r].exitcode not in (None, 0)]:
+                waiting.discard(rank)
+                errors.append(f"process {rank}: exited with code {children[rank].exitcode}")
+            continue
+        waiting.discard(rank)
+        if error:
+            errors.append(f"process {rank}: {error}")
+        else:
+            stats.update({int(k): ShardStats.from_dict(v) for k, v in payload.items()})
+    for child in children:
+        child.join()
+    if errors:
+        raise RuntimeError("embed: " + "\n".join(errors))
+    return stats
 
 
-class BatchEncoder:
-    """Encodes image batches; on CUDA out-of-memory it halves the batch and goes on (and keeps
-    the smaller size for the batches after)."""
-
-    def __init__(self, clip: ClipModel, precision: str = "auto") -> None:
-        self.clip = clip
-        self.precision = precision
-        self.max_batch: int | None = None
-
-    def __call__(self, pixels: Any) -> np.ndarray:
-        step = min(self.max_batch or len(pixels), len(pixels))
-        parts = []
-        start = 0
-        while start < len(pixels):
-            try:
-                parts.append(self.clip.encode_images(pixels[start:start + step], self.precision))
-                start += step
-            except torch.cuda.OutOfMemoryError:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                if step == 1:
-                    raise
-                step = max(1, step // 2)
-                self.max_batch = step
-                log.warning("embed: CUDA out of memory, batch size now %d", step)
-        return np.concatenate(parts) if parts else np.zeros((0, self.clip.dim), np.float32)
-
-
-def _embedded_rows(batch: dict[str, Any], embeddings: np.ndarray | None, dtype: str,
-                   out_schema: pa.Schema) -> pa.Table:
-    """One table for a batch: the embedded rows, then the rows that failed to decode."""
-    parts = []
-    vector_type = out_schema.field(schema.EMBEDDING).type
-    meta_schema = out_schema.remove(out_schema.get_field_index(schema.EMBEDDING))
-    if batch["good"] and embeddings is not None:
-        embeddings = embeddings.astype(dtype)
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)),
-                                                    embeddings.shape[1])
-        good = pa.Table.from_pylist(batch["good"], schema=meta_schema)
-        parts.append(good.append_column(schema.EMBEDDING, vectors.cast(vector_type)))
-    if batch["bad"]:
-        bad = pa.Table.from_pylist(batch["bad"], schema=meta_schema)
-        parts.append(bad.append_column(schema.EMBEDDING, pa.nulls(len(bad), vector_type)))
-    return pa.concat_tables(parts)
+def _child(rank: int, jobs: list[tuple[int, str]], output_dir: str, config: dict[str, Any],
+           device: str, processes: int, results: Any) -> None:
+    """One embedding process (spawned): its GPU, its model, its shards."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{rank}] %(name)s: %(message)s")
+    try:
+        settings = EmbedConfig(**config)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(rank)
+        else:  # processes on the CPU share its cores
+            torch.set_num_threads(max(1, usable_cpus() // processes))
+        clip = load_model(settings.model, settings.pretrained, device, settings.seed)
+        done = embed_shards(jobs, output_dir, clip, settings, processes=processes)
+        results.put((rank, {s: st.as_dict() for s, st in done.items()}, None))
+    except BaseException as exc:
+        results.put((rank, {}, f"{exc!r}\n{traceback.format_exc(limit=5)}"))

@@ -73,17 +73,6 @@ def test_base_images_are_pinned(dockerfile: Path) -> None:
         assert re.search(r"\d", tag), f"{base}: expected a versioned tag"
 
 
-def test_gpu_base_carries_the_pinned_torch_and_cuda() -> None:
-    (base,) = {a.split()[0] for i, a in instructions(ROOT / "containers/gpu.Dockerfile")
-               if i == "FROM" and "/" in a.split()[0]}
-    constraints = pins(ROOT / "constraints.txt")
-    # pytorch/pytorch:<torch>-cuda<X.Y>-cudnn<N>-runtime, torch 2.14.1+cu130 in constraints
-    m = re.match(r"pytorch/pytorch:([\d.]+)-cuda(\d+)\.(\d+)-cudnn(\d+)-runtime$", base)
-    assert m, base
-    assert m.group(1) == constraints["torch"]
-    assert "nvidia-cudnn-cu" + m.group(2) in constraints
-
-
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_copied_paths_exist_and_pass_dockerignore(dockerfile: Path) -> None:
     from tests.support.docker_view import context_files

@@ -120,11 +120,11 @@ def test_cuda_out_of_memory_halves_the_batch_and_goes_on(tmp_path) -> None:
         limit: int = 2
         calls: list[int] = dataclasses.field(default_factory=list)
 
-        def encode_images(self, pixels, precision: str = "auto") -> np.ndarray:
+        def encode_tensor(self, pixels, precision: str = "auto"):
             self.calls.append(len(pixels))
             if len(pixels) > self.limit:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
-            return super().encode_images(pixels, precision)
+            return super().encode_tensor(pixels, precision)
 
     shard = str(tmp_path / "images" / io.shard_name(0))
     _image_shard(shard)
@@ -154,7 +154,7 @@ def test_out_of_memory_at_one_image_is_an_error(tmp_path) -> None:
     class NeverFits:
         dim = 64
 
-        def encode_images(self, pixels, precision: str = "auto") -> np.ndarray:
+        def encode_tensor(self, pixels, precision: str = "auto"):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (stand-in)")
 
     encoder = BatchEncoder(NeverFits())  # type: ignore[arg-type]
