@@ -55,7 +55,11 @@ RUN python stub_packages.py \
 COPY clip_index ./clip_index
 COPY components ./components
 COPY pipelines ./pipelines
+# The source goes once installed: left in the WORKDIR it would shadow the installed package
+# (`python -m ...` puts the WORKDIR first on sys.path), whose clip_index.components/.pipelines
+# exist only in site-packages (pyproject's package-dir).
 RUN pip install --no-deps . \
+    && rm -rf clip_index components pipelines build *.egg-info \
     && python -c "import kfp, clip_index, torch; \
 assert kfp.__version__ == '${KFP_VERSION}', kfp.__version__; \
 assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__; \

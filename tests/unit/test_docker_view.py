@@ -111,18 +111,11 @@ def test_view_holds_what_the_copy_lines_put_there(view: dv.View) -> None:
     assert {"gcsfs", "s3fs", "kfp", "torch"} <= dv.closure(view.requirements)
 
 
-def test_image_test_command_passes_in_the_view(view: dv.View,
-                                               request: pytest.FixtureRequest) -> None:
+def test_image_test_command_passes_in_the_view(view: dv.View) -> None:
     paths = _selection(view)
     assert "tests/unit/test_containers.py" in paths and "tests/unit/test_packaging.py" in paths
-    if (view.workdir / "clip_index").exists():
-        # gpu.Dockerfile (owned by the GPU work) keeps the source in its WORKDIR, where it
-        # shadows the installed package: `clip_index.pipelines` exists only in site-packages,
-        # so test_plan fails with "No module named 'clip_index.pipelines'". The fix is
-        # cpu.Dockerfile's `rm -rf clip_index components pipelines` after the install.
-        request.applymarker(pytest.mark.xfail(
-            reason="the source left in the WORKDIR shadows the installed package", strict=True))
-        paths = SMOKE
+    # the source must not be left in the WORKDIR, where it would shadow the installed package
+    assert not (view.workdir / "clip_index").exists()
     result = dv.run_tests(view, paths)
     assert re.search(r"\d+ passed", result.stdout), result.stdout[-4000:] + result.stderr[-2000:]
     failed = _failures(result.stdout)
