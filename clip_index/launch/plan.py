@@ -176,7 +176,11 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
                         billed_h * price(vcpu, mem_gib, gpus), rate)
 
     dl_rate = RATES["download_rows_per_s_per_vcpu"][0] * dl_cpu
-    emb_rate = min(per_gpu * args.gpu_count, RATES["decode_img_per_s_per_vcpu"][0] * emb_cpu)
+    # on CUDA the embed step decodes the stored JPEGs on the GPU (nvJPEG): the CPU bound applies
+    # only to CPU decoding (--embed-decode cpu, or images that are not JPEG)
+    cpu_decode = RATES["decode_img_per_s_per_vcpu"][0] * emb_cpu
+    emb_rate = (per_gpu * args.gpu_count if args.embed_decode == "device"
+                else min(per_gpu * args.gpu_count, cpu_decode))
     emb_bound = "GPU" if per_gpu * args.gpu_count <= emb_rate else "CPU decode"
     idx_rate = RATES["index_vectors_per_s_per_vcpu"][0] * idx_cpu
     small_cpu, small_gib = SMALL_TASK
@@ -212,9 +216,11 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
         f"success rate {args.success_rate:.0%} (reference run: 72%) → {images:,.0f} images",
         f"download: {RATES['download_rows_per_s_per_vcpu'][0]:.0f} rows/s per vCPU x "
         f"{args.download_cpu} vCPU ({RATES['download_rows_per_s_per_vcpu'][1]})",
-        f"embed: min({per_gpu:,.0f} img/s per {args.gpu_type} [{gpu_src}] x {args.gpu_count}, "
-        f"{RATES['decode_img_per_s_per_vcpu'][0]:.0f} img/s per vCPU decode x {args.embed_cpu} "
-        f"[{RATES['decode_img_per_s_per_vcpu'][1]}])",
+        f"embed: {per_gpu:,.0f} img/s per {args.gpu_type} [{gpu_src}] x {args.gpu_count}"
+        + (", JPEGs decoded on the GPU (nvJPEG; its CPU share is not measured)"
+           if args.embed_decode == "device" else
+           f", at most {RATES['decode_img_per_s_per_vcpu'][0]:.0f} img/s per vCPU of CPU "
+           f"decode x {args.embed_cpu} [{RATES['decode_img_per_s_per_vcpu'][1]}]"),
         f"index: {RATES['index_vectors_per_s_per_vcpu'][0]:.0f} vectors/s per vCPU x {idx_cpu:.0f} "
         f"({RATES['index_vectors_per_s_per_vcpu'][1]})",
         f"load: {RATES['load_rows_per_s'][1]}; write: {RATES['write_bytes_per_s'][1]}, and "
@@ -282,6 +288,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"vCPUs per embed task (default: {d.embed_cpu})")
     parser.add_argument("--embed-memory", default=d.embed_memory,
                         help=f"memory per embed task (default: {d.embed_memory})")
+    parser.add_argument("--embed-decode", choices=("device", "cpu"), default="device",
+                        help="where the embed step decodes JPEGs: device (nvJPEG on the GPU, "
+                             "the default on CUDA) or cpu (bounded by the embed task's vCPUs)")
     parser.add_argument("--embed-img-per-s-per-gpu", type=float, default=None,
                         help="your measured embed rate per GPU, img/s (overrides the estimate)")
     parser.add_argument("--gpu-price-per-h", type=float, default=None,

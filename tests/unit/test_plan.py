@@ -65,7 +65,7 @@ def test_more_gpus_shorten_the_run_and_overrides_apply() -> None:
                "--vcpu-price-per-h", "0", "--gib-price-per-h", "0")
     assert free["total"]["cost_usd"] == pytest.approx(plan.RUN_FEE_USD)
     fast = run("--rows", "1000000", "--gpu-type", "NVIDIA_L4", "--embed-img-per-s-per-gpu",
-               "5000")
+               "5000", "--embed-decode", "cpu")
     # decode-bound then: 316 img/s per vCPU x 6 vCPU (the embed task default)
     assert "1,896 img/s per task (CPU decode-bound)" in [s["rate"] for s in fast["steps"]]
 
