@@ -90,7 +90,7 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
              "display names apply on Vertex AI and Kubeflow only")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
     warnings.filterwarnings("ignore", message=".*non-Python base image")
-    pipeline = make_index_pipeline(settings or PipelineSettings())
+    pipeline = make_index_pipeline(local_settings(settings or PipelineSettings()))
     start = time.monotonic()
     # kfp.local swaps builtins.print for an indenting one, and the root logger's handlers and
     # level for its own, around each task, from each task's thread: with two tasks at once the
@@ -133,6 +133,13 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
             restore()
             console.close()
     return summary(params["output_dir"], time.monotonic() - start, root)
+
+
+def local_settings(settings: Any) -> Any:
+    """The settings a local run compiles with: no accelerator is requested locally, so the embed
+    task must not require CUDA (a pipeline compiled with a GPU passes device="cuda"); with
+    gpu_count 0 it runs on device "auto", which still takes this machine's GPU when usable."""
+    return dataclasses.replace(settings, gpu_count=0)
 
 
 def pipeline_defaults() -> dict[str, Any]:

@@ -119,3 +119,27 @@ def test_download_input_takes_datacomps_columns(tmp_path, http_server, capsys) -
     err = capsys.readouterr().err
     assert "--url-column='image_url' is not a column of" in err
     assert "['uid', 'url', 'text', 'original_width']" in err
+
+
+
+def test_local_runs_never_require_cuda(tmp_path) -> None:
+    """A local run ignores the accelerator request: its embed task runs on device "auto"
+    (this machine's GPU when usable, else the CPU), never with CUDA required."""
+    import yaml
+    from kfp import compiler
+
+    from clip_index.launch.runner import local_settings
+    from clip_index.pipelines import PipelineSettings, make_index_pipeline
+
+    def embed_device(settings: PipelineSettings) -> str:
+        path = tmp_path / "p.yaml"
+        compiler.Compiler().compile(make_index_pipeline(settings), str(path))
+        spec = yaml.safe_load(path.read_text())
+        tasks = spec["components"]["comp-embed-units"]["dag"]["tasks"]
+        inner = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]["dag"]["tasks"]
+        return inner["embed-images"]["inputs"]["parameters"]["device"]["runtimeValue"]["constant"]
+
+    gpu = PipelineSettings(gpu_count=2)
+    assert embed_device(gpu) == "cuda"  # what Vertex gets: fail fast without a GPU
+    assert local_settings(gpu).gpu_count == 0
+    assert embed_device(local_settings(gpu)) == "auto"
