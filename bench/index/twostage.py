@@ -90,7 +90,7 @@ def make_folder(kind: str, n: int, dim: int, queries: int) -> Path:
         io.write_parquet_atomic(str(folder / schema.DATA_DIR / io.shard_name(shard)), table)
     io.write_json(str(folder / schema.MANIFEST), {
         "model": "bench-synthetic", "pretrained": "none", "dim": dim, "dtype": "float32",
-        "normalised": True, "seed": 0})
+        "normalised": True, "seed": 0, "shards": list(range(-(-n // SHARD_ROWS)))})
     truth = np.empty((len(q), K), dtype=np.int64)
     scores = np.full((len(q), K), -np.inf, dtype=np.float32)
     for lo in range(0, n, 100_000):  # exact top-k, chunk by chunk

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from clip_index.config import EmbedConfig
 from clip_index.embed.gpus import CUDA_BUILD, GPUS, has_kernels
+from tests.support.checkout import needs_checkout
 from tests.unit.test_containers import args_of, instructions, pins
+
+pytestmark = needs_checkout("containers/gpu.Dockerfile")
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU = ROOT / "containers" / "gpu.Dockerfile"
