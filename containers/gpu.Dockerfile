@@ -78,4 +78,4 @@ CMD ["clip-index", "--help"]
 FROM runtime AS test
 COPY tests ./tests
 RUN pip install -c constraints.txt pytest pytest-timeout pyyaml \
-    && HF_HUB_OFFLINE=1 HF_HOME=/tmp/hf-tests python -m pytest -q -p no:cacheprovider tests/unit -m "not integration and not gpu"
+    && HF_HUB_OFFLINE=1 HF_HOME=/root/.cache/hf-tests python -m pytest -q -p no:cacheprovider tests/unit -m "not integration and not gpu"

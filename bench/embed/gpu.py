@@ -45,6 +45,14 @@ from bench.embed.run import PEER_VENV, ROOT, WORK, make_checkpoint, measured, ru
 log = logging.getLogger("bench.embed.gpu")
 
 
+def _portable(cmd: list[str]) -> str:
+    """The command as one line, with this checkout's paths relative and the interpreter as
+    `python`, so a result file says how to rerun it anywhere."""
+    root = str(Path(__file__).resolve().parents[2]) + os.sep
+    words = ["python" if w == sys.executable else w.replace(root, "") for w in cmd]
+    return " ".join(words)
+
+
 def tile_unit(corpus: Path, shards: int, rows_per_shard: int, rows_per_group: int = 256) -> Path:
     """`shards` image shards of `rows_per_shard` rows each, the corpus's images repeated (with
     unique uids), each marked complete as the download step leaves it."""
@@ -127,7 +135,7 @@ def end_to_end(unit: Path, shards: int, ckpt: Path, model: str, device: str, dec
             "images_per_s_per_process": stats["successes"] / busy,
             "images_per_s": stats["successes"] / busy * processes,
             "command_images_per_s": stats["successes"] / m["wall_s"], "decode": decode,
-            "command": " ".join(cmd)}
+            "command": _portable(cmd)}
 
 
 def _gpus(device: str) -> int:

@@ -3,7 +3,7 @@ same size as the alternative), made from what the download step stores (its defa
 keep_ratio JPEG q95, made by the step's own `process_image`) for the DataComp-like synthetic
 corpus of bench/download/corpus.py.
 
-    flock /tmp/clip-index-bench.lock python -m bench.index.thumbnails --images 1000
+    python -m bench.index.thumbnails --images 1000
 
 Prints JSON: bytes per thumbnail (mean, median, p95), GB per million images, ms per image on
 one core. The corpus is synthetic ("natural-ish" gradients, noise and shapes): real photos
