@@ -259,12 +259,10 @@ def _prefix_recalls(store: Any, queries: np.ndarray, candidates: np.ndarray,
     """recall@k after re-ranking the first d candidates, for each d in `depths`, from one
     first-stage search of max(depths) (a search for d candidates returns the prefix of a
     search for more: the first stage ranks by its own fixed approximate distances)."""
-    from clip_index.index.rerank import dot_rows
-
     totals = np.zeros(len(depths))
     for q, cand, truth in zip(queries, candidates, exact):
         positions = np.flatnonzero(cand >= 0)
-        scores = dot_rows(store.take(cand[positions]), q)
+        scores = _exact_scores(store, cand[positions], q)
         # first-stage positions in exact order: a candidate's exact rank does not depend on the
         # depth, so the re-ranked top k at depth d are the first k of these with position < d
         order = positions[np.argsort(-scores, kind="stable")]
@@ -273,6 +271,15 @@ def _prefix_recalls(store: Any, queries: np.ndarray, candidates: np.ndarray,
             top = cand[order[order < d][:k]]
             totals[j] += len(wanted.intersection(top.tolist())) / k
     return list(totals / max(1, len(queries)))
+
+
+def _exact_scores(store: Any, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Inner products of stored rows `ids` (any order) with `q`, through the store's blocked
+    `scores` (which reads ascending ids)."""
+    order = np.argsort(ids, kind="stable")
+    out = np.empty(len(ids), dtype=np.float32)
+    out[order] = store.scores(ids[order], q)
+    return out
 
 
 def tune_two_stage(first_stage: Any, store: Any, n_queries: int, target_recall: float,
