@@ -135,6 +135,9 @@ DATA_DIR = "data"
 FAILED_DIR = "failed"
 FAISS_DIR = "faiss"
 INDEX_FILE = "knn.index"
+# in faiss/: the id mapping again, as one uncompressed Arrow IPC file that readers memory-map
+# (id_mapping/ parquet would have to be decoded into every query process's memory)
+MAPPING_FILE = "id_mapping.arrow"
 ID_MAPPING_DIR = "id_mapping"
 INDEX_INFOS = "index_infos.json"
 RUN_STATS = "stats.json"

@@ -1,11 +1,13 @@
 """bench/index/extrapolate: the two-stage index at DataComp-small's size (12.8M × 512) on the
-pipeline's index task (16 vCPU, 64 GB), extrapolated from a `bench.index.twostage` run.
+pipeline's index task (14 vCPU, 48 GB: `index_cpu`, `index_memory`), extrapolated from a
+`bench.index.twostage` run.
 
     PYTHONPATH=. python -m bench.index.extrapolate bench/.work/index-twostage/results-1m.json
 
 Each figure scales a measured one by a stated rule; the measured column is printed beside it.
 Assumptions: files and memory grow linearly with the vectors except the centroids (an opened
-index: its measured fixed part + the first stage + the id mapping); k-means training costs
+index's private memory: its measured fixed part + the first stage; the id mapping and the
+re-rank vectors are memory-mapped files); k-means training costs
 (sample × lists × dim × iterations) and spreads over the cores (BLAS), as do the add (assign +
 encode) and the exact ground truth of tuning; staging (reading parquet, writing the mapping and
 the re-rank file) is one thread and does not.
@@ -27,7 +29,7 @@ from clip_index.index.twostage import (
 )
 
 TARGET_N = 12_800_000
-TARGET_CORES, MEASURED_CORES = 16, 2
+TARGET_CORES, MEASURED_CORES = 14, 2
 
 
 def extrapolate(row: dict[str, Any], n: int = TARGET_N,
@@ -52,9 +54,9 @@ def extrapolate(row: dict[str, Any], n: int = TARGET_N,
     sample_m, sample_n = first["train_vectors"] * dim * 4, train_n * dim * 4
     other_m = row["build_peak_rss_mb"] * 1e6 - sample_m - i["size_bytes"]
     peak_b = sample_n + index_b + max(other_m, 0)
-    mapping_b = row["mapping_mb"] * 1e6 * scale
-    # opened: a fixed part (Python objects, allocator pools) + the first stage + the mapping
-    fixed_b = (row["open_rss_mb"] - row["mapping_mb"]) * 1e6 - i["size_bytes"]
+    mapping_b = row["mapping_file_mb"] * 1e6 * scale
+    # opened, private memory: a fixed part (Python objects, allocator pools) + the first stage
+    fixed_b = row["open_anon_mb"] * 1e6 - i["size_bytes"]
     opened_b = max(fixed_b, 0) + index_b
     mb = 1e6
     return [
@@ -64,9 +66,10 @@ def extrapolate(row: dict[str, Any], n: int = TARGET_N,
          f"{index_b / mb:,.0f} MB"),
         ("re-rank file (float16, memory-mapped)", f"{i['rerank_size_bytes'] / mb:,.0f} MB",
          f"{rerank_b / mb:,.0f} MB"),
-        ("RAM of an opened index, without / with the id mapping",
-         f"{row['open_rss_mb'] - row['mapping_mb']:,.0f} / {row['open_rss_mb']:,.0f} MB",
-         f"{opened_b / mb:,.0f} / {(opened_b + mapping_b) / mb:,.0f} MB"),
+        ("id mapping file (Arrow, memory-mapped)", f"{row['mapping_file_mb']:,.0f} MB",
+         f"{mapping_b / mb:,.0f} MB"),
+        ("private memory of an opened index (the mapped files' pages come and go)",
+         f"{row['open_anon_mb']:,.0f} MB", f"{opened_b / mb:,.0f} MB"),
         ("build peak memory", f"{row['build_peak_rss_mb']:,.0f} MB", f"{peak_b / mb:,.0f} MB"),
         ("stage (one pass over data/, one thread)", f"{i['stage_seconds']:,.0f} s",
          f"{stage_s / 60:,.0f} min"),

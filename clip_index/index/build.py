@@ -166,7 +166,7 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
                       f"index: {data_dir}")
     start = time.monotonic()
     n_rows = count_rows(output_dir)
-    _remove_stale_rerank(output_dir)
+    _remove_stale(output_dir)
     if use_two_stage(n_rows, config):
         from clip_index.index.twostage import build_two_stage
 
@@ -198,10 +198,8 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
                                        config.target_recall,
                                        max_query_time_ms=config.max_index_query_time_ms)
         faiss.write_index(index, local_index)  # saved after tuning: the file holds the params
-        io.makedirs(io.join(output_dir, schema.FAISS_DIR))
-        fs, remote = io.filesystem(io.join(output_dir, schema.FAISS_DIR, schema.INDEX_FILE))
-        fs.put_file(local_index, remote)
         size = os.path.getsize(local_index)
+        publish_query_files(output_dir, tmp, [schema.INDEX_FILE])
     result = {
         "index_key": infos.get("index_key"),
         "index_param": quality.get("index_param", infos.get("index_param")),
@@ -221,6 +219,20 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
     return IndexResult(output_dir, result)
 
 
+def publish_query_files(output_dir: str, local_dir: str, names: list[str]) -> None:
+    """Write the id mapping's Arrow file into `local_dir`, then copy it and `names` (files of
+    `local_dir`) into ``output_dir/faiss/``, ``knn.index`` last: its presence marks the set
+    complete (a killed copy leaves no index beside stale companions)."""
+    from clip_index.index.layout import write_mapping_file
+
+    write_mapping_file(output_dir, os.path.join(local_dir, schema.MAPPING_FILE))
+    io.makedirs(io.join(output_dir, schema.FAISS_DIR))
+    ordered = sorted([schema.MAPPING_FILE, *names], key=lambda name: name == schema.INDEX_FILE)
+    for name in ordered:
+        fs, remote = io.filesystem(io.join(output_dir, schema.FAISS_DIR, name))
+        fs.put_file(os.path.join(local_dir, name), remote)
+
+
 def use_two_stage(n: int, config: IndexConfig) -> bool:
     """Two stages from `two_stage_min_vectors` vectors on, unless an index_key is forced."""
     return (not config.index_key and config.two_stage_min_vectors > 0
@@ -234,15 +246,17 @@ def count_rows(output_dir: str) -> int:
     return sum(shard_rows(io.list_shards(io.join(output_dir, schema.DATA_DIR))))
 
 
-def _remove_stale_rerank(output_dir: str) -> None:
-    """A re-rank file left by an earlier two-stage build must not sit beside a new
-    single-stage index (readers would take the folder for a two-stage index)."""
+def _remove_stale(output_dir: str) -> None:
+    """Companion files of an earlier build must not outlive it: a re-rank file beside a new
+    single-stage index (readers would take the folder for a two-stage index), an Arrow id
+    mapping beside new id_mapping/ shards (readers would take its rows)."""
     from clip_index.index.rerank import RERANK_FILE
 
-    path = io.join(output_dir, schema.FAISS_DIR, RERANK_FILE)
-    if io.exists(path):
-        fs, fs_path = io.filesystem(path)
-        fs.rm(fs_path)
+    for name in (RERANK_FILE, schema.MAPPING_FILE):
+        path = io.join(output_dir, schema.FAISS_DIR, name)
+        if io.exists(path):
+            fs, fs_path = io.filesystem(path)
+            fs.rm(fs_path)
 
 
 def verify_alignment(index: Any, vectors: VectorParts, samples: int = 50) -> None:

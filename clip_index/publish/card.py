@@ -123,6 +123,9 @@ def dataset_card(output_dir: str, repo_id: str, source: str = "") -> str:
               "the faiss index (read with `faiss.read_index`)", "-"),
              (f"`{schema.MANIFEST}`", "model, dimension, dtype, counts by status", "-"),
              (f"`{schema.INDEX_INFOS}`", "index key, recall, latency, autofaiss's figures", "-")]
+    if io.exists(io.join(output_dir, schema.FAISS_DIR, schema.MAPPING_FILE)):
+        rows.append((f"`{posixpath.join(schema.FAISS_DIR, schema.MAPPING_FILE)}`",
+                     "the id mapping again as one Arrow file, memory-mapped by queries", "-"))
     if io.exists(io.join(output_dir, schema.REPORT)):
         rows.append((f"`{schema.REPORT}`", "the run report", "-"))
     lines += _table(("path", "what", "columns"), rows)

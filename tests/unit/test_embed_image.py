@@ -51,4 +51,5 @@ def test_default_weights_are_baked_into_the_cache_the_loader_reads() -> None:
     text = GPU.read_text()
     assert "HF_HOME=/opt/hf" in text and "stage_weights(" in text and "staged_weights(" in text
     test_run = [a for i, a in instructions(GPU) if i == "RUN" and "pytest" in a]
-    assert test_run and "HF_HOME=/root/.cache/hf-tests" in test_run[0]  # tests never see baked weights
+    # the tests never see the baked weights
+    assert test_run and "HF_HOME=/root/.cache/hf-tests" in test_run[0]

@@ -159,9 +159,9 @@ def test_a_query_of_another_dim_is_refused(built: tuple[Path, np.ndarray, list[s
 
 
 def test_first_stage_key_follows_the_size() -> None:
-    assert first_stage_key(1_000_000, 512) == "IVF4096,PQ128x4fs"
-    assert first_stage_key(12_800_000, 512) == "IVF16384_HNSW32,PQ128x4fs"
-    assert first_stage_key(250_000, 768) == "IVF2048,PQ192x4fs"
+    assert first_stage_key(1_000_000, 512) == "IVF2048,PQ128x4fs"
+    assert first_stage_key(12_800_000, 512) == "IVF8192_HNSW32,PQ128x4fs"
+    assert first_stage_key(250_000, 768) == "IVF1024,PQ192x4fs"
     assert first_stage_key(300_000, 510).endswith(",SQ8")  # fast-scan PQ cannot split 510
 
 
@@ -246,3 +246,99 @@ def test_a_published_two_stage_index_opens_from_the_hub(
     assert index.store is not None and not (Path(index.output_dir) / "data").exists()
     _, vectors, uids = built
     assert [r[0].uid for r in index.search_embedding(vectors[:20], k=2)] == uids[:20]
+
+
+def test_the_query_files_include_a_memory_mapped_id_mapping_with_the_parquet_rows(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path) -> None:
+    from clip_index.index.layout import detect_layout, read_mapping
+
+    out, vectors, uids = built
+    mapping_file = out / "faiss" / schema.MAPPING_FILE
+    assert mapping_file.exists()
+    assert any(fnmatch.fnmatch(f"faiss/{schema.MAPPING_FILE}", p) for p in QUERY_FILES)
+    index = ClipIndex(out)
+    assert index.layout.mapping_file.endswith(schema.MAPPING_FILE)
+    with_file = [[(r.id, r.uid, r.url, r.caption) for r in row]
+                 for row in index.search_embedding(vectors[::97], k=7)]
+    assert {r[0][1] for r in with_file} == set(uids[::97])  # each row finds itself
+    # without the file (a folder written before it existed) the parquet gives the same rows
+    copy = _copy(out, tmp_path / "copy")
+    (copy / "faiss" / schema.MAPPING_FILE).unlink()
+    assert detect_layout(str(copy)).mapping_file == ""
+    parquet_rows = read_mapping(detect_layout(str(copy)))
+    assert parquet_rows.to_pylist() == index.mapping.table.to_pylist()
+    assert sorted(parquet_rows.column(schema.UID).to_pylist()) == sorted(uids)
+    assert index.metadata(2999) == {k: v for k, v in parquet_rows.slice(2999, 1).to_pylist()[0]
+                                    .items() if k != schema.FAISS_ID}
+    parquet = [[(r.id, r.uid, r.url, r.caption) for r in row]
+               for row in ClipIndex(copy).search_embedding(vectors[::97], k=7)]
+    assert parquet == with_file
+
+
+def test_id_mapping_rows_are_read_across_chunks_and_out_of_range_ids_refused() -> None:
+    import pyarrow as pa
+
+    from clip_index.index.layout import IdMapping
+
+    batches = [pa.table({schema.FAISS_ID: pa.array(range(a, b), pa.int64()),
+                         schema.UID: [f"u{i}" for i in range(a, b)],
+                         schema.URL: [f"http://h/{i}" for i in range(a, b)],
+                         schema.CAPTION: [None if i % 3 else f"c{i}" for i in range(a, b)]},
+                        schema=schema.ID_MAPPING_SCHEMA) for a, b in ((0, 5), (5, 5), (5, 12))]
+    mapping = IdMapping(pa.concat_tables(batches))
+    ids = np.array([11, 0, 6, 4, 11, 5])  # any order, repeats, both sides of a chunk edge
+    assert [r["uid"] for r in mapping.rows(ids)] == [f"u{i}" for i in ids]
+    assert mapping.rows(np.array([3]))[0] == {"uid": "u3", "url": "http://h/3", "caption": "c3"}
+    assert mapping.rows(np.array([], dtype=np.int64)) == []
+    with pytest.raises(IndexError, match=r"expected ids in 0\.\.11"):
+        mapping.rows(np.array([12]))
+
+
+def test_a_broken_or_stale_mapping_file_is_refused_and_a_rebuild_replaces_it(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    out = _copy(built[0], tmp_path / "copy")
+    path = out / "faiss" / schema.MAPPING_FILE
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ValueError, match="cannot be read.*Arrow file the index step writes"):
+        ClipIndex(out)
+    shifted = pa.table({schema.FAISS_ID: pa.array(range(1, N + 1), pa.int64()),
+                        schema.UID: ["u"] * N, schema.URL: ["x"] * N, schema.CAPTION: ["c"] * N},
+                       schema=schema.ID_MAPPING_SCHEMA)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, shifted.schema) as writer:
+        writer.write_table(shifted)
+    with pytest.raises(RuntimeError, match=f"not faiss ids 0..{N - 1} in order"):
+        ClipIndex(out)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(
+            sink, pa.schema([pa.field("i", pa.int64())])) as writer:
+        writer.write_table(pa.table({"i": pa.array(range(N), pa.int64())}))
+    with pytest.raises(ValueError, match=r"has columns \['i'\]"):
+        ClipIndex(out)
+    # a single-stage rebuild of the folder writes the file again from the new id_mapping/
+    run_index(str(out), IndexConfig(index_key="Flat", recall_queries=0))
+    index = ClipIndex(out)
+    assert index.store is None and index.layout.mapping_file
+    assert index.mapping.table.to_pylist() == ClipIndex(built[0]).mapping.table.to_pylist()
+
+
+def test_rerank_scores_are_exact_in_blocks_and_float16_widens_exactly(tmp_path: Path) -> None:
+    from clip_index.index.rerank import SCORE_BLOCK, widen_float16
+
+    rng = np.random.default_rng(2)
+    rows = 3 * SCORE_BLOCK + 5  # a partial last block
+    vectors = rng.standard_normal((rows, DIM)).astype(np.float32) * np.logspace(
+        -9, 0, rows, dtype=np.float32)[:, None]  # down into float16's subnormals and zero
+    writer = RerankWriter(str(tmp_path / "s.npy"), rows, DIM)
+    writer.append(vectors)
+    writer.close()
+    store = RerankStore(str(tmp_path / "s.npy"), rows, DIM)
+    stored = vectors.astype(np.float16)
+    assert np.array_equal(widen_float16(stored).view(np.uint32),
+                          stored.astype(np.float32).view(np.uint32))  # bit for bit
+    q = rng.standard_normal(DIM).astype(np.float32)
+    ids = np.sort(rng.choice(rows, rows - 7, replace=False))
+    expected = stored.astype(np.float64)[ids] @ q.astype(np.float64)
+    assert np.allclose(store.scores(ids, q), expected, rtol=1e-5, atol=1e-6)
+    shuffled = rng.permutation(ids)
+    assert np.array_equal(store.take(shuffled), stored[shuffled].astype(np.float32))
