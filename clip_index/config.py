@@ -253,7 +253,7 @@ class IndexConfig(_Config):
         exact re-rank from memory-mapped stored vectors orders them; smaller sets keep
         autofaiss's exact or HNSW index. 0 = never two stages.
     first_stage_key: the first stage's faiss factory string ("" = chosen from the size, e.g.
-        ``IVF4096,PQ128x4fs`` for 1M × 512).
+        ``IVF2048,PQ128x4fs`` for 1M × 512).
     rerank_dtype: how the re-rank vectors are stored, "float16" (half the disk) or "float32".
     """
 

@@ -29,17 +29,21 @@ log = logging.getLogger(__name__)
 
 TRAIN_PER_LIST = 40  # training vectors per inverted list (faiss warns below 39)
 MIN_TRAIN, MAX_TRAIN = 65_536, 1_048_576  # training sample bounds, vectors
-HNSW_QUANTIZER_FROM_LISTS = 16_384  # a flat coarse quantizer costs nlist·dim per query
+HNSW_QUANTIZER_FROM_LISTS = 8_192  # a flat coarse quantizer costs nlist·dim per query
 
 
 def first_stage_key(n: int, dim: int) -> str:
-    """The first stage for `n` vectors of `dim`: about 4·√n inverted lists (a power of two,
-    256–65,536; 1M → 4096, 12.8M → 16,384), an HNSW coarse quantizer from 16,384 lists (a flat
-    one would scan 16,384 centroids per query), and fast-scan PQ with 4-bit codes over
-    4-dimension sub-vectors (128 bytes per 512-d vector; SIMD table look-ups, so scanning many
+    """The first stage for `n` vectors of `dim`: about 2·√n inverted lists (a power of two,
+    256–65,536; 1M → 2048, 12.8M → 8192), an HNSW coarse quantizer from 8192 lists (a flat
+    one would scan 8192 centroids per query), and fast-scan PQ with 4-bit codes over
+    4-dimension sub-vectors (64 bytes per 512-d vector; SIMD table look-ups, so scanning many
     lists stays cheap, which nprobe needs on wide, overlapping clusters). Dims that fast-scan
-    PQ cannot split evenly get 8-bit scalar quantisation."""
-    nlist = int(2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))))
+    PQ cannot split evenly get 8-bit scalar quantisation.
+
+    2·√n rather than the usual 4·√n: k-means costs (training vectors × lists) = 40·nlist²,
+    so at 1M, 4096 lists took 110 s of a 3-minute build budget to train and 2048 lists 30 s,
+    at the same re-ranked recall for a few more codes scanned per query (BENCHMARKS.md)."""
+    nlist = int(2 ** round(math.log2(max(1.0, 2 * math.sqrt(n)))))
     nlist = max(256, min(65_536, nlist, max(1, n // TRAIN_PER_LIST)))
     coarse = f"IVF{nlist}_HNSW32" if nlist >= HNSW_QUANTIZER_FROM_LISTS else f"IVF{nlist}"
     m = dim // 4
@@ -111,6 +115,8 @@ def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
     depth) and measure. Returns the index_infos fields of both stages."""
     import faiss
 
+    from clip_index.index.build import publish_query_files
+
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="clip-index-") as tmp:
         store_path = os.path.join(tmp, RERANK_FILE)
@@ -147,10 +153,7 @@ def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
         faiss.write_index(index, local_index)  # after tuning: the file holds nprobe
         sizes = {name: os.path.getsize(os.path.join(tmp, name))
                  for name in (schema.INDEX_FILE, RERANK_FILE)}
-        io.makedirs(io.join(output_dir, schema.FAISS_DIR))
-        for name in (RERANK_FILE, schema.INDEX_FILE):  # the index last: it marks the pair done
-            fs, remote = io.filesystem(io.join(output_dir, schema.FAISS_DIR, name))
-            fs.put_file(os.path.join(tmp, name), remote)
+        publish_query_files(output_dir, tmp, [RERANK_FILE, schema.INDEX_FILE])
     depth = quality.get("rerank_depth", 200)
     return {
         "index_key": key, "index_param": quality.get("index_param", ""),
