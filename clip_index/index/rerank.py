@@ -163,9 +163,11 @@ def _fp16_decoder(dim: int) -> Any:
 
 
 def _no_readahead(vectors: np.ndarray) -> None:
-    """Ask the kernel not to read ahead around the mapped rows a query touches (a re-rank
-    reads a few hundred rows scattered over the file: readahead would pull in 32 pages per
-    row, from disk on a cold cache, and leave them in this process's resident set)."""
+    """Ask the kernel not to read ahead around the rows a query touches: a re-rank reads a
+    few hundred rows scattered over the file, and on a cold page cache readahead would read
+    ~128 KiB from disk for each 1 KiB row. (Pages already cached are still mapped around a
+    touched one, so the resident set grows as queries run: those are clean file pages,
+    counted as RssFile, which the kernel drops under memory pressure.)"""
     base = getattr(vectors, "_mmap", None)
     if base is not None and hasattr(mmap, "MADV_RANDOM"):
         try:
