@@ -75,18 +75,14 @@ class LoadConfig(_Config):
 class DownloadConfig(_Config):
     """Download step: fetch, verify, resize and re-encode every URL of a shard.
 
-    timeout_s: total deadline per request attempt (connect + headers + body), seconds;
-        first_timeout_s: the first attempt's (shorter: a dead request is retried sooner,
-        later, with timeout_s; 0 = timeout_s).
-    drip_bytes_per_s / max_drip_s: a body still arriving at this average rate when its
-        deadline comes is alive, not dead: it may go on up to max_drip_s seconds.
+    timeout_s: total deadline per request attempt (connect + headers + body), seconds (the
+        first attempt has first_timeout_s, and a live slow body may go past it: see
+        Attributes).
     retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets); a retry
         waits its backoff holding no slot, and queues behind the fresh rows of its host.
     concurrency: requests in flight per process (the web is latency-bound: an event loop
         holds hundreds cheaply); per_host_concurrency caps one host, and rows waiting for a
         busy host hold no global slot.
-    shards_in_flight: shards of a work unit open at once: the next shard starts as soon as
-        every row of the previous one is started, so their tails overlap.
     image_size: target size in pixels (the shorter side for keep_ratio, the square side for
         center_crop and border); images are never upscaled.
     min_image_size: rows whose original shorter side is below this are `filtered`.
@@ -111,7 +107,8 @@ class DownloadConfig(_Config):
         drip_bytes_per_s: A body still arriving at this average rate (bytes/s) at its deadline
             is alive, not dead, and may go on up to max_drip_s.
         max_drip_s: How long a slow but live body may go on past its deadline, seconds.
-        shards_in_flight: Shards of a work unit open at once, so that their tails overlap.
+        shards_in_flight: Shards of a work unit open at once: the next shard starts as soon as
+            every row of the previous one has started, so their tails overlap.
         image_decoder: auto (PNGs of 4 MP or more through libvips, where it measured faster;
             the rest through Pillow), pillow (never libvips) or vips (every PNG through libvips).
     """
