@@ -54,9 +54,12 @@ class IndexResult:
 STAGED_NAME = "{:09d}.npy"  # fixed width: autofaiss reads the files in name order
 
 
-def stage_vectors(output_dir: str, sink: Callable[[np.ndarray], None]) -> tuple[int, int]:
-    """One pass over the data shards: hand each shard's normalised float32 vectors to `sink`
-    and write ``output_dir/id_mapping/``; return (vectors, dim).
+def stage_vectors(output_dir: str, sink: Callable[[np.ndarray], None],
+                  mapping_file: str) -> tuple[int, int]:
+    """One pass over the data shards: hand each shard's normalised float32 vectors to `sink`,
+    write ``output_dir/id_mapping/`` and the same rows to the local Arrow file `mapping_file`
+    (one record batch per shard; see `clip_index.index.layout.map_mapping_file`); return
+    (vectors, dim).
 
     Alignment by construction: the sink sees the shards in the order of this pass and mapping
     row i is written in the same step as vector i.
@@ -64,6 +67,12 @@ def stage_vectors(output_dir: str, sink: Callable[[np.ndarray], None]) -> tuple[
     for stale in io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR)):
         fs, path = io.filesystem(stale)
         fs.rm(path)
+    with pa.ipc.new_file(mapping_file, schema.ID_MAPPING_SCHEMA) as arrow_mapping:
+        return _stage(output_dir, sink, arrow_mapping)
+
+
+def _stage(output_dir: str, sink: Callable[[np.ndarray], None],
+           arrow_mapping: pa.ipc.RecordBatchFileWriter) -> tuple[int, int]:
     offset, dim = 0, 0
     for path in io.list_shards(io.join(output_dir, schema.DATA_DIR)):
         shard = io.shard_index(path)
@@ -84,6 +93,7 @@ def stage_vectors(output_dir: str, sink: Callable[[np.ndarray], None]) -> tuple[
         }, schema=schema.ID_MAPPING_SCHEMA)
         io.write_parquet_atomic(io.join(output_dir, schema.ID_MAPPING_DIR, io.shard_name(shard)),
                                 mapping)
+        arrow_mapping.write_table(mapping)
         offset += table.num_rows
     return offset, dim
 
@@ -183,7 +193,8 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
     with tempfile.TemporaryDirectory(prefix="clip-index-") as tmp:
         staging = os.path.join(tmp, "vectors")
         os.makedirs(staging)
-        n, dim = stage_vectors(output_dir, npy_folder_sink(staging))
+        n, dim = stage_vectors(output_dir, npy_folder_sink(staging),
+                               os.path.join(tmp, schema.MAPPING_FILE))
         if n == 0:
             raise RuntimeError(f"no embeddings in {io.join(output_dir, schema.DATA_DIR)}: "
                                "nothing to index")
@@ -199,7 +210,7 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
                                        max_query_time_ms=config.max_index_query_time_ms)
         faiss.write_index(index, local_index)  # saved after tuning: the file holds the params
         size = os.path.getsize(local_index)
-        publish_query_files(output_dir, tmp, [schema.INDEX_FILE])
+        publish_query_files(output_dir, tmp, [schema.MAPPING_FILE, schema.INDEX_FILE])
     result = {
         "index_key": infos.get("index_key"),
         "index_param": quality.get("index_param", infos.get("index_param")),
@@ -220,15 +231,10 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
 
 
 def publish_query_files(output_dir: str, local_dir: str, names: list[str]) -> None:
-    """Write the id mapping's Arrow file into `local_dir`, then copy it and `names` (files of
-    `local_dir`) into ``output_dir/faiss/``, ``knn.index`` last: its presence marks the set
-    complete (a killed copy leaves no index beside stale companions)."""
-    from clip_index.index.layout import write_mapping_file
-
-    write_mapping_file(output_dir, os.path.join(local_dir, schema.MAPPING_FILE))
+    """Copy `names` (files of `local_dir`) into ``output_dir/faiss/``, ``knn.index`` last: its
+    presence marks the set complete (a killed copy leaves no index beside stale companions)."""
     io.makedirs(io.join(output_dir, schema.FAISS_DIR))
-    ordered = sorted([schema.MAPPING_FILE, *names], key=lambda name: name == schema.INDEX_FILE)
-    for name in ordered:
+    for name in sorted(names, key=lambda name: name == schema.INDEX_FILE):
         fs, remote = io.filesystem(io.join(output_dir, schema.FAISS_DIR, name))
         fs.put_file(os.path.join(local_dir, name), remote)
 

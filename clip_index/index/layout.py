@@ -166,25 +166,11 @@ class IdMapping:
                 for c, i in zip(chunk.tolist(), local.tolist())]
 
 
-def write_mapping_file(output_dir: str, path: str) -> int:
-    """Write ``output_dir/id_mapping/`` (parquet, in shard order) to the local file `path` as one
-    uncompressed Arrow IPC file, one record batch per shard (one shard in memory at a time).
-    Returns the rows written."""
-    rows = 0
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema.ID_MAPPING_SCHEMA) as out:
-        for shard in io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR)):
-            table = io.read_parquet(shard).cast(schema.ID_MAPPING_SCHEMA)
-            for batch in table.to_batches():
-                out.write_batch(batch)
-            rows += table.num_rows
-    return rows
-
-
 def map_mapping_file(path: str) -> pa.Table:
-    """The memory-mapped id mapping of `write_mapping_file`: no row is read until it is used,
-    so an opened index holds none of it in private memory (a query touches the pages of its
-    k rows). Checks the schema and that each batch starts and ends at the faiss ids of its
-    place (two values per batch, not a pass over the file)."""
+    """The memory-mapped id mapping the index step writes (`stage_vectors`): no row is read
+    until it is used, so an opened index holds none of it in private memory (a query touches
+    the pages of its k rows). Checks the schema and that each batch starts and ends at the
+    faiss ids of its place (two values per batch, not a pass over the file)."""
     try:
         table = pa.ipc.open_file(pa.memory_map(path)).read_all()
     except (pa.ArrowInvalid, OSError) as exc:

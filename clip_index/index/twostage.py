@@ -81,10 +81,11 @@ def shard_rows(paths: list[str]) -> list[int]:
 
 
 def stream_and_sample(output_dir: str, store_path: str, dtype: str, train_size: int,
-                      n: int, seed: int = 0) -> tuple[np.ndarray, int, int]:
-    """One pass over the data shards (`n` rows in all): the id mapping, the re-rank store
-    (normalised rows, in shard order: row i is faiss id i) and a uniform random training sample
-    (float32, in id order). Returns (sample, vectors, dim)."""
+                      n: int, mapping_file: str, seed: int = 0) -> tuple[np.ndarray, int, int]:
+    """One pass over the data shards (`n` rows in all): the id mapping (parquet in
+    `output_dir`, Arrow in the local `mapping_file`), the re-rank store (normalised rows, in
+    shard order: row i is faiss id i) and a uniform random training sample (float32, in id
+    order). Returns (sample, vectors, dim)."""
     from clip_index.index.build import stage_vectors
 
     picks = np.sort(np.random.default_rng(seed).choice(n, min(train_size, n), replace=False))
@@ -101,7 +102,7 @@ def stream_and_sample(output_dir: str, store_path: str, dtype: str, train_size: 
         state["sample"][lo:hi] = vectors[picks[lo:hi] - start].astype(dtype).astype(np.float32)
         state["offset"], state["taken"] = end, hi
 
-    count, dim = stage_vectors(output_dir, sink)
+    count, dim = stage_vectors(output_dir, sink, mapping_file)
     if count != n:
         raise RuntimeError(f"data shards hold {count} embeddings but their footers say {n}: "
                            "a shard changed while it was read")
@@ -131,7 +132,8 @@ def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
         nlist = nlist_of(key)
         train_size = max(MIN_TRAIN, min(MAX_TRAIN, TRAIN_PER_LIST * nlist))
         sample, n, dim = stream_and_sample(output_dir, store_path, config.rerank_dtype,
-                                           train_size, total)
+                                           train_size, total,
+                                           os.path.join(tmp, schema.MAPPING_FILE))
         staged_s = time.monotonic() - start
         index = make_first_stage(key, dim)
         log.info("two-stage index: %d × %d staged in %.1fs (peak RSS %.0f MB); training %s on "
@@ -153,7 +155,8 @@ def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
         faiss.write_index(index, local_index)  # after tuning: the file holds nprobe
         sizes = {name: os.path.getsize(os.path.join(tmp, name))
                  for name in (schema.INDEX_FILE, RERANK_FILE)}
-        publish_query_files(output_dir, tmp, [RERANK_FILE, schema.INDEX_FILE])
+        publish_query_files(output_dir, tmp,
+                            [RERANK_FILE, schema.MAPPING_FILE, schema.INDEX_FILE])
     depth = quality.get("rerank_depth", 200)
     return {
         "index_key": key, "index_param": quality.get("index_param", ""),

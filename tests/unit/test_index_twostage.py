@@ -180,7 +180,8 @@ def test_the_build_pass_writes_the_store_and_a_uniform_sample_in_id_order(
     write_output_dir(tmp_path, vectors, [f"u{i}" for i in range(3000)],
                      [list(range(0, 1200)), list(range(1200, 3000))])
     store_path = str(tmp_path / "store.npy")
-    sample, n, dim = stream_and_sample(str(tmp_path), store_path, "float16", 500, 3000)
+    sample, n, dim = stream_and_sample(str(tmp_path), store_path, "float16", 500, 3000,
+                                       str(tmp_path / "mapping.arrow"))
     assert (n, dim) == (3000, DIM) and sample.shape == (500, DIM)
     store = RerankStore(store_path, 3000, DIM)
     as_stored = vectors.astype(np.float16).astype(np.float32)
