@@ -138,8 +138,8 @@ class IdMapping:
     """The id mapping (faiss id → uid, url, caption), in memory or memory-mapped, read by id.
 
     Rows are read value by value from the chunk that holds them (the memory-mapped file has
-    one record batch per shard): for the 10 rows of one query, 0.11 ms, where pyarrow's
-    ``Table.take`` over 100 chunks took 25 ms and a take per chunk 0.7 ms.
+    one record batch per shard): for the 10 rows of one query, 0.12 ms, where pyarrow's
+    ``Table.take`` over 100 chunks takes 22 ms (`python -m bench.index.query_parts`).
     """
 
     COLUMNS = (schema.UID, schema.URL, schema.CAPTION)
