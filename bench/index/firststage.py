@@ -88,7 +88,7 @@ def measure(index: Any, store: Any, queries: np.ndarray, truth: np.ndarray,
 
 
 def main() -> None:
-    from clip_index.index.rerank import RerankStore
+    from clip_index.index.rerank import RERANK_FILE, RerankStore
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folder", required=True, help="a bench.index.twostage folder, built")
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--grid", default=GRID, help="nprobe/depth pairs to measure")
     args = parser.parse_args()
     folder = Path(args.folder)
-    store = RerankStore(str(folder / "faiss" / "rerank_vectors.npy"))
+    store = RerankStore(str(folder / "faiss" / RERANK_FILE))
     queries, truth = np.load(folder / "queries.npy"), np.load(folder / "truth.npy")
     grid = [(int(a), int(b)) for a, b in (g.split("/") for g in args.grid.split(","))]
     for variant in args.variants.split(";"):

@@ -4,7 +4,9 @@ figures behind the query path's choices, on a folder built by `bench.index.twost
     PYTHONPATH=. python -m bench.index.query_parts bench/.work/index-twostage/clustered-1000000x512
 
 Prints (all single-threaded, p50 over 300 held-out queries, after one warm-up pass):
-- inside full queries: first stage, exact re-rank, result rows, and `search_embedding` whole;
+- inside full queries: first stage alone, both stages (faiss `IndexRefine`, what queries run),
+  the Python re-rank of the same candidates (legacy ``.npy`` stores), result rows, and
+  `search_embedding` whole;
 - each part back to back (the same call repeated, so its data stay in the CPU caches);
 - float16 widening of a 48 × 512 block: numpy's cast against faiss's fp16 decoder, and the
   page faults per query of widening all candidates at once against `RerankStore.scores`;
@@ -65,34 +67,39 @@ def main() -> None:
     print(f"{args.folder.name}: {index.infos['index_key']} ({index.infos['index_param']}), "
           f"{depth} candidates")
 
-    parts: dict[str, list[float]] = {"first stage": [], "re-rank": [], "result rows": [],
+    parts: dict[str, list[float]] = {"first stage": [], "two stages (IndexRefine)": [],
+                                     "Python re-rank": [], "result rows": [],
                                      "search_embedding": []}
     for q in queries:
         t0 = time.perf_counter()
         _, cand = two_stage.first_stage.search(q[None, :], depth)
         t1 = time.perf_counter()
-        scores, ids = rerank(store, q[None, :], cand, 10)
+        scores, ids = two_stage.search(q[None, :], 10)
         t2 = time.perf_counter()
-        index._results(scores[0], ids[0])
+        rerank(store, q[None, :], cand, 10)
         t3 = time.perf_counter()
-        index.search_embedding(q, 10)
+        index._results(scores[0], ids[0])
         t4 = time.perf_counter()
-        for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        index.search_embedding(q, 10)
+        t5 = time.perf_counter()
+        for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             parts[name].append(seconds * 1000)
     for name, ms in parts.items():
-        print(f"inside full queries: {name:18s} p50 {np.percentile(ms, 50):.3f} ms")
+        print(f"inside full queries: {name:26s} p50 {np.percentile(ms, 50):.3f} ms")
     first = p50_us(lambda i: two_stage.first_stage.search(queries[i:i + 1], depth))
+    both = p50_us(lambda i: two_stage.search(queries[i:i + 1], 10))
     again = p50_us(lambda i: rerank(store, queries[i:i + 1], candidates[i:i + 1], 10))
-    print(f"back to back: first stage p50 {first / 1e3:.3f} ms; re-rank {again / 1e3:.3f} ms")
+    print(f"back to back: first stage p50 {first / 1e3:.3f} ms; two stages (IndexRefine) "
+          f"{both / 1e3:.3f} ms; Python re-rank alone {again / 1e3:.3f} ms")
 
-    block = np.take(store._rows, np.sort(candidates[0])[:48], axis=0)
+    block = store.rows(np.sort(candidates[0])[:48])
     print(f"widen 48 × {block.shape[1]} float16: numpy cast "
           f"{p50_us(lambda i: block.astype(np.float32)):.0f} µs, faiss fp16 decoder "
           f"{p50_us(lambda i: widen_float16(block)):.0f} µs")
     sorted_cand = [np.sort(c[c >= 0]) for c in candidates]
 
     def all_at_once(i: int) -> np.ndarray:
-        rows = np.take(store._rows, sorted_cand[i], axis=0).astype(np.float32)
+        rows = store.rows(sorted_cand[i]).astype(np.float32)
         return np.einsum("ij,j->i", rows, queries[i])
 
     print(f"page faults per query, {depth} candidates: widened all at once "

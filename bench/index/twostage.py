@@ -1,7 +1,7 @@
 """bench/index/twostage: the index step's new default (two stages: IVF fast-scan PQ + exact
-re-rank from memory-mapped float16 vectors) against today's HNSW32 and autofaiss's default pick,
-on synthetic CLIP-like vectors of two distributions (clustered; wide, overlapping clusters) and
-random vectors as the worst case. One run prints one Markdown table.
+re-rank from memory-mapped float16 vectors through faiss's IndexRefine) against today's HNSW32
+and autofaiss's default pick, on synthetic CLIP-like vectors of two distributions (clustered;
+wide, overlapping clusters) and random vectors as the worst case. One run prints one Markdown table.
 
     PYTHONPATH=. python -m bench.index.twostage --n 1000000 --hnsw-n 200000
 
@@ -155,9 +155,11 @@ def query(folder: str, index_param: str | None) -> dict[str, Any]:
 def variant(name: str, folder: Path, config: dict[str, Any],
             autofaiss_too: bool = False) -> list[dict[str, Any]]:
     """Build once, then measure the opened index (and autofaiss's own pick of the same build)."""
+    from clip_index.index.rerank import RERANK_FILE
+
     built = _in_child(build, str(folder), config)
     infos = built["infos"]
-    files = [folder / "faiss" / f for f in ("knn.index", "rerank_vectors.npy", "id_mapping.arrow")]
+    files = [folder / "faiss" / f for f in ("knn.index", RERANK_FILE, "id_mapping.arrow")]
     base = {"data": folder.name, "build_s": built["build_s"],
             "build_peak_rss_mb": built["build_peak_rss_mb"],
             "index_mb": infos["size_bytes"] / 1e6,

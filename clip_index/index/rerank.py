@@ -1,15 +1,28 @@
-"""Re-rank store: the stored vectors of a two-stage index, one ``.npy`` file (n, dim) of float16
-(or float32) in ``output_dir/faiss/``, memory-mapped at query time; and the exact re-rank of a
-first stage's candidates against it.
+"""Re-rank store: the stored vectors of a two-stage index, one faiss index file of float16
+(an fp16 ``IndexScalarQuantizer``) or float32 (``IndexFlatIP``) rows in ``output_dir/faiss/``,
+memory-mapped at query time; and the exact re-rank of a first stage's candidates against it,
+through faiss's ``IndexRefine`` (candidates and re-rank in one C++ call).
 
-Hand-written rather than faiss's ``IndexRefine``/``IndexRefineFlat``: those hold the refine
-vectors in RAM inside the index file (1 GB of float16 per 1M × 512), while the point here is that
-a query process maps the file and touches only the few hundred rows it re-ranks. A plain ``.npy``
-is also readable by numpy alone (``np.load(path, mmap_mode="r")``).
+Why a faiss file rather than a ``.npy``: faiss reads it memory-mapped (``IO_FLAG_MMAP_IFC``), so
+``IndexRefine`` decodes the few hundred candidate rows with its F16C/AVX2 kernels straight from
+the page cache, and a query process stays small (its resident memory is the rows it touched).
+Re-ranking 200 candidates in Python cost 0.5 of a 2.0 ms query (`bench.index.query_parts`);
+in faiss, a tenth of that. numpy reads the same mapped bytes for the rest (the tuner's ground
+truth, ``ClipIndex.vectors``, deduplication).
+
+Why the file is written by hand: faiss can only serialise an index it holds in memory (13 GB
+of float16 at DataComp-small's 12.8M × 512), while the build streams the rows shard by shard.
+So the writer asks faiss for the header of an empty index announcing the final row count and
+appends the rows after it (faiss stores the codes last, as one length-prefixed vector); the file
+is then read back through faiss itself, which checks the header and the length.
+
+Folders built before this format keep their ``rerank_vectors.npy``; it is still read (mapped by
+numpy, re-ranked in Python).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import mmap
@@ -21,25 +34,49 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RERANK_FILE = "rerank_vectors.npy"  # in output_dir/faiss/, beside knn.index
+RERANK_FILE = "rerank_vectors.index"  # in output_dir/faiss/, beside knn.index
+LEGACY_RERANK_FILE = "rerank_vectors.npy"  # the format of earlier builds, still read
 RERANK_DTYPES = ("float16", "float32")
 CHUNK_ROWS = 16_384  # rows per chunk when streaming the store (16 MB of float16 at dim 512)
-SCORE_BLOCK = 48  # rows per block of a re-rank: 96 KB of float32 at dim 512
+SCORE_BLOCK = 48  # rows per block of a Python re-rank: 96 KB of float32 at dim 512
+
+
+def faiss_header(rows: int, dim: int, dtype: str) -> bytes:
+    """Everything faiss writes before the vectors of an inner-product index of `rows` × `dim`
+    `dtype` rows, ending with the length of its codes vector (counted in bytes for the scalar
+    quantizer's codes, in floats for a flat index's)."""
+    import faiss
+
+    if dtype == "float16":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
+                                           faiss.METRIC_INNER_PRODUCT)
+        count = rows * dim * 2
+    elif dtype == "float32":
+        index = faiss.IndexFlatIP(dim)
+        count = rows * dim
+    else:
+        raise ValueError(f"rerank dtype {dtype!r}: expected one of {RERANK_DTYPES}")
+    index.ntotal = rows
+    empty = faiss.serialize_index(index).tobytes()
+    if empty[-8:] != bytes(8):  # an empty codes vector: its 8-byte length, 0
+        raise RuntimeError(f"faiss {faiss.__version__} does not end an empty index with its "
+                           "codes vector: the re-rank writer needs updating")
+    return empty[:-8] + np.uint64(count).tobytes()
 
 
 class RerankWriter:
-    """Writes a (rows, dim) ``.npy`` of `dtype` chunk by chunk with plain file writes (no
-    mapping, so the writer's resident memory stays one chunk); `close` checks the row count."""
+    """Writes the store chunk by chunk with plain file writes (no mapping, so the writer's
+    resident memory stays one chunk); `close` checks the row count and reads the file back
+    through faiss."""
 
     def __init__(self, path: str, rows: int, dim: int, dtype: str = "float16") -> None:
         if dtype not in RERANK_DTYPES:
             raise ValueError(f"rerank dtype {dtype!r}: expected one of {RERANK_DTYPES}")
         self.path, self.rows, self.dim, self.dtype = path, rows, dim, np.dtype(dtype)
         self.written = 0
+        header = faiss_header(rows, dim, dtype)
         self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed by close())
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (rows, dim)}
-        np.lib.format.write_array_header_2_0(self._file, header)
+        self._file.write(header)
 
     def append(self, vectors: np.ndarray) -> None:
         """Append rows (any float dtype, shape (m, dim)); they are cast to the store's dtype."""
@@ -54,10 +91,12 @@ class RerankWriter:
         self._file.close()
         if self.written != self.rows:
             raise RuntimeError(f"{self.path}: {self.written} rows written, {self.rows} announced")
+        RerankStore(self.path, self.rows, self.dim)  # faiss reads it back, or this raises
 
 
 class RerankStore:
-    """The stored vectors, memory-mapped: ``take`` reads only the rows asked for."""
+    """The stored vectors, memory-mapped: `index` is the faiss index over them (None for a
+    legacy ``.npy``), `take` / `scores` read only the rows asked for."""
 
     def __init__(self, path: str, rows: int | None = None, dim: int | None = None) -> None:
         """Open `path`; with `rows` / `dim` (the first stage's ntotal and d), refuse a file that
@@ -66,42 +105,48 @@ class RerankStore:
             raise FileNotFoundError(f"re-rank vectors {path!r} are missing: the index's first "
                                     "stage needs them (written by `clip-index index` beside "
                                     "faiss/knn.index); copy or publish the whole faiss/ folder")
-        try:
-            self.vectors: np.ndarray = np.load(path, mmap_mode="r")
-        except ValueError as exc:  # a truncated file: numpy cannot map the announced shape
-            raise ValueError(f"re-rank vectors {path!r} cannot be read ({exc}): expected a "
-                             f"(vectors, dim) .npy of {' or '.join(RERANK_DTYPES)}") from exc
-        shape, dtype = self.vectors.shape, self.vectors.dtype
-        if len(shape) != 2 or dtype.name not in RERANK_DTYPES:
-            raise ValueError(f"re-rank vectors {path!r} are {dtype.name} of shape {shape}: "
-                             f"expected a (vectors, dim) array of {' or '.join(RERANK_DTYPES)}")
+        self.path = path
+        self.index: Any = None
+        if path.endswith(".npy"):
+            rows_view, self._offset = _load_npy(path)
+        else:
+            self.index, rows_view = _load_faiss(path)
+            self._offset = os.path.getsize(path) - rows_view.nbytes  # the codes come last
+        self._dtype = rows_view.dtype
+        shape = rows_view.shape
+        # rows are read as bytes: faiss's header leaves them at an odd offset, and numpy copies
+        # a whole misaligned float16 array before `take` (1 GB per call at 1M × 512), while
+        # a byte array is never misaligned; the few rows taken are then viewed as floats
+        self._bytes = rows_view.view(np.uint8).reshape(shape[0], -1)
         if rows is not None and shape[0] != rows:
             raise ValueError(f"re-rank vectors {path!r} hold {shape[0]} rows but the first stage "
                              f"holds {rows} vectors: the files come from different builds")
         if dim is not None and shape[1] != dim:
             raise ValueError(f"re-rank vectors {path!r} have dim {shape[1]} but the first stage "
                              f"has dim {dim}: the files come from different builds")
-        self.path = path
-        _no_readahead(self.vectors)
-        # the same memory as a plain ndarray: np.memmap runs Python code on every indexing
-        self._rows = np.asarray(self.vectors)
+        self._dim = int(shape[1])
+        _no_readahead(self._bytes)
 
     def __len__(self) -> int:
-        return int(self.vectors.shape[0])
+        return int(self._bytes.shape[0])
 
     @property
     def dim(self) -> int:
-        return int(self.vectors.shape[1])
+        return self._dim
 
     @property
     def dtype(self) -> str:
-        return str(self.vectors.dtype.name)
+        return str(self._dtype.name)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` as stored (float16 or float32), copied out of the mapping."""
+        return np.take(self._bytes, ids, axis=0).view(self._dtype)
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         """Rows `ids` (any order, repeats allowed) as a float32 (len(ids), dim) array."""
         ids = np.asarray(ids, dtype=np.int64)
         order = np.argsort(ids, kind="stable")  # ascending reads: neighbouring pages together
-        rows = np.take(self._rows, ids[order], axis=0)
+        rows = self.rows(ids[order])
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         out[order] = widen_float16(rows) if rows.dtype == np.float16 else rows
         return out
@@ -109,13 +154,12 @@ class RerankStore:
     def scores(self, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Exact inner products of rows `ids` (sorted: ascending reads) with the float32 query
         `q`, SCORE_BLOCK rows at a time, widened into one reused buffer that stays below
-        glibc's mmap threshold (128 KiB), so it comes from the heap rather than a fresh mapping.
-        200 candidates: 0.37 ms, against 0.61 widened all at once with numpy's cast
-        (`python -m bench.index.query_parts`)."""
+        glibc's mmap threshold (128 KiB), so it comes from the heap rather than a fresh mapping
+        (the tuner's ground truth and legacy stores; queries go through `TwoStageIndex`)."""
         out = np.empty(len(ids), dtype=np.float32)
         buffer = np.empty((SCORE_BLOCK, self.dim), dtype=np.float32)
         for start in range(0, len(ids), SCORE_BLOCK):
-            rows = np.take(self._rows, ids[start:start + SCORE_BLOCK], axis=0)
+            rows = self.rows(ids[start:start + SCORE_BLOCK])
             m = len(rows)
             if rows.dtype == np.float16:
                 widen_float16(rows, buffer)
@@ -127,14 +171,55 @@ class RerankStore:
         """(start, float32 rows) over the whole store, read with file reads rather than through
         the mapping, so a full pass (ground truth, adding to the first stage) does not leave
         the whole file in this process's resident set."""
-        offset = int(getattr(self.vectors, "offset", 0))
-        itemsize = self.vectors.dtype.itemsize * self.dim
+        itemsize = self._bytes.shape[1]
         with open(self.path, "rb") as f:
             for start in range(0, len(self), rows):
                 m = min(rows, len(self) - start)
-                f.seek(offset + start * itemsize)
-                flat = np.fromfile(f, dtype=self.vectors.dtype, count=m * self.dim)
+                f.seek(self._offset + start * itemsize)
+                flat = np.fromfile(f, dtype=self._dtype, count=m * self.dim)
                 yield start, flat.reshape(m, self.dim).astype(np.float32)
+
+
+def _load_faiss(path: str) -> tuple[Any, np.ndarray]:
+    """The store's faiss index, memory-mapped, and a (rows, dim) numpy view of its codes (the
+    same mapped bytes: valid while the index lives)."""
+    import faiss
+
+    try:
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError as exc:  # truncated, or not a faiss file at all
+        reason = str(exc).strip().splitlines()[-1]
+        raise ValueError(f"re-rank vectors {path!r} cannot be read ({reason}): expected a faiss "
+                         "fp16 scalar-quantizer or flat inner-product index of the stored "
+                         "vectors, as `clip-index index` writes") from exc
+    if isinstance(index, faiss.IndexScalarQuantizer) and \
+            index.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        dtype: type = np.float16
+    elif isinstance(index, faiss.IndexFlat):
+        dtype = np.float32
+    else:
+        raise ValueError(f"re-rank vectors {path!r} are a faiss {type(index).__name__}: "
+                         "expected an fp16 IndexScalarQuantizer or an IndexFlatIP")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ValueError(f"re-rank vectors {path!r} use faiss metric {index.metric_type}: "
+                         "expected inner product")
+    codes = faiss.rev_swig_ptr(index.codes.data(), index.codes.size())
+    return index, codes.view(dtype).reshape(int(index.ntotal), int(index.d))
+
+
+def _load_npy(path: str) -> tuple[np.ndarray, int]:
+    """A legacy ``.npy`` store, memory-mapped, as a plain ndarray (np.memmap runs Python code
+    on every indexing), and the file offset of its rows."""
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except ValueError as exc:  # a truncated file: numpy cannot map the announced shape
+        raise ValueError(f"re-rank vectors {path!r} cannot be read ({exc}): expected a "
+                         f"(vectors, dim) .npy of {' or '.join(RERANK_DTYPES)}") from exc
+    if vectors.ndim != 2 or vectors.dtype.name not in RERANK_DTYPES:
+        raise ValueError(f"re-rank vectors {path!r} are {vectors.dtype.name} of shape "
+                         f"{vectors.shape}: expected a (vectors, dim) array of "
+                         f"{' or '.join(RERANK_DTYPES)}")
+    return np.asarray(vectors), int(vectors.offset)
 
 
 def widen_float16(half: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -163,18 +248,22 @@ def _fp16_decoder(dim: int) -> Any:
     return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
 
 
-def _no_readahead(vectors: np.ndarray) -> None:
+def _no_readahead(rows: np.ndarray) -> None:
     """Ask the kernel not to read ahead around the rows a query touches: a re-rank reads a
     few hundred rows scattered over the file, and on a cold page cache readahead would read
-    ~128 KiB from disk for each 1 KiB row. (Pages already cached are still mapped around a
-    touched one, so the resident set grows as queries run: those are clean file pages,
-    counted as RssFile, which the kernel drops under memory pressure.)"""
-    base = getattr(vectors, "_mmap", None)
-    if base is not None and hasattr(mmap, "MADV_RANDOM"):
-        try:
-            base.madvise(mmap.MADV_RANDOM)
-        except OSError as exc:  # not fatal: only readahead is lost
-            log.debug("madvise(MADV_RANDOM) on the re-rank vectors failed: %s", exc)
+    ~128 KiB from disk for each 1 KiB row. madvise through libc, since the mapping is faiss's
+    (or numpy's) and Python's mmap module cannot name it. (Pages already cached are still
+    mapped around a touched one, so the resident set grows as queries run: those are clean
+    file pages, counted as RssFile, which the kernel drops under memory pressure.)"""
+    if not hasattr(mmap, "MADV_RANDOM") or not rows.size:
+        return
+    start = rows.ctypes.data
+    aligned = start - start % mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(rows.nbytes + start - aligned),
+                    mmap.MADV_RANDOM) != 0:  # not fatal: only readahead is lost
+        log.debug("madvise(MADV_RANDOM) on the re-rank vectors failed: errno %d",
+                  ctypes.get_errno())
 
 
 def dot_rows(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -186,7 +275,8 @@ def dot_rows(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def rerank(store: RerankStore, queries: np.ndarray, candidates: np.ndarray,
            k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner products of each query with its candidate ids (-1 = none), best k first.
+    """Exact inner products of each query with its candidate ids (-1 = none), best k first,
+    in Python (a legacy ``.npy`` store, which faiss cannot read).
 
     queries: (n, dim) float32, normalised; candidates: (n, depth) int64 from the first stage.
     Returns (scores, ids) of shape (n, k), padded with -inf / -1 like faiss.
@@ -216,23 +306,40 @@ class TwoStageIndex:
             self.ivf: Any = faiss.extract_index_ivf(first_stage)
         except RuntimeError:
             self.ivf = None
+        # IndexRefine holds plain pointers to both indexes: self keeps them alive
+        self.refine: Any = None
+        if store.index is not None:
+            self.refine = faiss.IndexRefine(first_stage, store.index)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for (n, dim) normalised float32 queries: the first stage's
         max(depth, k) candidates, re-ranked exactly. A query whose probed lists hold fewer
         than k vectors (a large k) is searched again with more lists, so k results come back
         whenever the index holds k vectors."""
-        import faiss
-
         fetch = min(max(self.depth, k), self.ntotal)
-        _, candidates = self.first_stage.search(queries, fetch)
+        scores, ids = self._search(queries, k, fetch, None)
         need = min(k, self.ntotal)
-        short = np.flatnonzero((candidates >= 0).sum(axis=1) < need)
+        short = np.flatnonzero((ids >= 0).sum(axis=1) < need)
         nprobe = int(self.ivf.nprobe) if self.ivf is not None else 0
         while len(short) and self.ivf is not None and nprobe < self.ivf.nlist:
             nprobe = min(4 * nprobe, int(self.ivf.nlist))
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-            _, more = self.first_stage.search(queries[short], fetch, params=params)
-            candidates[short] = more
+            more_scores, more = self._search(queries[short], k, fetch, nprobe)
+            scores[short], ids[short] = more_scores, more
             short = short[(more >= 0).sum(axis=1) < need]
-        return rerank(self.store, queries, candidates, k)
+        return scores, ids
+
+    def _search(self, queries: np.ndarray, k: int, fetch: int,
+                nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """`fetch` candidates per query (with `nprobe` lists when given), re-ranked to k."""
+        import faiss
+
+        base = None if nprobe is None else faiss.SearchParametersIVF(nprobe=nprobe)
+        if self.refine is None:  # a legacy .npy store: candidates from faiss, re-rank here
+            _, candidates = self.first_stage.search(queries, fetch, params=base)
+            return rerank(self.store, queries, candidates, k)
+        # k_factor: IndexRefine asks the first stage for int(k · k_factor) candidates
+        params = faiss.IndexRefineSearchParameters(k_factor=(fetch + 0.5) / k,
+                                                   base_index_params=base)
+        scores, ids = self.refine.search(queries, k, params=params)
+        scores[ids < 0] = -np.inf  # faiss pads with -FLT_MAX
+        return scores, ids

@@ -1,5 +1,5 @@
 """Two-stage index build: a compressed faiss first stage (IVF + fast-scan PQ, an HNSW coarse
-quantizer for many lists) and the re-rank store (``faiss/rerank_vectors.npy``), built within
+quantizer for many lists) and the re-rank store (``faiss/rerank_vectors.index``), built within
 bounded memory.
 
 Memory: one pass over the data shards writes the id mapping and the re-rank store (one shard
@@ -112,7 +112,7 @@ def stream_and_sample(output_dir: str, store_path: str, dtype: str, train_size: 
 
 def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
     """Build ``faiss/knn.index`` (first stage, readable by faiss alone) and
-    ``faiss/rerank_vectors.npy`` in `output_dir` plus the id mapping; tune (nprobe, re-rank
+    ``faiss/rerank_vectors.index`` in `output_dir` plus the id mapping; tune (nprobe, re-rank
     depth) and measure. Returns the index_infos fields of both stages."""
     import faiss
 
@@ -168,7 +168,8 @@ def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
                       "train_vectors": min(train_size, n), "size_bytes": sizes[schema.INDEX_FILE],
                       **{k: v for k, v in quality.items() if k.startswith("first_stage_")}},
             "rerank": {"what": "exact inner products of the first stage's candidates against "
-                               "the stored vectors (memory-mapped .npy)",
+                               "the stored vectors (faiss IndexRefine over a "
+                               "memory-mapped fp16 scalar-quantizer or flat index)",
                        "file": f"{schema.FAISS_DIR}/{RERANK_FILE}", "dtype": config.rerank_dtype,
                        "depth": depth, "size_bytes": sizes[RERANK_FILE]},
         },

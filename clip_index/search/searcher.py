@@ -245,9 +245,10 @@ class ClipIndex:
 
     def _results(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
         keep = ids >= 0  # faiss pads with -1 when fewer than k vectors were found
-        rows = self.mapping.rows(ids[keep])
-        return [SearchResult(id=int(i), score=float(score), **row)
-                for score, i, row in zip(scores[keep], ids[keep], rows)]
+        found = ids[keep]
+        rows = self.mapping.rows(found)
+        return [SearchResult(id=i, score=score, **row)  # tolist: Python ints and floats
+                for score, i, row in zip(scores[keep].tolist(), found.tolist(), rows)]
 
 
 def _open_image(image: Any) -> Any:

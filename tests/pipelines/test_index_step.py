@@ -78,6 +78,6 @@ def test_build_index_component_records_both_stages(tmp_path: Path) -> None:
     (metrics,) = outputs[0]["artifacts"]["metrics"]["artifacts"]
     m = metrics["metadata"]
     assert m["index_key"].startswith("IVF") and m["index_param"].startswith("nprobe=")
-    assert "first stage" in m["stages"] and "rerank_vectors.npy" in m["stages"]
+    assert "first stage" in m["stages"] and "rerank_vectors.index" in m["stages"]
     assert m["rerank_depth"] >= 10 and m["rerank_size_bytes"] > 3000 * 16 * 2  # float16
     assert m["recall_at_10"] >= 0.8

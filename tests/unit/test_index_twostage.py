@@ -17,7 +17,7 @@ import pytest
 from clip_index import schema
 from clip_index.config import ConfigError, IndexConfig
 from clip_index.index.build import run_index
-from clip_index.index.rerank import RERANK_FILE, RerankStore, RerankWriter
+from clip_index.index.rerank import LEGACY_RERANK_FILE, RERANK_FILE, RerankStore, RerankWriter
 from clip_index.index.twostage import first_stage_key, stream_and_sample
 from clip_index.publish.hub import QUERY_FILES
 from clip_index.search.searcher import ClipIndex
@@ -61,11 +61,12 @@ def test_from_the_threshold_on_the_index_has_two_stages_described_in_infos(
     assert rerank["depth"] == infos["rerank_depth"] >= 10
     assert infos["recall_at_10"] >= 0.9  # measured on held-out halves of leave-one-out queries
     assert infos["recall_at_10"] >= infos["first_stage_recall_at_10"]
-    # the first stage is a plain faiss index; the re-rank vectors a plain float16 .npy
+    # both stages are plain faiss indexes: the re-rank vectors an fp16 scalar quantizer
     first_stage = faiss.read_index(str(out / "faiss" / "knn.index"))
     assert first_stage.ntotal == N and first_stage.d == DIM
-    stored = np.load(out / "faiss" / RERANK_FILE, mmap_mode="r")
-    assert stored.dtype == np.float16 and stored.shape == (N, DIM)
+    stored = faiss.read_index(str(out / "faiss" / RERANK_FILE))
+    assert isinstance(stored, faiss.IndexScalarQuantizer) and stored.ntotal == N
+    assert stored.sq.qtype == faiss.ScalarQuantizer.QT_fp16 and stored.d == DIM
     assert infos["size_bytes"] == (out / "faiss" / "knn.index").stat().st_size
     # the published layout's query files include the re-rank vectors (hf:// readers get them)
     assert any(fnmatch.fnmatch(f"faiss/{RERANK_FILE}", p) for p in QUERY_FILES)
@@ -79,7 +80,7 @@ def test_ids_stay_aligned_and_scores_are_exact_inner_products(
         assert index.store is not None and len(index) == N
         results = index.search_embedding(vectors[:300], k=5)
         assert [r[0].uid for r in results] == uids[:300]  # each finds its own row first
-        stored = np.load(out / "faiss" / RERANK_FILE).astype(np.float32)
+        stored = _stored(out)
         found = 0
         for q, row in zip(vectors[:300], results):
             exact = stored @ q
@@ -89,6 +90,56 @@ def test_ids_stay_aligned_and_scores_are_exact_inner_products(
             found += len({r.id for r in row} & set(np.argsort(-exact)[:5].tolist()))
         assert found / (5 * 300) >= 0.9  # the re-ranked top 5 are mostly the true top 5
         assert np.allclose(index.embeddings_of(np.array([7, 3])), stored[[7, 3]])
+
+
+def _stored(out: Path) -> np.ndarray:
+    """The re-rank vectors as float32, read by faiss alone."""
+    index = faiss.read_index(str(out / "faiss" / RERANK_FILE))
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def test_a_folder_with_the_earlier_npy_rerank_file_gives_the_same_results(
+        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path) -> None:
+    out, vectors, _ = built
+    legacy = _copy(out, tmp_path / "legacy")
+    np.save(legacy / "faiss" / LEGACY_RERANK_FILE, _stored(out).astype(np.float16))
+    (legacy / "faiss" / RERANK_FILE).unlink()
+    old, new = ClipIndex(legacy), ClipIndex(out)
+    assert old.store is not None and old.store.index is None  # re-ranked in Python
+    for a, b in zip(old.search_embedding(vectors[:100], k=10),
+                    new.search_embedding(vectors[:100], k=10)):
+        assert [r.id for r in a] == [r.id for r in b]
+        assert [r.score for r in a] == pytest.approx([r.score for r in b], abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_faiss_reads_the_streamed_store_and_refines_like_the_python_rerank(
+        tmp_path: Path, dtype: str) -> None:
+    from clip_index.index.rerank import TwoStageIndex, rerank
+
+    vectors = _clustered(3000, seed=4)
+    path = str(tmp_path / "s.index")
+    writer = RerankWriter(path, 3000, DIM, dtype)
+    for start in range(0, 3000, 700):  # streamed in chunks, the last one partial
+        writer.append(vectors[start:start + 700])
+    writer.close()
+    as_stored = vectors.astype(dtype).astype(np.float32)
+    read = faiss.read_index(path)  # faiss alone, not mapped
+    assert read.ntotal == 3000 and np.array_equal(read.reconstruct_n(0, 3000), as_stored)
+    store = RerankStore(path, 3000, DIM)
+    assert store.dtype == dtype and np.array_equal(store.take(np.arange(3000)), as_stored)
+    first = faiss.index_factory(DIM, "IVF16,PQ8x4fs", faiss.METRIC_INNER_PRODUCT)
+    first.train(vectors)
+    first.add(vectors)
+    faiss.extract_index_ivf(first).nprobe = 2
+    queries = _clustered(50, seed=9)
+    scores, ids = TwoStageIndex(first, store, 60).search(queries, 10)
+    _, candidates = first.search(queries, 60)
+    py_scores, py_ids = rerank(store, queries, candidates, 10)
+    assert np.array_equal(ids, py_ids)
+    assert np.allclose(scores, py_scores, atol=1e-5)
+    assert np.allclose(scores, np.take_along_axis(as_stored @ queries.T, ids.T, 0).T,
+                       atol=1e-5)  # exact inner products of the stored rows
 
 
 def test_deduplicate_widens_past_the_rerank_depth(
@@ -106,12 +157,14 @@ def test_below_the_threshold_the_index_keeps_one_stage(tmp_path: Path) -> None:
     vectors = _clustered(600)
     write_output_dir(tmp_path, vectors, [f"u{i}" for i in range(600)])
     (tmp_path / "faiss").mkdir()
-    (tmp_path / "faiss" / RERANK_FILE).write_bytes(b"stale")  # from an earlier build
+    for name in (RERANK_FILE, LEGACY_RERANK_FILE):  # from earlier builds
+        (tmp_path / "faiss" / name).write_bytes(b"stale")
     run_index(str(tmp_path), IndexConfig(index_key="HNSW32", recall_queries=50,
                                          two_stage_min_vectors=600))  # index_key wins
     infos = json.loads((tmp_path / schema.INDEX_INFOS).read_text())
     assert infos["two_stage"] is False and infos["index_key"] == "HNSW32"
     assert not (tmp_path / "faiss" / RERANK_FILE).exists()
+    assert not (tmp_path / "faiss" / LEGACY_RERANK_FILE).exists()
     assert ClipIndex(tmp_path).store is None
 
 
@@ -132,14 +185,28 @@ def test_a_rerank_file_of_the_wrong_length_or_dim_is_refused(
         built: tuple[Path, np.ndarray, list[str]], tmp_path: Path) -> None:
     out = _copy(built[0], tmp_path / "copy")
     path = out / "faiss" / RERANK_FILE
-    np.save(path, np.zeros((N - 1, DIM), dtype=np.float16))
+
+    def store(rows: int, dim: int) -> None:
+        writer = RerankWriter(str(path), rows, dim)
+        writer.append(np.zeros((rows, dim), dtype=np.float32))
+        writer.close()
+
+    store(N - 1, DIM)
     with pytest.raises(ValueError, match=f"hold {N - 1} rows but the first stage holds {N}"):
         ClipIndex(out)
-    np.save(path, np.zeros((N, DIM + 1), dtype=np.float16))
+    store(N, DIM + 1)
     with pytest.raises(ValueError, match=f"dim {DIM + 1} but the first stage has dim {DIM}"):
         ClipIndex(out)
     path.write_bytes(path.read_bytes()[:1000])  # truncated
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match="cannot be read.*read error"):
+        ClipIndex(out)
+    path.write_bytes(b"stale")
+    with pytest.raises(ValueError, match="cannot be read.*not recognized"):
+        ClipIndex(out)
+    flat = faiss.IndexFlatL2(DIM)
+    flat.add(np.zeros((N, DIM), dtype=np.float32))
+    faiss.write_index(flat, str(path))
+    with pytest.raises(ValueError, match="metric 1: expected inner product"):
         ClipIndex(out)
 
 
@@ -179,7 +246,7 @@ def test_the_build_pass_writes_the_store_and_a_uniform_sample_in_id_order(
     vectors = _clustered(3000, seed=3)
     write_output_dir(tmp_path, vectors, [f"u{i}" for i in range(3000)],
                      [list(range(0, 1200)), list(range(1200, 3000))])
-    store_path = str(tmp_path / "store.npy")
+    store_path = str(tmp_path / "store.index")
     sample, n, dim = stream_and_sample(str(tmp_path), store_path, "float16", 500, 3000,
                                        str(tmp_path / "mapping.arrow"))
     assert (n, dim) == (3000, DIM) and sample.shape == (500, DIM)
@@ -194,14 +261,14 @@ def test_the_build_pass_writes_the_store_and_a_uniform_sample_in_id_order(
 
 
 def test_the_store_writer_checks_the_row_count(tmp_path: Path) -> None:
-    writer = RerankWriter(str(tmp_path / "s.npy"), 10, 4)
+    writer = RerankWriter(str(tmp_path / "s.index"), 10, 4)
     writer.append(np.ones((6, 4), dtype=np.float32))
     with pytest.raises(RuntimeError, match="more than the 10 rows"):
         writer.append(np.ones((5, 4), dtype=np.float32))
     with pytest.raises(RuntimeError, match="6 rows written, 10 announced"):
         writer.close()
     with pytest.raises(ValueError, match=r"expected \(m, 4\)"):
-        RerankWriter(str(tmp_path / "t.npy"), 10, 4).append(np.ones((2, 5)))
+        RerankWriter(str(tmp_path / "t.index"), 10, 4).append(np.ones((2, 5)))
 
 
 def test_cli_query_and_retrieve_read_a_two_stage_folder(
@@ -330,10 +397,10 @@ def test_rerank_scores_are_exact_in_blocks_and_float16_widens_exactly(tmp_path: 
     rows = 3 * SCORE_BLOCK + 5  # a partial last block
     vectors = rng.standard_normal((rows, DIM)).astype(np.float32) * np.logspace(
         -9, 0, rows, dtype=np.float32)[:, None]  # down into float16's subnormals and zero
-    writer = RerankWriter(str(tmp_path / "s.npy"), rows, DIM)
+    writer = RerankWriter(str(tmp_path / "s.index"), rows, DIM)
     writer.append(vectors)
     writer.close()
-    store = RerankStore(str(tmp_path / "s.npy"), rows, DIM)
+    store = RerankStore(str(tmp_path / "s.index"), rows, DIM)
     stored = vectors.astype(np.float16)
     assert np.array_equal(widen_float16(stored).view(np.uint32),
                           stored.astype(np.float32).view(np.uint32))  # bit for bit
