@@ -204,8 +204,8 @@ def build_index(
 
     Args:
         data: The write step's record (ties the index to the data in lineage).
-        output_dir: The published folder: faiss/knn.index (+ faiss/rerank_vectors.npy for two
-            stages), id_mapping/, index_infos.json.
+        output_dir: The published folder: faiss/knn.index (+ faiss/rerank_vectors.index for
+            two stages), id_mapping/, index_infos.json.
         index: Records the index (metadata: key, vectors, dim, size, recall).
         metrics: recall@1/@10 and latency, shown by Vertex.
         max_index_memory_usage: autofaiss memory budget for the index ("4G").

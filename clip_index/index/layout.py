@@ -78,10 +78,13 @@ class Layout:
 def detect_layout(folder: str) -> Layout:
     """The layout of `folder`; FileNotFoundError naming what was found when it is neither."""
     if io.exists(io.join(folder, schema.MANIFEST)):
+        mapping_file = io.join(folder, schema.FAISS_DIR, schema.MAPPING_FILE)
+        # the id mapping: id_mapping/ or its Arrow copy (hf:// fetches only the copy)
         missing = [name for name in (schema.INDEX_INFOS,
                                      posixpath.join(schema.FAISS_DIR, schema.INDEX_FILE),
                                      schema.ID_MAPPING_DIR)
-                   if not io.exists(io.join(folder, name))]
+                   if not io.exists(io.join(folder, name)) and not (
+                       name == schema.ID_MAPPING_DIR and io.exists(mapping_file))]
         if missing:
             raise FileNotFoundError(f"{folder!r} has a manifest.json but no {', '.join(missing)}:"
                                     f" the index step has not run or did not finish; {EXPECTED}")
@@ -107,7 +110,6 @@ def detect_layout(folder: str) -> Layout:
                     f"{folder}: index_infos.json describes a two-stage index but "
                     f"{schema.FAISS_DIR}/{RERANK_FILE} (its re-rank vectors) is missing; copy "
                     f"or publish the whole {schema.FAISS_DIR}/ folder")
-        mapping_file = io.join(folder, schema.FAISS_DIR, schema.MAPPING_FILE)
         return Layout(
             kind=CLIP_INDEX, root=folder,
             index_path=io.join(folder, schema.FAISS_DIR, schema.INDEX_FILE),

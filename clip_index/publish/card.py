@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from clip_index import io, schema
+from clip_index.index.rerank import RERANK_FILE
 
 FOLDERS = (
     (schema.DATA_DIR, "embeddings", "the embedded rows: one per image that made it into the index"),
@@ -123,6 +124,10 @@ def dataset_card(output_dir: str, repo_id: str, source: str = "") -> str:
               "the faiss index (read with `faiss.read_index`)", "-"),
              (f"`{schema.MANIFEST}`", "model, dimension, dtype, counts by status", "-"),
              (f"`{schema.INDEX_INFOS}`", "index key, recall, latency, autofaiss's figures", "-")]
+    if io.exists(io.join(output_dir, schema.FAISS_DIR, RERANK_FILE)):
+        rows.append((f"`{posixpath.join(schema.FAISS_DIR, RERANK_FILE)}`",
+                     "the stored vectors a two-stage index re-ranks its candidates against "
+                     "(a faiss fp16 scalar-quantizer index, memory-mapped by queries)", "-"))
     if io.exists(io.join(output_dir, schema.FAISS_DIR, schema.MAPPING_FILE)):
         rows.append((f"`{posixpath.join(schema.FAISS_DIR, schema.MAPPING_FILE)}`",
                      "the id mapping again as one Arrow file, memory-mapped by queries", "-"))

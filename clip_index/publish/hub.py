@@ -8,16 +8,20 @@ snapshot download into the HF cache (once; later opens read the cache, offline t
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
+
+from clip_index import schema
 
 log = logging.getLogger(__name__)
 
 HUB_SCHEME = "hf://"
 REPO_TYPE = "dataset"
 # What a query needs: not data/ (the embeddings, 19 GB for the reference) nor failed/.
+PARQUET_MAPPING = "id_mapping/*"
 QUERY_FILES = ["manifest.json", "index_infos.json", "README.md", "faiss", "faiss/*",
-               "id_mapping/*", "thumbnails/*"]
+               PARQUET_MAPPING, "thumbnails/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -68,10 +72,22 @@ def download_index(repo_id: str, revision: str | None = None, token: str | bool 
 
     check_repo_id(repo_id)
     where = endpoint or "the Hub"
+
+    def snapshot(patterns: list[str] | None) -> str:
+        return str(snapshot_download(repo_id, repo_type=REPO_TYPE, revision=revision,
+                                     token=token, endpoint=endpoint, cache_dir=cache_dir,
+                                     allow_patterns=patterns))
+
     try:
-        path = snapshot_download(repo_id, repo_type=REPO_TYPE, revision=revision, token=token,
-                                 endpoint=endpoint, cache_dir=cache_dir,
-                                 allow_patterns=None if full else QUERY_FILES)
+        if full:
+            path = snapshot(None)
+        else:
+            # the Arrow id mapping replaces id_mapping/*.parquet for queries (135 MB at 1M
+            # rows, ~1.7 GB at DataComp-small's size): fetch the parquet only for folders
+            # without it (earlier builds, the reference's layout)
+            path = snapshot([p for p in QUERY_FILES if p != PARQUET_MAPPING])
+            if not os.path.exists(os.path.join(path, schema.FAISS_DIR, schema.MAPPING_FILE)):
+                path = snapshot(QUERY_FILES)
     except RepositoryNotFoundError as exc:
         status = exc.response.status_code if exc.response is not None else None
         raise FileNotFoundError(

@@ -19,6 +19,7 @@ from clip_index.config import ConfigError, IndexConfig
 from clip_index.index.build import run_index
 from clip_index.index.rerank import LEGACY_RERANK_FILE, RERANK_FILE, RerankStore, RerankWriter
 from clip_index.index.twostage import first_stage_key, stream_and_sample
+from clip_index.publish.card import dataset_card
 from clip_index.publish.hub import QUERY_FILES
 from clip_index.search.searcher import ClipIndex
 from tests.support.index_builder import write_output_dir
@@ -70,6 +71,7 @@ def test_from_the_threshold_on_the_index_has_two_stages_described_in_infos(
     assert infos["size_bytes"] == (out / "faiss" / "knn.index").stat().st_size
     # the published layout's query files include the re-rank vectors (hf:// readers get them)
     assert any(fnmatch.fnmatch(f"faiss/{RERANK_FILE}", p) for p in QUERY_FILES)
+    assert f"`faiss/{RERANK_FILE}`" in dataset_card(str(out), "org/name")  # the card says so
 
 
 def test_ids_stay_aligned_and_scores_are_exact_inner_products(

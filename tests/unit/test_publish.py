@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -124,12 +125,28 @@ def test_from_hub_downloads_what_a_query_needs_once(hub: HubStandIn, output_dir:
     best = index.search_embedding(vector, k=1)[0][0]
     assert best.uid == data.column("uid")[3].as_py() and best.score == pytest.approx(1.0, 1e-4)
     assert not (Path(index.output_dir) / "data").exists()  # embeddings are not needed to query
+    # nor the parquet id mapping, when the memory-mapped Arrow copy is there
+    assert index.layout.mapping_file and not (Path(index.output_dir) / "id_mapping").exists()
     downloads = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
     ClipIndex.from_hub("org/idx", endpoint=hub.endpoint, token=hub.token, cache_dir=cache)
     assert [p for m, p in hub.requests if m == "GET" and "/resolve/" in p] == downloads
     full = ClipIndex.from_hub("org/idx", endpoint=hub.endpoint, token=hub.token,
                               cache_dir=cache, full=True)
     assert (Path(full.output_dir) / "data" / "part-00001.parquet").exists()
+
+
+def test_from_hub_fetches_the_parquet_mapping_for_folders_without_the_arrow_file(
+        hub: HubStandIn, output_dir: Path, tmp_path: Path) -> None:
+    older = tmp_path / "older"
+    shutil.copytree(output_dir, older)
+    (older / "faiss" / "id_mapping.arrow").unlink()  # as built before the file existed
+    publish(hub, older, repo_id="org/older")
+    index = ClipIndex.from_hub("org/older", endpoint=hub.endpoint, token=hub.token,
+                               cache_dir=str(tmp_path / "cache"))
+    assert not index.layout.mapping_file and (Path(index.output_dir) / "id_mapping").is_dir()
+    data = pq.read_table(output_dir / "data" / "part-00000.parquet")
+    vector = np.asarray(data.column("embedding")[2].as_py(), dtype=np.float32)
+    assert index.search_embedding(vector, k=1)[0][0].uid == data.column("uid")[2].as_py()
 
 
 def test_from_hub_errors_say_what_was_expected(hub: HubStandIn, output_dir: Path,
