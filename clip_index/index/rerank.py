@@ -125,7 +125,16 @@ class RerankStore:
             raise ValueError(f"re-rank vectors {path!r} have dim {shape[1]} but the first stage "
                              f"has dim {dim}: the files come from different builds")
         self._dim = int(shape[1])
+        if len(self) and self._read_bytes(len(self) - 1, 1) != self._bytes[-1].tobytes():
+            raise ValueError(f"re-rank vectors {path!r}: the rows do not end the file, as "
+                             "iter_chunks reads them; faiss's format changed?")
         _no_readahead(self._bytes)
+
+    def _read_bytes(self, start: int, rows: int) -> bytes:
+        """Rows start.. as bytes, read from the file (not through the mapping)."""
+        with open(self.path, "rb") as f:
+            f.seek(self._offset + start * self._bytes.shape[1])
+            return f.read(rows * self._bytes.shape[1])
 
     def __len__(self) -> int:
         return int(self._bytes.shape[0])
