@@ -6,9 +6,9 @@ through faiss's ``IndexRefine`` (candidates and re-rank in one C++ call).
 Why a faiss file rather than a ``.npy``: faiss reads it memory-mapped (``IO_FLAG_MMAP_IFC``), so
 ``IndexRefine`` decodes the few hundred candidate rows with its F16C/AVX2 kernels straight from
 the page cache, and a query process stays small (its resident memory is the rows it touched).
-Re-ranking 200 candidates in Python cost 0.5 of a 2.0 ms query (`bench.index.query_parts`);
-in faiss, a tenth of that. numpy reads the same mapped bytes for the rest (the tuner's ground
-truth, ``ClipIndex.vectors``, deduplication).
+At 1M × 512, one query through `ClipIndex` went from 2.0 ms (Python re-rank) to 1.3
+(BENCHMARKS.md; parts: `python -m bench.index.query_parts`). numpy reads the same mapped bytes
+for the rest (the tuner's ground truth, ``ClipIndex.embeddings_of``, deduplication).
 
 Why the file is written by hand: faiss can only serialise an index it holds in memory (13 GB
 of float16 at DataComp-small's 12.8M × 512), while the build streams the rows shard by shard.

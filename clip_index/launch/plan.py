@@ -32,12 +32,12 @@ RATES: dict[str, tuple[float, str]] = {
     # downloaded images are 256 px, so this is a floor.
     "decode_img_per_s_per_vcpu": (316.0, "measured: decode+preprocess, 512 px JPEG, one core "
                                   "(REF §5)"),
-    # the index step's two-stage default (from 250k vectors): 1M x 512 in 151 s on 2 cores,
+    # the index step's two-stage default (from 250k vectors): 1M x 512 in 139 s on 2 cores,
     # staging, k-means, add and tuning included (BENCHMARKS.md, `bench.index.twostage`);
     # `bench.index.extrapolate` scales it to 12.8M on the 14 vCPU task (k-means by sample x
-    # lists, add and tuning by cores, staging one thread): 8 min = 1,900 vectors/s per vCPU.
+    # lists, add and tuning by cores, staging one thread): 8.6 min = 1,800 vectors/s per vCPU.
     # (autofaiss's OPQ256_768,IVF16384_HNSW32,PQ256x8, the reference's index, did 287.)
-    "index_vectors_per_s_per_vcpu": (1_900.0, "measured: two-stage index, 1M x 512 in 151 s on "
+    "index_vectors_per_s_per_vcpu": (1_800.0, "measured: two-stage index, 1M x 512 in 139 s on "
                                      "2 cores, extrapolated to 12.8M on 14 vCPU by "
                                      "bench.index.extrapolate"),
     # the load step reads the source's parquet and writes URL shards: ~200 bytes a row
