@@ -153,8 +153,8 @@ class DownloadConfig(_Config):
         _check(self.max_drip_s >= 0, "max_drip_s", self.max_drip_s, "seconds >= 0")
         _check(self.shards_in_flight >= 1, "shards_in_flight", self.shards_in_flight,
                "an integer >= 1")
-        _check(self.max_buffered_bytes >= 1 << 20, "max_buffered_bytes",
-               self.max_buffered_bytes, "bytes >= 1 MiB")
+        _check(self.max_buffered_bytes >= 1, "max_buffered_bytes", self.max_buffered_bytes,
+               "bytes >= 1")
         _check(self.retries >= 0, "retries", self.retries, "an integer >= 0")
         _check(self.concurrency >= 1, "concurrency", self.concurrency, "an integer >= 1")
         _check(
