@@ -107,8 +107,13 @@ class DownloadConfig(_Config):
         drip_bytes_per_s: A body still arriving at this average rate (bytes/s) at its deadline
             is alive, not dead, and may go on up to max_drip_s.
         max_drip_s: How long a slow but live body may go on past its deadline, seconds.
-        shards_in_flight: Shards of a work unit open at once: the next shard starts as soon as
-            every row of the previous one has started, so their tails overlap.
+        shards_in_flight: Shards of a work unit open at once, a cap above a pipeline unit's
+            ~40 shards by default: the next shard starts as soon as every row of the previous
+            one has started, so their tails overlap; an open tail costs its rows in flight and
+            its buffered records, both bounded unit-wide, so the count of tails need not be.
+        max_buffered_bytes: Finished records (image bytes included) waiting for their
+            checkpoint chunk, over all open shards of a unit, bytes: past this the largest
+            buffer is written as a short chunk, and new rows wait while chunk writes hold more.
         image_decoder: auto (PNGs of 4 MP or more through libvips, where it measured faster;
             the rest through Pillow), pillow (never libvips) or vips (every PNG through libvips).
     """
@@ -120,7 +125,8 @@ class DownloadConfig(_Config):
     retries: int = 2
     concurrency: int = 512
     per_host_concurrency: int = 16
-    shards_in_flight: int = 8
+    shards_in_flight: int = 64
+    max_buffered_bytes: int = 256 << 20
     image_size: int = 256
     resize_mode: str = "keep_ratio"
     min_image_size: int = 0
@@ -147,6 +153,8 @@ class DownloadConfig(_Config):
         _check(self.max_drip_s >= 0, "max_drip_s", self.max_drip_s, "seconds >= 0")
         _check(self.shards_in_flight >= 1, "shards_in_flight", self.shards_in_flight,
                "an integer >= 1")
+        _check(self.max_buffered_bytes >= 1, "max_buffered_bytes", self.max_buffered_bytes,
+               "bytes >= 1")
         _check(self.retries >= 0, "retries", self.retries, "an integer >= 0")
         _check(self.concurrency >= 1, "concurrency", self.concurrency, "an integer >= 1")
         _check(

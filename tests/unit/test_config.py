@@ -15,6 +15,7 @@ from clip_index.config import ConfigError, DownloadConfig, EmbedConfig, IndexCon
         (DownloadConfig(timeout_s=0), "timeout_s=0"),
         (DownloadConfig(encode_quality=101), "encode_quality=101"),
         (DownloadConfig(max_aspect_ratio=0.5), "max_aspect_ratio=0.5"),
+        (DownloadConfig(max_buffered_bytes=0), "max_buffered_bytes=0"),
         (EmbedConfig(dtype="int8"), "dtype='int8'"),
         (EmbedConfig(device="tpu"), "device='tpu'"),
         (IndexConfig(max_index_memory_usage="lots"), "max_index_memory_usage='lots'"),

@@ -5,6 +5,8 @@ tails overlap. Real requests to a local server; every row still ends with exactl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,64 @@ def test_consecutive_shards_overlap_their_tails(tmp_path: Path, http_server: Tes
                                                                 columns=["uid"]).to_pylist()} \
         == {f"s0-{i}" for i in range(4)} | {"s0-slow"} | {f"s{k}-{i}" for k in (1, 2)
                                                           for i in range(4)}
+
+
+def test_tails_of_many_shards_do_not_keep_the_next_shards_from_opening(
+        tmp_path: Path, http_server: TestServer) -> None:
+    # twelve shards, each ending with a row that hangs for its whole 3 s deadline: every shard
+    # must open while the earlier ones wait on their hung row (with 8 open shards at most, the
+    # 9th shard's hung request came only when shard 0's deadline ended, 3 s after the first)
+    times: dict[str, float] = {}
+    urls_dir, out = tmp_path / "urls", tmp_path / "images"
+    shards = range(12)
+    for k in shards:
+        hung = _timed(http_server, times, f"/hung{k}", routes.headers_then_stall(60))
+        fast = [http_server.add(f"/f{k}-{i}", routes.slow_image(JPEG, 0.02)) for i in range(3)]
+        _shard(urls_dir / io.shard_name(k), [(f"s{k}-{i}", u) for i, u in enumerate(fast)]
+               + [(f"s{k}-hung", hung)])
+    result = run_download(str(urls_dir), list(shards), str(out),
+                          _config(first_timeout_s=3.0, timeout_s=3.0, retries=0,
+                                  per_host_concurrency=64))
+    arrived = sorted(times[f"/hung{k}"] for k in shards)
+    assert arrived[-1] - arrived[0] < 2.0, f"later shards waited for tails: {arrived}"
+    for k, stats in zip(shards, result.shards, strict=True):
+        rows = _rows(out / io.shard_name(k))
+        assert set(rows) == {f"s{k}-{i}" for i in range(3)} | {f"s{k}-hung"}
+        assert rows[f"s{k}-hung"]["error"].startswith("timeout"), rows[f"s{k}-hung"]
+        assert stats.successes == 3 and stats.rows == 4
+
+
+def test_a_tail_writes_its_records_out_past_the_byte_bound(tmp_path: Path,
+                                                           http_server: TestServer) -> None:
+    # a shard whose fast rows are done and whose last row hangs holds no finished records in
+    # memory past max_buffered_bytes: they reach its checkpoint chunks while the row hangs
+    # (checkpoint_rows alone would keep them until the shard ends)
+    fast = [http_server.add(f"/f{i}", routes.slow_image(JPEG, 0.02)) for i in range(6)]
+    slow = http_server.add("/slow", routes.slow_image(JPEG, 4.0))
+    urls_dir, out = tmp_path / "urls", tmp_path / "images"
+    _shard(urls_dir / io.shard_name(0), [(f"f{i}", u) for i, u in enumerate(fast)]
+           + [("slow", slow)])
+    config = _config(checkpoint_rows=1000, max_buffered_bytes=1)  # every record written at once
+    partial = out / f".{io.shard_name(0)}.partial"
+    seen: set[str] = set()
+
+    def run() -> None:
+        run_download(str(urls_dir), [0], str(out), config)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while thread.is_alive() and len(seen) < 6:
+        for chunk in sorted(partial.glob("rows-*.arrow")) if partial.is_dir() else []:
+            with contextlib.suppress(OSError, pa.ArrowInvalid):
+                seen |= set(io.read_arrow(str(chunk), columns=["uid"]).column("uid")
+                            .to_pylist())
+        time.sleep(0.05)
+    still_running = thread.is_alive()
+    thread.join()
+    assert seen == {f"f{i}" for i in range(6)} and still_running, (seen, still_running)
+    rows = _rows(out / io.shard_name(0))
+    assert set(rows) == seen | {"slow"} and all(r["status"] == "success" for r in rows.values())
+    assert not partial.exists()
 
 
 def test_per_host_limit_does_not_idle_other_hosts(tmp_path: Path,
