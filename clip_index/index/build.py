@@ -221,7 +221,9 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
         "seconds": round(time.monotonic() - start, 2),  # the whole step: build, tune, measure
         **quality,
         "model": manifest["model"], "pretrained": manifest["pretrained"],
-        "autofaiss": {k: v for k, v in infos.items() if k not in ("index_key", "index_param")},
+        # not its index_path: a temporary folder of the build machine, gone once published
+        "autofaiss": {k: v for k, v in infos.items()
+                      if k not in ("index_key", "index_param", "index_path")},
     }
     io.write_json(io.join(output_dir, schema.INDEX_INFOS), result)
     log.info("index: %s (%s) over %d × %d, recall@10 %.3f, p50 %s ms, %.1fs",

@@ -70,6 +70,7 @@ def test_index_infos_and_metrics_report_tuned_recall_and_latency(tmp_path: Path)
     assert infos["size_bytes"] == (tmp_path / "faiss" / "knn.index").stat().st_size > 0
     assert infos["index_param"].startswith("nprobe=")
     assert infos["recall_queries_kind"] == "leave-one-out"
+    assert "index_path" not in infos["autofaiss"]  # a temporary folder, gone once published
     assert infos["recall_at_10"] >= 0.85 and 0 <= infos["recall_at_1"] <= 1
     assert 0 < infos["latency_p50_ms"] <= infos["latency_p99_ms"]
     metrics = result.as_metrics()
