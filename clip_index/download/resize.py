@@ -148,7 +148,7 @@ def _decode(data: bytes, config: DownloadConfig) -> Decoded:
             img: Image.Image = Image.open(io.BytesIO(data))
             stored_w, stored_h = img.size
             _check_size(stored_w, stored_h, config)
-            orientation = _orientation(img)
+            orientation = _orientation(img, data)
             # sizes as displayed: orientations 5-8 swap the sides
             swap = orientation in (5, 6, 7, 8)
             original = (stored_h, stored_w) if swap else (stored_w, stored_h)
@@ -193,8 +193,8 @@ def _decode_vips(data: bytes, config: DownloadConfig) -> Decoded | None:
         return None
     try:
         width, height, orientation = vips.header(data)
-        if orientation != 1:
-            return None
+        if orientation != 1 or png_chunk(data, b"eXIf") is not None:
+            return None  # libvips' header misses an eXIf after the pixels: Pillow's path
         _check_size(width, height, config)  # before a single pixel is decoded
         target = _target_size(width, height, config)
         mode, size, pixels = vips.thumbnail(data, target)
@@ -216,13 +216,40 @@ _TRANSPOSE = {
 }
 
 
-def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 = upright) of an opened image; 1 when absent or broken."""
+def _orientation(img: Image.Image, data: bytes) -> int:
+    """The EXIF orientation tag (1 = upright) of an opened image; 1 when absent or broken.
+
+    For a PNG the eXIf chunk is read from `data` (before or after the pixels) without
+    decoding: Pillow's `getexif` loads the whole image to look for one after the pixels, and
+    here its errors were swallowed, so a PNG broken past its header "decoded" to whatever
+    pixels came before the break, and the `load` after it raised nothing."""
     try:
-        value = img.getexif().get(0x0112, 1)
+        if img.format == "PNG":
+            raw = img.info.get("exif") or png_chunk(data, b"eXIf")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw if raw.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + raw)
+        else:
+            exif = img.getexif()
+        value = exif.get(0x0112, 1)
         return int(value) if int(value) in range(1, 9) else 1
     except Exception:  # a broken EXIF block must not fail an image that decodes
         return 1
+
+
+def png_chunk(data: bytes, kind: bytes) -> bytes | None:
+    """The data of the first `kind` chunk of PNG `data`, by walking the chunk headers (no
+    inflate, no CRC check); None when there is none before IEND or the data ends."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == kind:
+            return data[pos + 8:pos + 8 + length]
+        if data[pos + 4:pos + 8] == b"IEND":
+            return None
+        pos += 12 + length
+    return None
 
 
 def _check_filters(width: int, height: int, config: DownloadConfig) -> None:
