@@ -10,7 +10,8 @@ Prints (all single-threaded, p50 over 300 held-out queries, after one warm-up pa
 - each part back to back (the same call repeated, so its data stay in the CPU caches);
 - float16 widening of a 48 × 512 block: numpy's cast against faiss's fp16 decoder, and the
   page faults per query of widening all candidates at once against `RerankStore.scores`;
-- id-mapping rows for 10 ids: pyarrow's ``Table.take`` against `IdMapping.rows`, and the
+- id-mapping rows for 10 ids: pyarrow's ``Table.take``, a pyarrow scalar per value, and
+  `IdMapping.rows` (values from the Arrow buffers), and the
   private memory of the mapping read from parquet against memory-mapped.
 """
 
@@ -109,9 +110,22 @@ def main() -> None:
 
     table = index.mapping.table.select(list(IdMapping.COLUMNS))
     ten = [candidates[i, :10] for i in range(len(candidates))]
+    chunks = [[batch.column(j) for batch in table.to_batches()] for j in range(3)]
+
+    def scalars(i: int) -> list[dict[str, object]]:  # the read before the buffers: as_py each
+        chunk = np.searchsorted(index.mapping.offsets, ten[i], side="right") - 1
+        local = ten[i] - index.mapping.offsets[chunk]
+        return [{name: column[c][j].as_py() for name, column in zip(IdMapping.COLUMNS, chunks)}
+                for c, j in zip(chunk.tolist(), local.tolist())]
+
+    for i in range(len(ten)):  # both then read rows already in the page tables and caches
+        assert scalars(i) == index.mapping.rows(ten[i])
+    scalars_us = p50_us(scalars)
+    rows_us = p50_us(lambda i: index.mapping.rows(ten[i]))
     print(f"10 mapping rows over {table.column(0).num_chunks} chunks: Table.take "
-          f"{p50_us(lambda i: table.take(ten[i]).to_pylist(), n=30):.0f} µs, IdMapping.rows "
-          f"{p50_us(lambda i: index.mapping.rows(ten[i])):.0f} µs")
+          f"{p50_us(lambda i: table.take(ten[i]).to_pylist(), n=30):.0f} µs, pyarrow scalars "
+          f"(as_py per value) {scalars_us:.0f} µs, IdMapping.rows (Arrow buffers) "
+          f"{rows_us:.0f} µs")
     before = rss_anon_mb()
     parquet = read_mapping(dataclasses.replace(index.layout, mapping_file=""))
     print(f"id mapping read from parquet: +{rss_anon_mb() - before:.0f} MB private memory "

@@ -319,6 +319,17 @@ class TwoStageIndex:
         self.refine: Any = None
         if store.index is not None:
             self.refine = faiss.IndexRefine(first_stage, store.index)
+        self._params: dict[tuple[int, int], Any] = {}
+
+    @staticmethod
+    def _refine_params(k: int, fetch: int, base: Any) -> Any:
+        """IndexRefine's parameters for `fetch` candidates re-ranked to k (k_factor: it asks
+        the first stage for int(k · k_factor)); `base`: the first stage's own (nprobe), which
+        faiss's wrapper keeps alive with the result (`referenced_objects`)."""
+        import faiss
+
+        return faiss.IndexRefineSearchParameters(k_factor=(fetch + 0.5) / k,
+                                                 base_index_params=base)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for (n, dim) normalised float32 queries: the first stage's
@@ -328,7 +339,10 @@ class TwoStageIndex:
         fetch = min(max(self.depth, k), self.ntotal)
         scores, ids = self._search(queries, k, fetch, None)
         need = min(k, self.ntotal)
-        short = np.flatnonzero((ids >= 0).sum(axis=1) < need)
+        # results come best first, faiss's -1 padding last: a query is short of `need`
+        # results exactly when its need-th is padding
+        padded = ids[:, need - 1] < 0
+        short = np.flatnonzero(padded) if padded.any() else np.empty(0, dtype=np.int64)
         nprobe = int(self.ivf.nprobe) if self.ivf is not None else 0
         while len(short) and self.ivf is not None and nprobe < self.ivf.nlist:
             nprobe = min(4 * nprobe, int(self.ivf.nlist))
@@ -346,9 +360,12 @@ class TwoStageIndex:
         if self.refine is None:  # a legacy .npy store: candidates from faiss, re-rank here
             _, candidates = self.first_stage.search(queries, fetch, params=base)
             return rerank(self.store, queries, candidates, k)
-        # k_factor: IndexRefine asks the first stage for int(k · k_factor) candidates
-        params = faiss.IndexRefineSearchParameters(k_factor=(fetch + 0.5) / k,
-                                                   base_index_params=base)
+        if base is None:  # the usual call: its parameters made once (~10 µs a query saved)
+            params = self._params.get((k, fetch))
+            if params is None:
+                params = self._params[k, fetch] = self._refine_params(k, fetch, None)
+        else:
+            params = self._refine_params(k, fetch, base)
         scores, ids = self.refine.search(queries, k, params=params)
         scores[ids < 0] = -np.inf  # faiss pads with -FLT_MAX
         return scores, ids

@@ -412,3 +412,33 @@ def test_rerank_scores_are_exact_in_blocks_and_float16_widens_exactly(tmp_path: 
     assert np.allclose(store.scores(ids, q), expected, rtol=1e-5, atol=1e-6)
     shuffled = rng.permutation(ids)
     assert np.array_equal(store.take(shuffled), stored[shuffled].astype(np.float32))
+
+
+def test_id_mapping_reads_values_from_any_string_chunk() -> None:
+    """Values come from the Arrow buffers: sliced chunks (a non-zero offset into offsets and
+    validity bits), nulls on both sides of a byte edge, non-ASCII text, large_string columns,
+    and a column of another type (the reference's all-null uid) through pyarrow: each row as
+    pyarrow's own to_pylist gives it."""
+    import pyarrow as pa
+
+    from clip_index.index.layout import IdMapping
+
+    n = 40
+    captions = [None if i % 7 in (0, 3) else f"légende {i} — ✓" * (i % 4) for i in range(n)]
+    full = pa.table({schema.FAISS_ID: pa.array(range(n), pa.int64()),
+                     schema.UID: [f"u{i}" for i in range(n)],
+                     schema.URL: [None if i == 9 else f"http://h/{i}" for i in range(n)],
+                     schema.CAPTION: captions}, schema=schema.ID_MAPPING_SCHEMA)
+    # chunks that are slices of one array: offsets 0, 3, 11, 29 into the same buffers
+    sliced = pa.concat_tables([full.slice(0, 3), full.slice(3, 8), full.slice(11, 18),
+                               full.slice(29, 11)])
+    large = sliced.cast(pa.schema([f.with_type(pa.large_string()) if f.type == pa.string()
+                                   else f for f in sliced.schema]))
+    other = sliced.set_column(1, schema.UID, pa.nulls(n, pa.null()))
+    ids = np.array([0, 2, 3, 9, 10, 11, 21, 28, 29, 39, 14, 7])
+    for table in (sliced, large, other):
+        expected = [{k: v for k, v in full.slice(int(i), 1).to_pylist()[0].items()
+                     if k != schema.FAISS_ID} for i in ids]
+        if table is other:
+            expected = [{**row, schema.UID: None} for row in expected]
+        assert IdMapping(table).rows(ids) == expected
