@@ -248,6 +248,9 @@ def main() -> None:
                         help="two stages below the default two_stage_min_vectors (dev runs)")
     parser.add_argument("--extra", action="store_true",
                         help="also: PQ8 first stage, float32 re-rank vectors")
+    parser.add_argument("--first-stage-key", default="",
+                        help="build the two stages with this first stage (a faiss factory "
+                             "string, e.g. IVF2048,PQ64x4fs) instead of the default's choice")
     parser.add_argument("--query-rounds", type=int, default=1,
                         help="query measurements per build, each in a fresh process; the "
                              "median p50 is reported, every round kept in the JSON")
@@ -263,7 +266,9 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     start, load = time.perf_counter(), os.getloadavg()
     rows: list[dict[str, Any]] = []
-    force = {"two_stage_min_vectors": 1} if args.force_two_stage else {}
+    force: dict[str, Any] = {"two_stage_min_vectors": 1} if args.force_two_stage else {}
+    if args.first_stage_key:
+        force["first_stage_key"] = args.first_stage_key
     from importlib.metadata import version
 
     def header() -> str:
@@ -281,9 +286,12 @@ def main() -> None:
     for kind in kinds:
         n = args.random_n or args.n if kind == "random" else args.n
         folder = make_folder(kind, n, args.dim, args.queries)
-        rows += variant("new default (two stages)" if n >= 250_000 or force else
-                        "two stages (forced)", folder, force or
-                        ({"two_stage_min_vectors": 1} if n < 250_000 else {}))
+        name = ("new default (two stages)" if n >= 250_000 or args.force_two_stage
+                else "two stages (forced)")
+        if args.first_stage_key:
+            name = f"two stages, first stage {args.first_stage_key}"
+        rows += variant(name, folder, {**force, **({"two_stage_min_vectors": 1}
+                                                    if n < 250_000 else {})})
         save()
         if args.extra and kind != "random":
             nlist = rows[-1]["infos"]["stages"]["first"]["nlist"]
