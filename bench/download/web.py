@@ -321,14 +321,18 @@ def main(argv: list[str] | None = None) -> int:
 def report(runs: list[peers.ToolRun], args: argparse.Namespace, corpus: int) -> str:
     lines = [f"{args.urls:,} URLs over {args.hosts} loopback hosts ({corpus:,} distinct corpus "
              f"images), {os.cpu_count()} cores", "",
-             "| tool | wall s | images | images/s | CPU ms/img | peak RSS MB | server CPU s | "
-             "other load (cores) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| tool | wall s | images | images/s | CPU ms/img (main process + the rest) | "
+             "peak RSS MB | server CPU s | other load (cores) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         m = r.measurement
         if m is None:
             continue
+        main_ms = 1000 * m.main_cpu_s_sampled / max(1, r.successes)
+        rest_ms = 1000 * (m.cpu_s_sampled - m.main_cpu_s_sampled) / max(1, r.successes)
         lines.append(f"| {r.label} | {m.wall_s:.1f} | {r.successes:,} | {r.images_per_s:.1f} | "
-                     f"{r.cpu_ms_per_image:.2f} | {m.peak_rss_mb:.0f} | "
+                     f"{r.cpu_ms_per_image:.2f} ({main_ms:.2f} + {rest_ms:.2f}) | "
+                     f"{m.peak_rss_mb:.0f} | "
                      f"{m.other_cpu_s.get('server', m.other_cpu_s.get('nginx', 0)):.1f} | "
                      f"{m.background_cores:.2f} |"
                      + (f" {r.note}" if r.note else ""))
