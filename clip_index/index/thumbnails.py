@@ -66,20 +66,6 @@ def make_thumbnail(image: bytes, size_px: int, quality: int = 75) -> bytes:
     return buf.getvalue()
 
 
-def image_shards(image_dirs: list[str]) -> dict[int, str]:
-    """Shard number → image parquet path over all the download step's folders (one folder
-    may hold many shards); a shard found twice is refused."""
-    found: dict[int, str] = {}
-    for directory in image_dirs:
-        for path in io.list_shards(directory):
-            number = io.shard_index(path)
-            if number in found:
-                raise RuntimeError(f"image shard {number} is in two folders: {found[number]} "
-                                   f"and {path}")
-            found[number] = path
-    return found
-
-
 def write_thumbnails(output_dir: str, image_dirs: list[str],
                      config: ThumbnailConfig) -> dict[str, int]:
     """Write ``output_dir/thumbnails/part-NNNNN.parquet`` for every ``data/`` shard; returns
@@ -92,8 +78,9 @@ def write_thumbnails(output_dir: str, image_dirs: list[str],
               "thumbnail_bytes": 0}
     if config.size_px == 0:
         return totals
-    images = image_shards(image_dirs)
-    jobs = [(path, images.get(io.shard_index(path)), output_dir, config)
+    # the download step's finished shards (stats file written), wherever its tasks put them
+    folders = io.complete_shards(image_dirs)
+    jobs = [(path, _image_path(folders, io.shard_index(path)), output_dir, config)
             for path in io.list_shards(io.join(output_dir, schema.DATA_DIR))]
     workers = min(len(jobs), config.workers or os.cpu_count() or 1)
     if workers <= 1:
@@ -108,6 +95,11 @@ def write_thumbnails(output_dir: str, image_dirs: list[str],
              totals["thumbnails"], totals["thumbnails_missing"],
              totals["thumbnail_bytes"] / max(totals["thumbnails"], 1) / 1e3)
     return totals
+
+
+def _image_path(folders: dict[int, str], shard: int) -> str | None:
+    folder = folders.get(shard)
+    return None if folder is None else io.join(folder, io.shard_name(shard))
 
 
 def _thumbnail_shard(job: tuple[str, str | None, str, ThumbnailConfig]) -> dict[str, int]:

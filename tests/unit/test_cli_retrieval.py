@@ -103,6 +103,7 @@ def test_retrieve_download_takes_the_stored_thumbnail_and_fetches_the_rest(
 
     from clip_index import io, schema
     from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
+    from tests.support.shards import mark_complete
 
     bodies = [jpeg_bytes(64, 48, (i * 8, 40, 90)) for i in range(30)]
     urls = [http_server.url(f"/gone-{i}.jpg") if i < 15 else
@@ -112,6 +113,7 @@ def test_retrieve_download_takes_the_stored_thumbnail_and_fetches_the_rest(
     io.write_parquet_atomic(str(tmp_path / "images" / io.shard_name(0)), pa.table({
         schema.UID: [f"img-{i:03d}" for i in range(15)], schema.STATUS: ["success"] * 15,
         schema.IMAGE: bodies[:15]}))
+    mark_complete(str(tmp_path / "images" / io.shard_name(0)))  # finished: its stats file
     write_thumbnails(str(out), [str(tmp_path / "images")], ThumbnailConfig(workers=1))
     np.save(tmp_path / "q.npy", vectors[[3, 20]])
     assert main(["retrieve", str(tmp_path / "q.npy"), str(out), "--output", str(tmp_path / "r"),

@@ -84,6 +84,7 @@ def test_search_page_shows_the_stored_thumbnails_when_the_image_host_is_gone(
 
     from clip_index import io, schema
     from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
+    from tests.support.shards import mark_complete
 
     host = TestServer().start()
     bodies = [jpeg_bytes(64, 48, (200, i * 10, 40)) for i in range(24)]
@@ -94,6 +95,7 @@ def test_search_page_shows_the_stored_thumbnails_when_the_image_host_is_gone(
         io.write_parquet_atomic(str(images / io.shard_name(shard)), pa.table({
             schema.UID: [f"img-{i:03d}" for i in rows],
             schema.STATUS: ["success"] * len(rows), schema.IMAGE: [bodies[i] for i in rows]}))
+        mark_complete(str(images / io.shard_name(shard)))  # finished: its stats file, last
     write_thumbnails(str(tmp_path / "ix"), [str(images)], ThumbnailConfig(workers=1))
     host.stop()  # the image host is gone
     server = LiveServer(create_app({"ix": ClipIndex(tmp_path / "ix")})).start()

@@ -18,6 +18,7 @@ from clip_index.index.thumbnails import THUMBNAILS_DIR, Thumbnails
 from clip_index.index.write import run_write
 from clip_index.search.searcher import ClipIndex
 from tests.support.outputs import make_embedding_shards
+from tests.support.shards import mark_complete
 
 
 def colour(n: int) -> tuple[int, int, int]:
@@ -42,6 +43,7 @@ def make_image_shards(folder: Path, shards: range, rows_per_shard: int = 60) -> 
         table = pa.Table.from_pylist(rows).select([schema.UID, schema.URL, schema.CAPTION,
                                                    schema.STATUS, schema.ERROR, schema.IMAGE])
         io.write_parquet_atomic(str(folder / io.shard_name(shard)), table)
+        mark_complete(str(folder / io.shard_name(shard)))  # the stats file: the shard is done
 
 
 @pytest.fixture(scope="module")
