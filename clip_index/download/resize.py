@@ -226,6 +226,9 @@ def _orientation(img: Image.Image, data: bytes) -> int:
     try:
         if img.format == "PNG":
             raw = img.info.get("exif") or png_chunk(data, b"eXIf")
+            profile = img.info.get("Raw profile type exif")  # ImageMagick's text chunk
+            if not raw and isinstance(profile, str):  # read as Pillow's getexif reads it
+                raw = bytes.fromhex("".join(profile.split("\n")[3:]))
             if not raw:
                 return 1
             exif = Image.Exif()

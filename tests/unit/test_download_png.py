@@ -86,3 +86,19 @@ def test_a_broken_exif_chunk_leaves_the_image_upright() -> None:
     at = data.index(b"IDAT") - 4
     out = resize.process_image(data[:at] + chunk + data[at:], DownloadConfig(image_size=130))
     assert (out.original_width, out.original_height) == (400, 260)
+
+
+def test_png_orientation_from_imagemagick_raw_profile_text_chunk() -> None:
+    """ImageMagick keeps a PNG's EXIF in a "Raw profile type exif" text chunk; Pillow's
+    getexif reads it, and so does the step."""
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    payload = b"Exif\x00\x00" + exif.tobytes()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(payload):8d}\n{payload.hex()}\n")
+    data = _png(400, 260, pnginfo=info)
+    assert Image.open(io.BytesIO(data)).getexif().get(0x0112) == 6  # Pillow's own reading
+    out = resize.process_image(data, DownloadConfig(image_size=130))
+    assert (out.original_width, out.original_height) == (260, 400)
