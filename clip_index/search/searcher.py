@@ -180,7 +180,8 @@ class ClipIndex:
         """Top-k matches for an image (a path, bytes or a PIL image: a list of results), or for
         each of a list of images (a list of lists, one model call)."""
         images = image if isinstance(image, list) else [image]
-        pixels = [self.model.preprocess(_open_image(img)) for img in images]
+        opened = [_open_image(img) for img in images]  # bad input fails before the model loads
+        pixels = [self.model.preprocess(img) for img in opened]
         import torch
 
         results = self.search_embedding(self.model.encode_images(torch.stack(pixels)), k,

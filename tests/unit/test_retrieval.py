@@ -44,6 +44,10 @@ def test_results_carry_uid_url_caption_score_for_every_query_kind(
     assert len(index.search_image([image, path], k=4)) == 2
     with pytest.raises(ValueError, match="could not be decoded"):
         index.search_image(b"not an image", k=2)
+    fresh = ClipIndex(out)  # a bad image is refused before the query model is loaded for it
+    with pytest.raises(ValueError, match="could not be decoded"):
+        fresh.search_image([image, b"not an image"], k=2)
+    assert fresh._model is None
     with pytest.raises(ValueError, match=rf"expected \(n, {TINY_DIM}\)"):
         index.search_embedding(np.zeros(3), k=2)
 
