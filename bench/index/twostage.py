@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -162,25 +163,31 @@ def query(folder: str, index_param: str | None) -> dict[str, Any]:
             "after_queries_anon_mb": _rss_mb("RssAnon") - libraries_anon}
 
 
-# set by main(): query measurement rounds per build (the median round is reported) and how long
-# each waits for the machine to be idle first (0 = no wait)
-QUERY_ROUNDS, WAIT_IDLE_S, IDLE_CORES = 1, 0.0, 0.3
+@dataclasses.dataclass(frozen=True)
+class Rounds:
+    """How an opened index is measured: `count` rounds, each in a fresh process after waiting
+    (up to `wait_idle_s`) for other work on this shared machine to drop below `idle_cores`;
+    single-query latency on 2 shared cores swings ±25% with what else runs, so the median
+    round is reported and the other load each round met is recorded."""
+
+    count: int = 1
+    wait_idle_s: float = 0.0
+    idle_cores: float = 0.3
+
+    def measure(self, folder: Path) -> list[dict[str, Any]]:
+        results = []
+        for _ in range(max(1, self.count)):
+            if self.wait_idle_s:
+                wait_for_idle(self.wait_idle_s, self.idle_cores)
+            result: dict[str, Any] = _in_child(query, str(folder), None)
+            log.info("query round: p50 %.3f ms, others used %.2f cores", result["p50_ms"],
+                     result["other_load_cores"])
+            results.append(result)
+        return results
 
 
-def _measured(folder: Path) -> dict[str, Any]:
-    """One query measurement in a fresh process, after waiting (up to WAIT_IDLE_S) for other
-    work on this shared machine to drop below IDLE_CORES: single-query latency on 2 shared
-    cores swings ±25% with what else runs (other load is recorded with each round)."""
-    if WAIT_IDLE_S:
-        wait_for_idle(WAIT_IDLE_S, IDLE_CORES)
-    result: dict[str, Any] = _in_child(query, str(folder), None)
-    log.info("query round: p50 %.3f ms, others used %.2f cores", result["p50_ms"],
-             result["other_load_cores"])
-    return result
-
-
-def variant(name: str, folder: Path, config: dict[str, Any],
-            autofaiss_too: bool = False) -> list[dict[str, Any]]:
+def variant(name: str, folder: Path, config: dict[str, Any], autofaiss_too: bool = False,
+            rounds: Rounds = Rounds()) -> list[dict[str, Any]]:
     """Build once, then measure the opened index (and autofaiss's own pick of the same build)."""
     from clip_index.index.rerank import RERANK_FILE
 
@@ -200,11 +207,11 @@ def variant(name: str, folder: Path, config: dict[str, Any],
                      **_in_child(query, str(folder), param)})
     param = infos["index_param"] + (f", {infos['rerank_depth']} candidates"
                                     if infos.get("two_stage") else "")
-    rounds = [_measured(folder) for _ in range(max(1, QUERY_ROUNDS))]
-    middle = sorted(rounds, key=lambda r: r["p50_ms"])[(len(rounds) - 1) // 2]
+    measured = rounds.measure(folder)
+    middle = sorted(measured, key=lambda r: r["p50_ms"])[(len(measured) - 1) // 2]
     rows.append({**base, "name": name, "param": param, **middle,
-                 "p50_ms_rounds": [r["p50_ms"] for r in rounds],
-                 "other_load_rounds": [r["other_load_cores"] for r in rounds]})
+                 "p50_ms_rounds": [r["p50_ms"] for r in measured],
+                 "other_load_rounds": [r["other_load_cores"] for r in measured]})
     for row in rows:
         log.info("%s", {k: v for k, v in row.items() if k != "infos"})
     return rows
@@ -260,8 +267,7 @@ def main() -> None:
     parser.add_argument("--idle-cores", type=float, default=0.3)
     parser.add_argument("--output", default=str(WORK / "results.json"))
     args = parser.parse_args()
-    global QUERY_ROUNDS, WAIT_IDLE_S, IDLE_CORES
-    QUERY_ROUNDS, WAIT_IDLE_S, IDLE_CORES = args.query_rounds, args.wait_idle, args.idle_cores
+    rounds = Rounds(args.query_rounds, args.wait_idle, args.idle_cores)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     WORK.mkdir(parents=True, exist_ok=True)
     start, load = time.perf_counter(), os.getloadavg()
@@ -291,23 +297,25 @@ def main() -> None:
         if args.first_stage_key:
             name = f"two stages, first stage {args.first_stage_key}"
         rows += variant(name, folder, {**force, **({"two_stage_min_vectors": 1}
-                                                    if n < 250_000 else {})})
+                                                    if n < 250_000 else {})},
+                        rounds=rounds)
         save()
         if args.extra and kind != "random":
             nlist = rows[-1]["infos"]["stages"]["first"]["nlist"]
             rows += variant("two stages, PQ8 first stage", folder,
-                            {**force, "first_stage_key": f"IVF{nlist},PQ64"})
+                            {**force, "first_stage_key": f"IVF{nlist},PQ64"}, rounds=rounds)
             rows += variant("two stages, float32 re-rank", folder,
-                            {**force, "rerank_dtype": "float32"})
+                            {**force, "rerank_dtype": "float32"}, rounds=rounds)
             save()
     for kind in kinds:
         if kind == "random" or not args.hnsw_n:
             continue
         small = make_folder(kind, args.hnsw_n, args.dim, args.queries)
-        rows += variant("today's HNSW32", small, {"index_key": "HNSW32"}, True)
+        rows += variant("today's HNSW32", small, {"index_key": "HNSW32"}, True, rounds)
         save()
         if args.hnsw_n != args.n:  # the same size, two stages (forced below the threshold)
-            rows += variant("two stages (forced)", small, {"two_stage_min_vectors": 1})
+            rows += variant("two stages (forced)", small, {"two_stage_min_vectors": 1},
+                            rounds=rounds)
             save()
     save()
     print(markdown(rows, header()))
