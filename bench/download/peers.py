@@ -72,6 +72,15 @@ class ToolRun:
         }
 
 
+def median_run(runs: list[ToolRun]) -> ToolRun:
+    """The run with the median images/s (the lower middle of an even count), its tries'
+    images/s recorded in its params."""
+    ordered = sorted(runs, key=lambda r: r.images_per_s)
+    median = ordered[(len(ordered) - 1) // 2]
+    median.params["runs_images_per_s"] = [round(r.images_per_s, 1) for r in runs]
+    return median
+
+
 def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for the tools: no proxies (loopback only), no telemetry."""
     env = {k: v for k, v in os.environ.items()

@@ -140,11 +140,6 @@ def wait_for_idle(max_wait_s: float, threshold_cores: float, window_s: float = 3
             next_log = time.monotonic() + 30
 
 
-def _median_run(runs: list[peers.ToolRun]) -> peers.ToolRun:
-    ordered = sorted(runs, key=lambda r: r.images_per_s)
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Everything but the report: returns the raw results."""
     started = time.monotonic()
@@ -208,9 +203,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         threads=threads, processes=args.i2d_processes,
                         shard_size=args.i2d_shard_size, timeout_s=args.run_timeout,
                         nginx_pids=server.pids))
-                best = _median_run(tries)
-                best.params["runs_images_per_s"] = [round(t.images_per_s, 1) for t in tries]
-                runs.append(best)
+                runs.append(peers.median_run(tries))
         if "clip-index" in args.tools:
             if ci_available:
                 tries = []
@@ -222,9 +215,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         python, REPO, urls, outputs / "clip-index", image_size=args.image_size,
                         resize_mode=args.resize_mode, timeout_s=args.run_timeout,
                         nginx_pids=server.pids))
-                best = _median_run(tries)
-                best.params["runs_images_per_s"] = [round(t.images_per_s, 1) for t in tries]
-                runs.append(best)
+                runs.append(peers.median_run(tries))
             else:
                 runs.append(peers.unavailable("clip-index", ci_version))
     results["runs"] = [r.as_dict() for r in runs]

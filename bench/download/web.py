@@ -19,8 +19,11 @@ i mod corpus size, so 10,000 URLs need not mean 10,000 generated images). How it
 Every tool runs with its defaults but for the output (224 px keep_ratio, JPEG q95, parquet):
 img2dataset with 2 processes × each of `--i2d-threads` threads, 1,000 URLs per shard, its
 default 10 s timeout and no retries; clip-index on the same URLs as a work unit of 1,000-row
-shards (`clip-index download --urls DIR --shards 0-9`). Results: a Markdown table on stdout
-(and `--out`), raw numbers in ``WORK_DIR/web-results.json``.
+shards (`clip-index download --urls DIR --shards 0-9`). `--repeats N` runs N rounds of every
+configuration, interleaved, and reports each one's median run: on a shared host whose speed
+drifts over minutes, a tool measured only after the others would meet a different machine.
+Results: a Markdown table on stdout (and `--out`), raw numbers in
+``WORK_DIR/web-results.json``.
 """
 
 from __future__ import annotations
@@ -259,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tools", default="img2dataset,clip-index")
     p.add_argument("--clip-index-extra", default="", help="extra flags for a second clip-index "
                    "run (e.g. '--concurrency 128 --first-timeout-s 0')")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of every configuration, interleaved (each round runs each once, "
+                        "so a host that speeds up or slows down meets every tool alike); the "
+                        "median run of each is reported")
     p.add_argument("--run-timeout", type=float, default=900)
     p.add_argument("--wait-idle", type=float, default=0)
     p.add_argument("--idle-cores", type=float, default=0.3)
@@ -267,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: expected an integer >= 1")
     if args.serve:
         serve(json.loads(args.serve.read_text()), args.hosts, args.port, args.seed)
         return 0
@@ -287,26 +296,29 @@ def main(argv: list[str] | None = None) -> int:
         plan.append(("clip-index", []))
         if args.clip_index_extra:
             plan.append(("clip-index", shlex.split(args.clip_index_extra)))
-    runs: list[peers.ToolRun] = []
-    for tool, option in plan:
-        # a fresh server per run: "once" failures (503, hangs) are per server, and each tool
-        # must meet them
-        with WebServer(files, args.hosts, args.seed, work) as server:
-            single, shards = write_urls(work, args.urls, args.hosts, server.port, args.seed,
-                                        files, args.shard_rows)
-            if args.wait_idle:
-                wait_for_idle(args.wait_idle, args.idle_cores)
-            if tool == "img2dataset":
-                run = peers.run_img2dataset(
-                    exe, single, work / f"web-out-i2d-{option}", image_size=224,
-                    resize_mode="keep_ratio", threads=option, processes=2,
-                    shard_size=args.shard_rows, timeout_s=args.run_timeout,
-                    nginx_pids=server.pids)
-            else:
-                run = run_clip_index(shards, work / f"web-out-ci{len(runs)}", count,
-                                     args.run_timeout, server, option)
-        runs.append(run)
-        logger.info("%s: %.1f img/s", run.label, run.images_per_s)
+    tries: list[list[peers.ToolRun]] = [[] for _ in plan]
+    for round_ in range(args.repeats):
+        for k, (tool, option) in enumerate(plan):
+            # a fresh server per run: "once" failures (503, hangs) are per server, and each
+            # tool must meet them
+            with WebServer(files, args.hosts, args.seed, work) as server:
+                single, shards = write_urls(work, args.urls, args.hosts, server.port,
+                                            args.seed, files, args.shard_rows)
+                if args.wait_idle:
+                    wait_for_idle(args.wait_idle, args.idle_cores)
+                if tool == "img2dataset":
+                    run = peers.run_img2dataset(
+                        exe, single, work / f"web-out-i2d-{option}", image_size=224,
+                        resize_mode="keep_ratio", threads=option, processes=2,
+                        shard_size=args.shard_rows, timeout_s=args.run_timeout,
+                        nginx_pids=server.pids)
+                else:
+                    run = run_clip_index(shards, work / f"web-out-ci{k}", count,
+                                         args.run_timeout, server, option)
+            tries[k].append(run)
+            logger.info("round %d/%d, %s: %.1f img/s", round_ + 1, args.repeats, run.label,
+                        run.images_per_s)
+    runs = [peers.median_run(t) for t in tries]
     results = {"machine": machine_info(), "command": "python -m bench.download.web "
                + shlex.join(sys.argv[1:] if argv is None else argv),
                "corpus_images": len(files), "runs": [r.as_dict() for r in runs]}
@@ -330,7 +342,10 @@ def report(runs: list[peers.ToolRun], args: argparse.Namespace, corpus: int) -> 
             continue
         main_ms = 1000 * m.main_cpu_s_sampled / max(1, r.successes)
         rest_ms = 1000 * (m.cpu_s_sampled - m.main_cpu_s_sampled) / max(1, r.successes)
-        lines.append(f"| {r.label} | {m.wall_s:.1f} | {r.successes:,} | {r.images_per_s:.1f} | "
+        each = r.params.get("runs_images_per_s", [])
+        rate = f"{r.images_per_s:.1f}" + (f" ({'/'.join(map(str, each))})" if len(each) > 1
+                                          else "")
+        lines.append(f"| {r.label} | {m.wall_s:.1f} | {r.successes:,} | {rate} | "
                      f"{r.cpu_ms_per_image:.2f} ({main_ms:.2f} + {rest_ms:.2f}) | "
                      f"{m.peak_rss_mb:.0f} | "
                      f"{m.other_cpu_s.get('server', m.other_cpu_s.get('nginx', 0)):.1f} | "
