@@ -6,7 +6,8 @@
 Steps: generate (or reuse) a DataComp-like corpus; start nginx on 127.0.0.1 (installed from
 Debian if missing); measure the serving ceiling with a plain aiohttp client; run img2dataset (own
 venv, created if missing) and clip-index's downloader as measured subprocesses (wall time,
-images/s, CPU ms per image and peak RSS of the whole process tree); compare their resize quality;
+images/s, CPU ms per image and peak RSS of the whole process tree; with `--repeats N`, N rounds
+that run every configuration once each, the median run of each kept); compare their resize quality;
 print a Markdown report (and write it to ``--out``). Raw results go to
 ``WORK_DIR/results.json``. nginx and every child are stopped on exit, error, Ctrl-C or SIGTERM.
 """
@@ -63,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--i2d-shard-size", type=int, default=1000,
                    help="img2dataset --number_sample_per_shard")
     p.add_argument("--i2d-venv", type=Path, default=DEFAULT_VENV, help="img2dataset's own venv")
-    p.add_argument("--repeats", type=int, default=1, help="runs per configuration (median kept)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of every configuration, interleaved (median run kept)")
     p.add_argument("--ceiling-concurrency", type=int, default=128)
     p.add_argument("--no-ceiling", action="store_true", help="skip the server ceiling")
     p.add_argument("--quality-sample", type=int, default=200, help="images for the PSNR check")
@@ -189,35 +191,40 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results["ceiling"] = {**ceiling.__dict__, "req_per_s": round(ceiling.req_per_s),
                                   "mb_per_s": round(ceiling.mb_per_s, 1),
                                   "nginx_cpu_s": round(cpu_of(nginx_pids) - cpu0, 2)}
+        # every configuration once per round, rounds repeated: a host whose speed drifts
+        # over minutes then meets every tool alike (run one tool's repeats after the other's
+        # and the drift lands in the ratio)
+        plan: list[tuple[str, int]] = []
         if i2d_exe is not None:
-            for threads in args.i2d_threads:
-                tries = []
-                for k in range(args.repeats):
+            plan += [("img2dataset", threads) for threads in args.i2d_threads]
+        if "clip-index" in args.tools and ci_available:
+            plan.append(("clip-index", 0))
+        tries: list[list[peers.ToolRun]] = [[] for _ in plan]
+        for k in range(args.repeats):
+            for config, (tool, threads) in zip(tries, plan):
+                if tool == "img2dataset":
                     logger.info("img2dataset: %d×%d threads, run %d/%d", args.i2d_processes,
                                 threads, k + 1, args.repeats)
-                    if args.wait_idle:
-                        wait_for_idle(args.wait_idle, args.idle_cores)
-                    tries.append(peers.run_img2dataset(
+                else:
+                    logger.info("clip-index: run %d/%d", k + 1, args.repeats)
+                if args.wait_idle:
+                    wait_for_idle(args.wait_idle, args.idle_cores)
+                if tool == "img2dataset":
+                    assert i2d_exe is not None
+                    config.append(peers.run_img2dataset(
                         i2d_exe, urls, outputs / f"img2dataset-t{threads}",
                         image_size=args.image_size, resize_mode=args.resize_mode,
                         threads=threads, processes=args.i2d_processes,
                         shard_size=args.i2d_shard_size, timeout_s=args.run_timeout,
                         nginx_pids=server.pids))
-                runs.append(peers.median_run(tries))
-        if "clip-index" in args.tools:
-            if ci_available:
-                tries = []
-                for k in range(args.repeats):
-                    logger.info("clip-index: run %d/%d", k + 1, args.repeats)
-                    if args.wait_idle:
-                        wait_for_idle(args.wait_idle, args.idle_cores)
-                    tries.append(peers.run_clip_index(
+                else:
+                    config.append(peers.run_clip_index(
                         python, REPO, urls, outputs / "clip-index", image_size=args.image_size,
                         resize_mode=args.resize_mode, timeout_s=args.run_timeout,
                         nginx_pids=server.pids))
-                runs.append(peers.median_run(tries))
-            else:
-                runs.append(peers.unavailable("clip-index", ci_version))
+        runs += [peers.median_run(config) for config in tries]
+        if "clip-index" in args.tools and not ci_available:
+            runs.append(peers.unavailable("clip-index", ci_version))
     results["runs"] = [r.as_dict() for r in runs]
 
     # resize quality on the best img2dataset run and the clip-index run
