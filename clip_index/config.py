@@ -91,6 +91,8 @@ class DownloadConfig(_Config):
     allow_private_networks: allow loopback/private/link-local addresses (tests, the demo).
     respect_opt_out: honour ``X-Robots-Tag: noai / noimageai`` (status `opted_out`).
     max_failure_rate: the step fails when the share of non-successes passes this.
+    thumbnail_px: the long side of the WebP thumbnail kept per image (0 = none), cut here from
+        the image already decoded and resized, and published beside the index.
 
     Attributes:
         max_image_pixels: Images whose original width × height passes this are refused
@@ -143,6 +145,7 @@ class DownloadConfig(_Config):
     checkpoint_rows: int = 500
     user_agent: str = "clip-index/0.1 (+https://github.com/clip-index/clip-index)"
     max_failure_rate: float = 1.0
+    thumbnail_px: int = 128
 
     def validate(self) -> None:
         _check(self.timeout_s > 0, "timeout_s", self.timeout_s, "seconds > 0")
@@ -185,6 +188,8 @@ class DownloadConfig(_Config):
                "a non-empty User-Agent naming the project")
         _check(0 <= self.max_failure_rate <= 1, "max_failure_rate", self.max_failure_rate,
                "a fraction in [0, 1]")
+        _check(self.thumbnail_px == 0 or 16 <= self.thumbnail_px <= 1024, "thumbnail_px",
+               self.thumbnail_px, "0 (none) or 16..1024 pixels")
 
 
 @dataclass(frozen=True)

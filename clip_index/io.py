@@ -221,6 +221,13 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(fs_path, columns=columns, filesystem=fs)
 
 
+def read_parquet_schema(path: str) -> pa.Schema:
+    """A parquet file's schema, from its footer alone."""
+    fs, fs_path = filesystem(path)
+    with fs.open(fs_path, "rb") as f:
+        return pq.read_schema(f)
+
+
 def iter_parquet_batches(path: str, columns: list[str] | None = None,
                          batch_rows: int = 1000) -> Iterator[pa.RecordBatch]:
     """A parquet file's rows in batches (bounded memory whatever the file's size)."""

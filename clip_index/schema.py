@@ -22,6 +22,7 @@ HEIGHT = "height"
 ORIGINAL_WIDTH = "original_width"
 ORIGINAL_HEIGHT = "original_height"
 SHA256 = "sha256"
+THUMBNAIL = "thumbnail"
 EMBEDDING = "embedding"
 FAISS_ID = "i"
 QUERY = "query"
@@ -52,12 +53,24 @@ IMAGES_SCHEMA = pa.schema(
         pa.field(ORIGINAL_WIDTH, pa.int32()),
         pa.field(ORIGINAL_HEIGHT, pa.int32()),
         pa.field(SHA256, pa.string()),
+        # a small WebP of the image (download's thumbnail_px), carried to output_dir/thumbnails/
+        pa.field(THUMBNAIL, pa.binary()),
     ]
 )
 
 
-def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
-    """embed → write: every input row with its status; `embedding` (dim floats, L2-normalised)
+def passthrough_fields(images: pa.Schema) -> list[pa.Field]:
+    """The columns of a download shard that the embed step carries through as they are: every
+    one but the step contract's own (uid, url, caption, status, error) and the image bytes:
+    the image's sizes and hash, its thumbnail, and whatever the load step kept of the source."""
+    own = {UID, URL, CAPTION, STATUS, ERROR, IMAGE, EMBEDDING}
+    return [f for f in images if f.name not in own]
+
+
+def embeddings_schema(dim: int, dtype: str = "float32",
+                      extra: list[pa.Field] | None = None) -> pa.Schema:
+    """embed → write: every input row with its status, the `extra` columns carried through
+    from the download shard (`passthrough_fields`); `embedding` (dim floats, L2-normalised)
     is null unless the status is success. A variable-size list here: pyarrow's parquet reader
     rejects null entries in a fixed-size list column ("Expected all lists to be of size=…")."""
     return pa.schema(
@@ -67,19 +80,23 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
             pa.field(CAPTION, pa.string()),
             pa.field(STATUS, pa.string(), nullable=False),
             pa.field(ERROR, pa.string()),
+            *(extra or []),
             pa.field(EMBEDDING, pa.list_(arrow_float(dtype))),
         ],
         metadata={"dim": str(dim)},
     )
 
 
-def data_schema(dim: int, dtype: str = "float32") -> pa.Schema:
-    """The published `output_dir/data/` parquet: successful rows only."""
+def data_schema(dim: int, dtype: str = "float32",
+                extra: list[pa.Field] | None = None) -> pa.Schema:
+    """The published `output_dir/data/` parquet: successful rows only, with the `extra`
+    columns carried through (not the thumbnail: it goes to thumbnails/)."""
     return pa.schema(
         [
             pa.field(UID, pa.string(), nullable=False),
             pa.field(URL, pa.string()),
             pa.field(CAPTION, pa.string()),
+            *(f for f in extra or [] if f.name != THUMBNAIL),
             pa.field(EMBEDDING, pa.list_(arrow_float(dtype), dim), nullable=False),
         ]
     )

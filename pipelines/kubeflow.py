@@ -10,7 +10,8 @@ a separate template, `clip-index-kubeflow.yaml`, for a self-hosted Kubeflow Pipe
 from dataclasses import dataclass
 from typing import Any
 
-from clip_index.pipelines import PipelineSettings, make_index_pipeline
+from clip_index.pipelines.clip_index import make_index_pipeline
+from clip_index.pipelines.settings import PipelineSettings
 
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 

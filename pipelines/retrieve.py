@@ -7,18 +7,17 @@ from typing import Any
 from kfp import dsl
 
 from clip_index.components import make_components
-from clip_index.components.retrieve import make_retrieve_components
 
 
 def make_retrieve_pipeline(settings: Any = None) -> Any:
-    """retrieve: load_queries → retrieve_matches → [If download_matches: plan units →
-    ParallelFor(download unit)], the same bounded fan-out as the index pipeline."""
-    from clip_index.pipelines import PipelineSettings
+    """retrieve: load_queries → retrieve_matches → [If download_matches: ParallelFor(download
+    unit)], the index pipeline's download loop of `download_parallelism` units, in one group."""
+    from clip_index.pipelines.settings import PipelineSettings
 
     settings = settings or PipelineSettings()
     settings.validate()
     c = make_components(settings.cpu_image, settings.gpu_image)
-    r = make_retrieve_components(settings.cpu_image)
+    width = settings.download_parallelism
 
     @dsl.pipeline(
         name="clip-index-retrieve",
@@ -43,30 +42,32 @@ def make_retrieve_pipeline(settings: Any = None) -> Any:
         allow_private_networks: bool = False,
         max_failure_rate: float = 1.0,
     ) -> None:
-        load = r.load_queries(source=queries, query_column=query_column,
+        load = c.load_queries(source=queries, query_column=query_column,
                               embedding_column=embedding_column).set_display_name("Load queries")
-        retrieve = r.retrieve_matches(
+        retrieve = c.retrieve_matches(
             queries=load.outputs["queries"], index_dir=index_dir, num_images=num_images,
             deduplicate=deduplicate, batch_size=batch_size, mmap=mmap, shard_size=shard_size,
         ).set_display_name("Retrieve matches")
         retrieve.set_cpu_limit(settings.index_cpu).set_memory_limit(settings.index_memory)
         for task in (load, retrieve):  # the index folder may change under the same path
             task.set_caching_options(False)
-        with dsl.If(download_matches == True, name="download-matches"):  # noqa: E712
-            plan = c.plan_units(urls=retrieve.outputs["urls"],
-                                max_units=settings.download_parallelism)
-            plan.set_display_name("Plan download units").set_caching_options(False)
-            with dsl.ParallelFor(plan.output, parallelism=settings.download_parallelism,
-                                 name="download-units") as unit:
-                download = c.download_images(
-                    urls=retrieve.outputs["urls"], unit=unit, image_size=image_size,
-                    resize_mode=resize_mode, timeout_s=timeout_s, retries=download_retries,
-                    concurrency=concurrency, allow_private_networks=allow_private_networks,
-                    max_failure_rate=max_failure_rate,
-                ).set_display_name("Download matched images")
-                download.set_cpu_limit(settings.download_cpu).set_memory_limit(
-                    settings.download_memory)
-                download.set_retry(num_retries=settings.retries, backoff_duration="60s",
-                                   backoff_factor=2.0)
+        matched = download_matches == True  # noqa: E712 (a pipeline channel, not a bool)
+        with dsl.If(matched, name="download-matches"), \
+                dsl.ParallelFor(list(range(width)), parallelism=width,
+                                name="download-units") as part:
+            download = c.download_images(
+                urls=retrieve.outputs["urls"], group=0, part=part, groups=1, parts=width,
+                image_size=image_size, resize_mode=resize_mode, timeout_s=timeout_s,
+                retries=download_retries, concurrency=concurrency,
+                allow_private_networks=allow_private_networks,
+                max_failure_rate=max_failure_rate,
+            ).set_display_name("Download matched images")
+            download.set_cpu_limit(settings.download_cpu).set_memory_limit(
+                settings.download_memory)
+            download.set_retry(num_retries=settings.retries,
+                               backoff_duration=f"{settings.backoff_s}s",
+                               backoff_factor=settings.backoff_factor,
+                               backoff_max_duration=f"{settings.max_backoff_s}s")
+            download.set_caching_options(False)  # the matches change with the index
 
     return clip_index_retrieve

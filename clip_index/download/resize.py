@@ -28,6 +28,7 @@ class ProcessedImage:
     original_width: int
     original_height: int
     sha256: str
+    thumbnail: bytes | None = None
 
 
 def _target_size(width: int, height: int, config: DownloadConfig) -> tuple[int, int]:
@@ -84,7 +85,21 @@ def process_image(data: bytes, config: DownloadConfig) -> ProcessedImage:
         original_width=decoded.original_size[0],
         original_height=decoded.original_size[1],
         sha256=hashlib.sha256(data).hexdigest(),
+        thumbnail=thumbnail(img, config.thumbnail_px) if config.thumbnail_px else None,
     )
+
+
+THUMBNAIL_QUALITY = 75
+
+
+def thumbnail(img: Image.Image, size_px: int, quality: int = THUMBNAIL_QUALITY) -> bytes:
+    """A WebP of `img` (already decoded and resized: the thumbnail costs a resize of ~256 px
+    and an encode, no decode) whose long side is at most `size_px`, never upscaled."""
+    small = img.copy()
+    small.thumbnail((size_px, size_px), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    out = io.BytesIO()
+    small.save(out, "WEBP", quality=quality, method=4)
+    return out.getvalue()
 
 
 def decode(data: bytes, config: DownloadConfig) -> Decoded:

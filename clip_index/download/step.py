@@ -37,11 +37,12 @@ from clip_index.download.memory import reuse_freed_memory, trim_if_above
 from clip_index.download.resize import ProcessedImage
 from clip_index.schema import RowError, Status
 from clip_index.stats import Progress, ShardStats, UnitResult, check_failure_rate
+from clip_index.units import UnitRecord
 
 log = logging.getLogger(__name__)
 
 # zstd for every column but the images: JPEG/PNG/WebP bytes do not compress, so spend no CPU
-_COMPRESSION = {name: "none" if name == schema.IMAGE else "zstd"
+_COMPRESSION = {name: "none" if name in (schema.IMAGE, schema.THUMBNAIL) else "zstd"
                 for name in schema.IMAGES_SCHEMA.names}
 _DNS_CACHE_S = 300
 _DNS_THREADS = 64  # getaddrinfo runs in threads: the default pool (cores + 4) starves on DNS
@@ -78,10 +79,10 @@ def run_download(urls_dir: str, shards: Sequence[int], output_dir: str,
     checkpoint. The failure rate is checked over the whole unit once every shard is written.
     """
     config.validate()
-    if not shards:
-        raise ValueError(f"download: no shards given for {urls_dir}: expected a work unit of "
-                         "one or more shard numbers")
     start = time.monotonic()
+    if not shards:  # a pipeline unit past the dataset's last shard: nothing to do
+        log.info("download: no shards in this work unit (the dataset has fewer shards than "
+                 "the pipeline has download tasks)")
     results: dict[int, ShardStats] = {}
     jobs: list[_Job] = []
     for shard in dict.fromkeys(int(s) for s in shards):
@@ -96,19 +97,9 @@ def run_download(urls_dir: str, shards: Sequence[int], output_dir: str,
         results[job.shard] = stats
     done = [results[shard] for shard in dict.fromkeys(int(s) for s in shards)]
     check_failure_rate(done, config.max_failure_rate, "download")
+    if io.exists(io.join(urls_dir, schema.MANIFEST)):  # a load step's folder (not a bench's)
+        UnitRecord.of_urls(urls_dir, shards).write(output_dir)
     return UnitResult(output_dir, done, time.monotonic() - start)
-
-
-def download_one(urls_dir: str, shard: int, output_dir: str, config: DownloadConfig) -> ShardStats:
-    """One shard of a unit: skipped when complete, counted again when written without its stats,
-    else downloaded; its stats file is written last."""
-    config.validate()
-    stats = _finished(output_dir, shard)
-    if stats is None:
-        stats = _run_jobs([_Job(io.join(urls_dir, io.shard_name(shard)),
-                                io.join(output_dir, io.shard_name(shard)), shard,
-                                io.join(output_dir, io.stats_name(shard)))], config)[0]
-    return stats
 
 
 def _finished(output_dir: str, shard: int) -> ShardStats | None:
@@ -331,7 +322,8 @@ class _ShardRun:
         record[schema.UID] = uid
         record[schema.CAPTION] = caption
         record[ROW] = index
-        size = _RECORD_BYTES + len(record.get(schema.IMAGE) or b"")
+        size = (_RECORD_BYTES + len(record.get(schema.IMAGE) or b"")
+                + len(record.get(schema.THUMBNAIL) or b""))
         self.buffer.append(record)
         self.buffer_bytes += size
         self.progress.update()
@@ -403,4 +395,5 @@ async def _process_row(url: str | None, fetcher: Fetcher, pool: DecodePool) -> d
         schema.WIDTH: result.width, schema.HEIGHT: result.height,
         schema.ORIGINAL_WIDTH: result.original_width,
         schema.ORIGINAL_HEIGHT: result.original_height, schema.SHA256: result.sha256,
+        schema.THUMBNAIL: result.thumbnail,
     }

@@ -47,6 +47,7 @@ from clip_index.embed.loader import (
 from clip_index.embed.models import ClipModel, check_model_name, check_pretrained, load_model
 from clip_index.schema import Status
 from clip_index.stats import Progress, ShardStats, UnitResult, check_failure_rate
+from clip_index.units import UNIT_FILE, UnitRecord, collected_shards
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,12 @@ def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
     (written last) exists is skipped; the failure rate is checked over the unit.
     """
     config.validate()
-    if not shards:
-        raise ValueError("embed: no shards given: expected a work unit of one or more shard "
-                         "numbers")
     check_model_name(config.model)  # before any IO: a typo names the closest models
     check_pretrained(config.model, config.pretrained)
     start = time.monotonic()
+    if not shards:  # a group past the dataset's last shard: nothing to do, no model to load
+        log.info("embed: no shards in this work unit (the dataset has fewer shards than the "
+                 "pipeline has embed tasks)")
     todo = [int(s) for s in shards if not io.exists(io.join(output_dir, io.stats_name(int(s))))]
     device = resolve_device(config.device) if todo else "cpu"
     processes = embedding_processes(device, len(todo)) if todo else 1
@@ -114,7 +115,17 @@ def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
         model = model or io.read_json(stats_path)["model"]
         done.append(stats)
     check_failure_rate(done, config.max_failure_rate, "embed")
+    _record_unit(image_dirs, shards, output_dir)
     return UnitResult(output_dir, done, time.monotonic() - start, extra=model)
+
+
+def _record_unit(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str) -> None:
+    """``unit.json``: the shards this task was given, and the dataset's shards as the download
+    tasks' records name them (None where they have none: folders not made by a pipeline)."""
+    dataset: list[int] | None = None
+    if image_dirs and all(io.exists(io.join(d, UNIT_FILE)) for d in image_dirs):
+        dataset = collected_shards(image_dirs)[1]
+    UnitRecord([int(s) for s in shards], dataset).write(output_dir)
 
 
 def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: EmbedConfig,
@@ -226,18 +237,24 @@ class _ShardSinks:
                  config: EmbedConfig, names: dict[int, str]) -> None:
         self.output_dir, self.config, self.names = output_dir, config, names
         self.model = {**clip.describe(), "dtype": config.dtype, "normalised": True}
-        self.schema = schema.embeddings_schema(clip.dim, config.dtype)
+        self.paths = dict(jobs)
+        # the download shards' other columns (sizes, hash, thumbnail, the source's metadata)
+        # are carried through: read per shard when it opens, joined to its rows by uid
+        extra: dict[str, pa.Field] = {}
+        for _, path in jobs:
+            for f in schema.passthrough_fields(io.read_parquet_schema(path)):
+                extra.setdefault(f.name, f)
+        self.extra = list(extra.values())
+        self.schema = schema.embeddings_schema(clip.dim, config.dtype, self.extra)
         self.vector_type = self.schema.field(schema.EMBEDDING).type
-        self.meta_schema = self.schema.remove(self.schema.get_field_index(schema.EMBEDDING))
-        self.failed: dict[int, pa.Table] = {}
+        self.meta_schema = pa.schema([self.schema.field(n) for n in META_COLUMNS])
+        self.carried: dict[int, pa.Table] = {}
         self.left: dict[int, int] = {}
         total = 0
         for shard, path in jobs:
-            meta = io.read_parquet(path, columns=META_COLUMNS)
-            ok = pc.equal(meta.column(schema.STATUS), Status.SUCCESS.value)
-            self.failed[shard] = meta.filter(pc.invert(ok))
-            self.left[shard] = meta.num_rows - self.failed[shard].num_rows
-            total += meta.num_rows
+            status = io.read_parquet(path, columns=[schema.STATUS]).column(schema.STATUS)
+            self.left[shard] = pc.sum(pc.equal(status, Status.SUCCESS.value)).as_py() or 0
+            total += len(status)
         self.writers: dict[int, io.AtomicParquetWriter] = {}
         self.stats: dict[int, ShardStats] = {}
         # a shard's seconds run from the previous shard's end (or the loader's start) to its
@@ -260,7 +277,15 @@ class _ShardSinks:
             name = self.names.get(shard, io.shard_name(shard))
             self.writers[shard] = io.AtomicParquetWriter(io.join(self.output_dir, name),
                                                          self.schema).__enter__()
-            failed = self.failed.pop(shard)
+            names = {*META_COLUMNS, *(f.name for f in self.extra)}
+            path = self.paths[shard]
+            present = [n for n in io.read_parquet_schema(path).names if n in names]
+            rows = _with_columns(io.read_parquet(path, columns=present), self.schema.remove(
+                self.schema.get_field_index(schema.EMBEDDING)))
+            ok = pc.equal(rows.column(schema.STATUS), Status.SUCCESS.value)
+            self.carried[shard] = rows.filter(ok).select(
+                [schema.UID, *(f.name for f in self.extra)])
+            failed = rows.filter(pc.invert(ok))
             if failed.num_rows:  # failures of earlier steps stay in the data, with reasons
                 self._write(shard, failed.append_column(
                     schema.EMBEDDING, pa.nulls(failed.num_rows, self.vector_type)))
@@ -275,13 +300,19 @@ class _ShardSinks:
             rows_by_shard[row[SHARD]].append((row, None))
         for shard, rows in rows_by_shard.items():
             self._open(shard)
-            self._write(shard, self._table(rows))
+            self._write(shard, self._table(shard, rows))
             self.left[shard] -= len(rows)
             self._finish_if_done(shard)
 
-    def _table(self, rows: list[tuple[dict[str, Any], Any]]) -> pa.Table:
+    def _table(self, shard: int, rows: list[tuple[dict[str, Any], Any]]) -> pa.Table:
         meta = pa.Table.from_pylist([{k: v for k, v in r.items() if k != SHARD} for r, _ in rows],
                                     schema=self.meta_schema)
+        if self.extra:  # the carried columns of these rows, by uid
+            carried = self.carried[shard]
+            at = pc.index_in(meta.column(schema.UID), value_set=carried.column(schema.UID))
+            taken = carried.take(at)
+            for f in self.extra:
+                meta = meta.append_column(f, taken.column(f.name))
         embedded = [v for _, v in rows if v is not None]
         if len(embedded) == len(rows):
             matrix = np.stack(embedded).astype(self.config.dtype)
@@ -303,6 +334,7 @@ class _ShardSinks:
         if self.left[shard] > 0 or shard not in self.writers:
             return
         self.writers.pop(shard).__exit__(None, None, None)
+        self.carried.pop(shard, None)
         stats = self.stats[shard]
         now = time.monotonic()
         stats.seconds, self.last_end = now - self.last_end, now
@@ -318,6 +350,14 @@ class _ShardSinks:
         if unfinished:
             raise RuntimeError(f"embed: shards {unfinished} did not receive all their rows")
         return self.stats
+
+
+def _with_columns(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """`table` with every column of `target` (null where it has none), cast to its type."""
+    for f in target:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(target.names).cast(target)
 
 
 class _BackgroundWriter:

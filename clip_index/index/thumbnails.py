@@ -4,8 +4,9 @@ dead when the reference ran).
 
 ``output_dir/thumbnails/part-NNNNN.parquet`` (uid, thumbnail) is aligned row for row with
 ``data/part-NNNNN.parquet`` and therefore with ``id_mapping/`` (faiss id i = row i of the
-concatenated shards); `thumbnail` is null where no image was found. The write step makes them
-from the download step's image shards (`write_thumbnails`); `Thumbnails` reads them by faiss id.
+concatenated shards); `thumbnail` is null where none was made. The download step makes them
+from the image it has just decoded and resized; the embed step carries them through; the write
+step splits them off the data rows (`ThumbnailWriter`); `Thumbnails` reads them by faiss id.
 Small row groups keep one lookup to one small read.
 """
 
@@ -13,11 +14,8 @@ from __future__ import annotations
 
 import bisect
 import functools
-import io as _io
 import logging
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,113 +26,57 @@ from clip_index import io, schema
 log = logging.getLogger(__name__)
 
 THUMBNAILS_DIR = "thumbnails"
-THUMBNAIL = "thumbnail"
+THUMBNAIL = schema.THUMBNAIL
 THUMBNAIL_SCHEMA = pa.schema([pa.field(schema.UID, pa.string(), nullable=False),
                               pa.field(THUMBNAIL, pa.binary())])
 MEDIA_TYPE = "image/webp"
 ROW_GROUP_ROWS = 64  # one lookup reads one row group: 64 × a few kB
 
 
-@dataclass(frozen=True)
-class ThumbnailConfig:
-    """size_px: the long side of a thumbnail in pixels (0 = make none); quality: WebP quality
-    (1..100). workers: processes making them (0 = one per core)."""
+class ThumbnailWriter:
+    """``output_dir/thumbnails/part-NNNNN.parquet`` of one data shard, written beside it row for
+    row from the `thumbnail` column the download step made (each write of the data shard's
+    rows is one `write` here); counts what it wrote."""
 
-    size_px: int = 128
-    quality: int = 75
-    workers: int = 0
+    def __init__(self, output_dir: str, shard: int) -> None:
+        self.path = io.join(output_dir, THUMBNAILS_DIR, io.shard_name(shard))
+        # WebP is compressed already; row groups of ROW_GROUP_ROWS keep a lookup to one read
+        self.writer = io.AtomicParquetWriter(self.path, THUMBNAIL_SCHEMA,
+                                             {schema.UID: "zstd", THUMBNAIL: "none"})
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.counts = {"thumbnail_rows": 0, "thumbnails": 0, "thumbnails_missing": 0,
+                       "thumbnail_bytes": 0}
 
-    def validate(self) -> None:
-        if self.size_px != 0 and not 16 <= self.size_px <= 1024:
-            raise ValueError(f"thumbnail_px={self.size_px}: expected 0 (none) or 16..1024 "
-                             "pixels")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"thumbnail quality={self.quality}: expected 1..100")
+    def __enter__(self) -> ThumbnailWriter:
+        self.writer.__enter__()
+        return self
 
+    def write(self, rows: pa.Table) -> None:
+        """`rows` (uid, thumbnail) of the data shard, in its order."""
+        table = rows.select([schema.UID, THUMBNAIL]).cast(THUMBNAIL_SCHEMA)
+        column = table.column(THUMBNAIL)
+        made = table.num_rows - column.null_count
+        self.counts["thumbnail_rows"] += table.num_rows
+        self.counts["thumbnails"] += made
+        self.counts["thumbnails_missing"] += column.null_count
+        self.counts["thumbnail_bytes"] += int(pc.sum(pc.binary_length(column)).as_py() or 0)
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
 
-def make_thumbnail(image: bytes, size_px: int, quality: int = 75) -> bytes:
-    """A WebP of `image` whose long side is at most `size_px` (never upscaled). JPEGs are
-    decoded at a reduced scale (`draft`), which makes decoding a 256 px image ~4x cheaper."""
-    from PIL import Image
+    def _flush(self, rows: int) -> None:
+        table = pa.concat_tables(self.pending)
+        self.writer.write(table.slice(0, rows))
+        rest = table.slice(rows)
+        self.pending, self.pending_rows = [rest], rest.num_rows
 
-    with Image.open(_io.BytesIO(image)) as opened:
-        opened.draft("RGB", (size_px, size_px))
-        img = opened.convert("RGB")
-    img.thumbnail((size_px, size_px))
-    buf = _io.BytesIO()
-    img.save(buf, "WEBP", quality=quality, method=4)
-    return buf.getvalue()
-
-
-def write_thumbnails(output_dir: str, image_dirs: list[str],
-                     config: ThumbnailConfig) -> dict[str, int]:
-    """Write ``output_dir/thumbnails/part-NNNNN.parquet`` for every ``data/`` shard; returns
-    counts (rows, thumbnails, missing, bytes)."""
-    config.validate()
-    for stale in io.list_shards(io.join(output_dir, THUMBNAILS_DIR)):
-        fs, path = io.filesystem(stale)
-        fs.rm(path)
-    totals = {"thumbnail_rows": 0, "thumbnails": 0, "thumbnails_missing": 0,
-              "thumbnail_bytes": 0}
-    if config.size_px == 0:
-        return totals
-    # the download step's finished shards (stats file written), wherever its tasks put them
-    folders = io.complete_shards(image_dirs)
-    jobs = [(path, _image_path(folders, io.shard_index(path)), output_dir, config)
-            for path in io.list_shards(io.join(output_dir, schema.DATA_DIR))]
-    workers = min(len(jobs), config.workers or os.cpu_count() or 1)
-    if workers <= 1:
-        results = [_thumbnail_shard(job) for job in jobs]
-    else:  # forked workers: fsspec resets its event loop and locks after a fork (gs:// is safe)
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_thumbnail_shard, jobs))
-    for result in results:
-        for key, value in result.items():
-            totals[key] += value
-    log.info("write: %d thumbnails (%d rows without one), %.1f kB each on average",
-             totals["thumbnails"], totals["thumbnails_missing"],
-             totals["thumbnail_bytes"] / max(totals["thumbnails"], 1) / 1e3)
-    return totals
-
-
-def _image_path(folders: dict[int, str], shard: int) -> str | None:
-    folder = folders.get(shard)
-    return None if folder is None else io.join(folder, io.shard_name(shard))
-
-
-def _thumbnail_shard(job: tuple[str, str | None, str, ThumbnailConfig]) -> dict[str, int]:
-    data_path, image_path, output_dir, config = job
-    uids = io.read_parquet(data_path, [schema.UID]).column(schema.UID)
-    wanted = set(uids.to_pylist())
-    thumbs: dict[str, bytes] = {}
-    if image_path is not None and wanted:
-        fs, fs_path = io.filesystem(image_path)
-        with fs.open(fs_path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(
-                    batch_size=512, columns=[schema.UID, schema.STATUS, schema.IMAGE]):
-                keep = pc.and_(pc.equal(batch.column(schema.STATUS), "success"),
-                               pc.is_in(batch.column(schema.UID),
-                                        value_set=pa.array(sorted(wanted), pa.string())))
-                for row in batch.filter(keep).to_pylist():
-                    try:
-                        thumbs[row[schema.UID]] = make_thumbnail(row[schema.IMAGE],
-                                                                 config.size_px, config.quality)
-                    except (OSError, ValueError) as exc:  # decoration: the row stays indexed
-                        log.warning("write: no thumbnail for %s: %s", row[schema.UID], exc)
-    elif image_path is None:
-        log.warning("write: no image shard for %s: its rows have no thumbnails", data_path)
-    column = [thumbs.get(uid) for uid in uids.to_pylist()]
-    table = pa.table([uids, pa.array(column, pa.binary())], schema=THUMBNAIL_SCHEMA)
-    out = io.join(output_dir, THUMBNAILS_DIR, posixpath_name(data_path))
-    # WebP is compressed already; each write makes one row group of ROW_GROUP_ROWS rows
-    with io.AtomicParquetWriter(out, THUMBNAIL_SCHEMA,
-                                {schema.UID: "zstd", THUMBNAIL: "none"}) as writer:
-        for lo in range(0, max(table.num_rows, 1), ROW_GROUP_ROWS):
-            writer.write(table.slice(lo, ROW_GROUP_ROWS))
-    made = sum(t is not None for t in column)
-    return {"thumbnail_rows": len(column), "thumbnails": made,
-            "thumbnails_missing": len(column) - made,
-            "thumbnail_bytes": sum(len(t) for t in column if t is not None)}
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None and (self.pending_rows or not self.counts["thumbnail_rows"]):
+            self._flush(self.pending_rows) if self.pending_rows else self.writer.write(
+                THUMBNAIL_SCHEMA.empty_table())
+        self.writer.__exit__(exc_type, exc, tb)
 
 
 def posixpath_name(path: str) -> str:

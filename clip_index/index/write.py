@@ -1,22 +1,24 @@
 """Write step: collect the embedding shards into the published ``output_dir``: ``data/`` (the
-embedded rows), ``failed/`` (every other row, with its status and error), ``thumbnails/`` (a
-small WebP per embedded row, cut from the download step's image shards; see
-`clip_index.index.thumbnails`) and ``manifest.json`` (model, dimension, dtype, counts by
-status)."""
+embedded rows), ``failed/`` (every other row, with its status and error), ``thumbnails/`` (the
+download step's small WebP of each embedded row; see `clip_index.index.thumbnails`) and
+``manifest.json`` (model, dimension, dtype, counts by status)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from clip_index import io, schema
+from clip_index.index.thumbnails import THUMBNAILS_DIR, ThumbnailWriter
 from clip_index.stats import ShardStats, merge
+from clip_index.units import UNIT_FILE, collected_shards
 
 log = logging.getLogger(__name__)
 
@@ -67,55 +69,83 @@ def check_same_model(shards: list[tuple[int, str, dict[str, Any]]]) -> dict[str,
     return next(iter(models.values()))
 
 
-def run_write(embedding_dirs: list[str], output_dir: str,
-              expected_shards: Sequence[int] | None = None,
-              image_dirs: list[str] | None = None, thumbnail_px: int = 128) -> WriteResult:
-    """Write ``output_dir/data/part-NNNNN.parquet`` (uid, url, caption, embedding) and
-    ``output_dir/failed/part-NNNNN.parquet`` for every embedding shard, then, when
-    `image_dirs` (the download step's folders, each holding any number of image shards) are
-    given and `thumbnail_px` > 0, ``output_dir/thumbnails/part-NNNNN.parquet`` (a WebP of at
-    most `thumbnail_px` pixels per embedded row, aligned with data/), then the manifest.
+def expected_shards_of(embedding_dirs: Sequence[str]) -> list[int]:
+    """Every shard of the dataset, as the embed tasks' unit records name it: what a write of
+    their folders must find, whole, before it publishes anything."""
+    if not all(io.exists(io.join(d, UNIT_FILE)) for d in embedding_dirs):
+        missing = [d for d in embedding_dirs if not io.exists(io.join(d, UNIT_FILE))]
+        raise FileNotFoundError(
+            f"write: {missing[:3]} {'have' if len(missing) > 1 else 'has'} no {UNIT_FILE}, so "
+            "whether these folders hold the whole dataset cannot be told: give the load "
+            "step's folder (clip-index write --urls DIR) or the embed step's own output folders")
+    given, dataset = collected_shards(embedding_dirs)
+    if dataset is None:
+        raise RuntimeError(
+            f"write: the unit records of {list(embedding_dirs)[:3]} do not name the dataset's "
+            "shards (the embed step read folders no load step planned): give the load step's "
+            "folder (clip-index write --urls DIR)")
+    return dataset
 
-    `expected_shards` (the load step's shards): refuse to publish unless the embedding folders
-    hold exactly those, each complete.
+
+def run_write(embedding_dirs: Sequence[str], output_dir: str,
+              expected_shards: Sequence[int] | None = None) -> WriteResult:
+    """Write ``output_dir/data/part-NNNNN.parquet`` (uid, url, caption, the columns carried
+    through from the download shards, embedding) and ``output_dir/failed/part-NNNNN.parquet``
+    for every embedding shard; where the shards carry the download step's thumbnails,
+    ``output_dir/thumbnails/part-NNNNN.parquet`` aligned row for row with data/; then the
+    manifest.
+
+    Refuses to publish unless the embedding folders hold exactly the dataset's shards, each
+    complete: `expected_shards` (the load step's), or else what the embed tasks' unit records
+    name.
     """
-    from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
-
     start = time.monotonic()
-    thumbnail_config = ThumbnailConfig(size_px=thumbnail_px if image_dirs else 0)
-    thumbnail_config.validate()
     io.check_writable(output_dir)
-    shards = find_embedding_shards(embedding_dirs)
+    expected = (list(expected_shards) if expected_shards is not None
+                else expected_shards_of(embedding_dirs))
+    shards = find_embedding_shards(list(embedding_dirs))
     if not shards:
-        raise RuntimeError(f"no embedding shards in {embedding_dirs}: nothing to write")
-    if expected_shards is not None:
-        io.require_shards([i for i, _, _ in shards], expected_shards,
-                          f"write: the {len(embedding_dirs)} embedding folders")
+        raise RuntimeError(f"no embedding shards in {list(embedding_dirs)}: nothing to write")
+    io.require_shards([i for i, _, _ in shards], expected,
+                      f"write: the {len(embedding_dirs)} embedding folders")
     model = check_same_model(shards)
-    for sub in (schema.DATA_DIR, schema.FAILED_DIR):  # stale parts of an earlier run must go
+    for sub in (schema.DATA_DIR, schema.FAILED_DIR, THUMBNAILS_DIR):  # an earlier run's parts
         for stale in io.list_shards(io.join(output_dir, sub)):
             fs, path = io.filesystem(stale)
             fs.rm(path)
-    data_schema = schema.data_schema(int(model["dim"]), str(model["dtype"]))
+    dim, dtype = int(model["dim"]), str(model["dtype"])
+    thumbs = {"thumbnail_rows": 0, "thumbnails": 0, "thumbnails_missing": 0,
+              "thumbnail_bytes": 0}
+    has_thumbnails = False
     for index, path, _ in shards:
-        fs, fs_path = io.filesystem(path)
-        with fs.open(fs_path, "rb") as f, \
-                io.AtomicParquetWriter(io.join(output_dir, schema.DATA_DIR, io.shard_name(index)),
-                                       data_schema) as data, \
-                io.AtomicParquetWriter(io.join(output_dir, schema.FAILED_DIR,
-                                               io.shard_name(index)), schema.FAILED_SCHEMA) as bad:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+        extra = schema.passthrough_fields(io.read_parquet_schema(path))
+        data_schema = schema.data_schema(dim, dtype, extra)
+        with_thumbs = any(f.name == schema.THUMBNAIL for f in extra)
+        has_thumbnails |= with_thumbs
+        with contextlib.ExitStack() as stack:
+            data = stack.enter_context(io.AtomicParquetWriter(
+                io.join(output_dir, schema.DATA_DIR, io.shard_name(index)), data_schema))
+            bad = stack.enter_context(io.AtomicParquetWriter(
+                io.join(output_dir, schema.FAILED_DIR, io.shard_name(index)),
+                schema.FAILED_SCHEMA))
+            thumb = (stack.enter_context(ThumbnailWriter(output_dir, index)) if with_thumbs
+                     else None)
+            for batch in io.iter_parquet_batches(path, batch_rows=4096):
                 ok = pc.equal(batch.column(schema.STATUS), "success")
-                data.write(batch.filter(ok).select(data_schema.names))
+                good = batch.filter(ok)
+                data.write(good.select(data_schema.names))
                 bad.write(batch.filter(pc.invert(ok)).select(schema.FAILED_SCHEMA.names))
-    thumbs = write_thumbnails(output_dir, image_dirs or [], thumbnail_config)
+                if thumb is not None:
+                    thumb.write(pa.Table.from_batches([good]))
+        if thumb is not None:
+            for key, value in thumb.counts.items():
+                thumbs[key] += value
     totals = merge([ShardStats.from_dict(s) for _, _, s in shards])
     manifest = {**{k: model[k] for k in MODEL_KEYS}, "shards": [i for i, _, _ in shards],
                 "totals": totals}
-    if thumbnail_config.size_px:
-        manifest["thumbnails"] = {"thumbnail_px": thumbnail_config.size_px,
-                                  "thumbnail_format": "webp", **thumbs}
+    if has_thumbnails:
+        manifest["thumbnails"] = {"thumbnail_format": "webp", **thumbs}
     io.write_json(io.join(output_dir, schema.MANIFEST), manifest)
-    log.info("write: %d rows, %d embedded, into %s (%.1fs)", totals["rows"], totals["successes"],
-             output_dir, time.monotonic() - start)
+    log.info("write: %d rows, %d embedded, %d thumbnails, into %s (%.1fs)", totals["rows"],
+             totals["successes"], thumbs["thumbnails"], output_dir, time.monotonic() - start)
     return WriteResult(output_dir, manifest, time.monotonic() - start)

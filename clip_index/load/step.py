@@ -18,7 +18,6 @@ import pyarrow.dataset as pads
 
 from clip_index import io, schema
 from clip_index.config import LoadConfig
-from clip_index.limits import MAX_LOOP_WIDTH
 
 log = logging.getLogger(__name__)
 
@@ -90,33 +89,6 @@ def plan_shards(urls_dir: str) -> list[int]:
     """The shard indices a load step wrote."""
     manifest = io.read_json(io.join(urls_dir, schema.MANIFEST))
     return [int(s["index"]) for s in manifest["shards"]]
-
-
-def plan_units(urls_dir: str, max_units: int) -> list[dict[str, Any]]:
-    """Split the shards a load step wrote into at most `max_units` work units of consecutive
-    shards, as even in rows as whole shards allow: ``[{"unit": 0, "shards": [0, 1, ...],
-    "rows": N}, ...]``. A pipeline loop runs one task per unit, so its width is `max_units`
-    (fixed at compile time) whatever the dataset's size; the shard stays the unit of resume."""
-    if not 1 <= max_units <= MAX_LOOP_WIDTH:
-        raise ValueError(f"max_units={max_units}: expected 1 to {MAX_LOOP_WIDTH} (a loop's "
-                         "iterations are collected, and Vertex AI refuses more artifacts)")
-    manifest = io.read_json(io.join(urls_dir, schema.MANIFEST))
-    shards = [(int(s["index"]), int(s["rows"])) for s in manifest["shards"]]
-    if not shards:
-        raise RuntimeError(f"{urls_dir}: the load step wrote no shards: nothing to plan")
-    count = min(max_units, len(shards))
-    total = sum(rows for _, rows in shards)
-    units: list[dict[str, Any]] = [{"unit": i, "shards": [], "rows": 0} for i in range(count)]
-    seen = 0
-    for index, (shard, rows) in enumerate(shards):
-        # the unit its middle row falls in, but never leave a later unit without a shard
-        unit = (min(int((seen + rows / 2) * count / total), count - 1) if total
-                else index * count // len(shards))
-        unit = max(unit, count - (len(shards) - index))
-        units[unit]["shards"].append(shard)
-        units[unit]["rows"] += rows
-        seen += rows
-    return units
 
 
 def _flush(

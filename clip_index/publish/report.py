@@ -1,7 +1,8 @@
 """Report step: a summary of a published output folder — rows, failures by reason, index
 quality, sample queries — as Markdown (`report.md`) and as a self-contained HTML page
-(`report.html`) whose thumbnail grid embeds small data URIs: the thumbnails the write step kept
-in ``output_dir/thumbnails/``, else JPEGs cut from the downloaded shards.
+(`report.html`) whose thumbnail grid embeds small data URIs: the thumbnails the download step
+made and the write step kept in ``output_dir/thumbnails/`` (a result without one links its
+URL). It reads the published folder only: no download step's folder is an input.
 
 Why both: Vertex AI shows a Markdown artifact inline and opens an HTML artifact in a new tab.
 Image URLs in the Markdown depend on the viewer reaching the image hosts (many block hot-linking
@@ -12,12 +13,9 @@ from __future__ import annotations
 
 import base64
 import html
-import io as _io
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-
-import pyarrow as pa
 
 from clip_index import io, schema
 
@@ -67,20 +65,13 @@ def summary_rows(manifest: dict[str, Any], infos: dict[str, Any]) -> list[tuple[
     ]
 
 
-def build_report(output_dir: str, image_dirs: list[str] | None = None, sample_queries: int = 3,
-                 k: int = 4, thumbnail_px: int = 96, max_image_shards: int = 8) -> Report:
-    """Build the report of `output_dir`. `image_dirs` are the download step's folders: the
-    thumbnails are cut from them, reading at most `max_image_shards` shards (results in other
-    shards link their URL instead); every shard of the manifest must be complete in them."""
+def build_report(output_dir: str, sample_queries: int = 3, k: int = 4) -> Report:
+    """Build the report of `output_dir` (the write and index steps' published folder)."""
     manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
-    if image_dirs:
-        io.require_shards(io.complete_shards(image_dirs), manifest["shards"],
-                          f"report: the {len(image_dirs)} download folders")
     infos = io.read_json(io.join(output_dir, schema.INDEX_INFOS))
     totals = manifest["totals"]
     samples = sample_queries_of(output_dir, sample_queries, k)
-    thumbs = thumbnails({t.uid for q, rs in samples for t in [q, *rs]}, image_dirs or [],
-                        output_dir, thumbnail_px, max_image_shards)
+    thumbs = thumbnails({t.uid for q, rs in samples for t in [q, *rs]}, output_dir)
     samples = [(_with_src(q, thumbs), [_with_src(r, thumbs) for r in rs]) for q, rs in samples]
     rows = summary_rows(manifest, infos)
     summary = {
@@ -96,13 +87,12 @@ def build_report(output_dir: str, image_dirs: list[str] | None = None, sample_qu
                   _html(output_dir, rows, totals, samples), summary, samples)
 
 
-def run_report(output_dir: str, sample_queries: int = 3, k: int = 4,
-               image_dirs: list[str] | None = None) -> str:
-    """Write ``output_dir/report.md`` and ``report.html``; return the Markdown."""
-    report = build_report(output_dir, image_dirs, sample_queries, k)
+def run_report(output_dir: str, sample_queries: int = 3, k: int = 4) -> Report:
+    """Write ``output_dir/report.md`` and ``report.html``; return the report."""
+    report = build_report(output_dir, sample_queries, k)
     io.write_bytes_atomic(io.join(output_dir, schema.REPORT), report.markdown.encode())
     io.write_bytes_atomic(io.join(output_dir, REPORT_HTML), report.html.encode())
-    return report.markdown
+    return report
 
 
 REPORT_HTML = "report.html"
@@ -132,63 +122,13 @@ def sample_queries_of(output_dir: str, n: int, k: int) -> list[tuple[Thumb, list
     return samples
 
 
-def thumbnails(uids: set[str], image_dirs: list[str], output_dir: str, size_px: int,
-               max_shards: int) -> dict[str, str]:
-    """uid → a data URI for the uids found in ``output_dir/thumbnails/`` (the WebP kept by the
-    write step) or else in the image shards (a JPEG of at most `size_px` on the long side).
-    Only the shards that hold them are read (the id mapping says which), and only their
-    `uid` and thumbnail (or `status` and `image`) columns."""
-    import pyarrow.compute as pc
-
+def thumbnails(uids: set[str], output_dir: str) -> dict[str, str]:
+    """uid → a data URI for the uids whose WebP is in ``output_dir/thumbnails/``; only the
+    shards that hold them are read (the id mapping says which)."""
     from clip_index.index.thumbnails import MEDIA_TYPE, thumbnails_by_uid
 
-    if not uids:
-        return {}
-    found = {uid: f"data:{MEDIA_TYPE};base64," + base64.b64encode(body).decode()
-             for uid, body in thumbnails_by_uid(output_dir, uids).items()}
-    rest = uids - set(found)
-    if not rest or not image_dirs:
-        return found
-    wanted = _shards_of(output_dir, rest)
-    by_shard = {io.shard_index(p): p for d in image_dirs for p in io.list_shards(d)}
-    for shard in sorted(wanted)[:max_shards]:
-        if shard not in by_shard:
-            continue
-        table = io.read_parquet(by_shard[shard], [schema.UID, schema.STATUS, schema.IMAGE])
-        table = table.filter(pc.is_in(table.column(schema.UID),
-                                      value_set=pa.array(sorted(wanted[shard]))))
-        for row in table.to_pylist():
-            if row[schema.IMAGE] and row[schema.STATUS] == "success":
-                try:
-                    found[row[schema.UID]] = data_uri(row[schema.IMAGE], size_px)
-                except OSError as exc:  # a thumbnail is decoration: log, link the URL instead
-                    log.warning("report: no thumbnail for %s: %s", row[schema.UID], exc)
-    return found
-
-
-def _shards_of(output_dir: str, uids: set[str]) -> dict[int, set[str]]:
-    """Shard number → the given uids it holds, from ``output_dir/id_mapping/part-NNNNN``."""
-    import pyarrow.compute as pc
-
-    out: dict[int, set[str]] = {}
-    for path in io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR)):
-        column = io.read_parquet(path, [schema.UID]).column(schema.UID)
-        hits = column.filter(pc.is_in(column, value_set=pa.array(sorted(uids)))).to_pylist()
-        if hits:
-            out[io.shard_index(path)] = set(hits)
-    return out
-
-
-def data_uri(image: bytes, size_px: int) -> str:
-    """A small JPEG of `image` as a data URI."""
-    from PIL import Image
-
-    with Image.open(_io.BytesIO(image)) as opened:
-        img = opened.convert("RGB")
-    img.thumbnail((size_px, size_px))
-    buf = _io.BytesIO()
-    img.save(buf, "JPEG", quality=75)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return {uid: f"data:{MEDIA_TYPE};base64," + base64.b64encode(body).decode()
+            for uid, body in thumbnails_by_uid(output_dir, uids).items()}
 
 
 def _with_src(t: Thumb, thumbs: dict[str, str]) -> Thumb:

@@ -13,7 +13,7 @@ from clip_index.cli import shard_list
 from clip_index.config import IndexConfig
 from clip_index.index.build import run_index
 from clip_index.index.write import run_write
-from clip_index.load.step import plan_units
+from clip_index.units import plan_units
 from tests.support.outputs import make_embedding_shards
 from tests.support.shards import mark_complete
 
