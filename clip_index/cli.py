@@ -50,7 +50,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
                         datefmt="%H:%M:%S")
 
 
-SHARDS_HELP = "shard numbers, e.g. 0-39 or 3,7,9-12 (default: 0)"
+SHARDS_HELP = "shard numbers, e.g. 0-39 or 3,7,9-12"
 
 
 def shard_list(spec: str) -> list[int]:
@@ -216,15 +216,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clip_index.embed.step import run_embed
 
     config = config_from_args(EmbedConfig, args)
-    _print_json(run_embed(args.images, args.shards, args.output, config).as_metadata())
+    shards = args.shards
+    if shards is None:  # the shards the download tasks behind --images were given
+        from clip_index.units import collected_shards
+
+        shards = collected_shards(args.images)[0]
+    _print_json(run_embed(args.images, shards, args.output, config).as_metadata())
     return 0
 
 
 def cmd_write(args: argparse.Namespace) -> int:
     from clip_index.index.write import run_write
+    from clip_index.load.step import plan_shards
 
-    _print_json(run_write(args.embeddings, args.output_dir, image_dirs=args.images,
-                          thumbnail_px=args.thumbnail_px).as_metadata())
+    expected = plan_shards(args.urls) if args.urls else None
+    _print_json(run_write(args.embeddings, args.output_dir, expected).as_metadata())
     return 0
 
 
@@ -273,7 +279,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                          help="redo every task; by default a repeated run (same parameters and "
                               "pipeline root) reuses the tasks that finished, so a killed run "
                               "resumes")
-        add_settings_flags(run)
+        from clip_index.launch.runner import default_local_settings
+
+        add_settings_flags(run, default_local_settings())
 
     if wanted("query"):
         query = command("query", cmd_query, "search a published output folder")
@@ -317,7 +325,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         download = command("download", cmd_download, "step: URL shards → image shards")
         download.add_argument("--urls", help=step_help("download_images", "urls"))
         download.add_argument("--shards", type=shard_list, default=[0],
-                              help="with --urls: " + SHARDS_HELP)
+                              help="with --urls: " + SHARDS_HELP + " (default: 0)")
         download.add_argument("--input", help="or: one parquet file of URLs (see the "
                               "--*-column flags for its column names)")
         download.add_argument("--output", required=True,
@@ -334,7 +342,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         embed = command("embed", cmd_embed, "step: image shards → embedding shards")
         embed.add_argument("--images", nargs="+", required=True,
                            help=step_help("embed_images", "images"))
-        embed.add_argument("--shards", type=shard_list, default=[0], help=SHARDS_HELP)
+        embed.add_argument("--shards", type=shard_list, default=None,
+                           help=SHARDS_HELP + " (default: those the download steps behind "
+                           "--images were given, from their unit.json)")
         embed.add_argument("--output", required=True,
                            help=step_help("embed_images", "embeddings"))
         add_config_flags(embed, cfg.EmbedConfig)
@@ -345,11 +355,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            help=step_help("write_embeddings", "embeddings"))
         write.add_argument("--output-dir", required=True,
                            help=step_help("write_embeddings", "output_dir"))
-        write.add_argument("--images", nargs="*", default=[],
-                           help=step_help("write_embeddings", "images") + " (default: none, "
-                           "so no thumbnails)")
-        write.add_argument("--thumbnail-px", type=int, default=128, help=step_help(
-            "write_embeddings", "thumbnail_px") + " (default: 128)")
+        write.add_argument("--urls", default=None,
+                           help="the load step's folder: its manifest lists every shard that "
+                                "must be written (default: the shards the embed steps' "
+                                "unit.json name)")
 
     if wanted("index"):
         index = command("index", cmd_index, "step: OUTPUT_DIR/data → faiss index")

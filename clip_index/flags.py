@@ -129,12 +129,12 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+def add_settings_flags(parser: argparse.ArgumentParser, defaults: Any = None) -> None:
     """Compile-time settings: images, the embed step's GPU, the fan-out limit, per-task CPU and
-    memory, retries (the defaults are `PipelineSettings`'s)."""
+    memory, retries (the defaults are `defaults`', else `PipelineSettings`'s)."""
     from clip_index.pipelines import PipelineSettings
 
-    d = PipelineSettings()
+    d = defaults or PipelineSettings()
     parser.add_argument("--image-tag", default="dev",
                         help="tag of the clip-index-cpu/-gpu images (never 'latest')")
     parser.add_argument("--image-repo", default=None,
@@ -144,13 +144,13 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-count", type=int, default=d.gpu_count,
                         help=f"GPUs per embed task, 0 = none (default: {d.gpu_count})")
     parser.add_argument("--download-parallelism", type=int, default=d.download_parallelism,
-                        help="download tasks, each streaming its share of the shards: the "
-                             "download loop's width, 1-100; x download-cpu = vCPUs in use "
-                             f"(default: {d.download_parallelism})")
+                        help="download tasks, each streaming its share of the shards, 1-100, "
+                             "run as embed-parallelism groups of equal size (rounded up); x "
+                             f"download-cpu = vCPUs in use (default: {d.download_parallelism})")
     parser.add_argument("--embed-parallelism", type=int, default=d.embed_parallelism,
-                        help="embed tasks, each streaming its share of the shards: the embed "
-                             "loop's width, 1-100; x gpu-count = GPUs in use, the GPU-quota "
-                             f"knob (default: {d.embed_parallelism})")
+                        help="embed groups, each one embed task fed by its own download tasks, "
+                             "1-100; x gpu-count = GPUs in use, the GPU-quota knob "
+                             f"(default: {d.embed_parallelism})")
     for step in ("download", "embed", "write", "index"):
         for kind in ("cpu", "memory"):
             name = f"{step}_{kind}"

@@ -71,7 +71,7 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
     root (see `clip_index.launch.console`)."""
     from kfp import local
 
-    from clip_index.pipelines import PipelineSettings, make_index_pipeline
+    from clip_index.pipelines import make_index_pipeline
 
     params = {**pipeline_defaults(), **params}
     params["output_dir"] = os.path.abspath(params["output_dir"]) if "://" not in str(
@@ -90,7 +90,7 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
              "display names apply on Vertex AI and Kubeflow only")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
     warnings.filterwarnings("ignore", message=".*non-Python base image")
-    pipeline = make_index_pipeline(local_settings(settings or PipelineSettings()))
+    pipeline = make_index_pipeline(local_settings(settings or default_local_settings()))
     start = time.monotonic()
     # kfp.local swaps builtins.print for an indenting one, and the root logger's handlers and
     # level for its own, around each task, from each task's thread: with two tasks at once the
@@ -133,6 +133,18 @@ def run_local(params: dict[str, Any], pipeline_root: str | None = None,
             restore()
             console.close()
     return summary(params["output_dir"], time.monotonic() - start, root)
+
+
+# kfp.local runs at most two tasks at once: wider loops only add task start-ups on one machine
+LOCAL_WIDTHS = {"download_parallelism": 2, "embed_parallelism": 1}
+
+
+def default_local_settings() -> Any:
+    """The settings a local run compiles with unless told otherwise: the loops only as wide as
+    kfp.local runs tasks at once, no accelerator."""
+    from clip_index.pipelines import PipelineSettings
+
+    return PipelineSettings(gpu_count=0, **LOCAL_WIDTHS)
 
 
 def local_settings(settings: Any) -> Any:

@@ -22,20 +22,25 @@ import yaml
 from clip_index.limits import MAX_LOOP_WIDTH
 
 # rule name → where it comes from
+# Read in kubeflow/pipelines at 7b70c7b (2026-08-21): paths below are in that tree.
 RULES: dict[str, str] = {
-    "input-type": "kubeflow/pipelines backend/src/v2/driver/resolve.go: the driver checks each "
-                  "input parameter against the consumer's declared type ('input parameter "
-                  "\"x\" type mismatch: expect STRUCT, got string'); a loop item takes the "
-                  "type its loop declares (a loop over a bare `list` or over a field of a "
-                  "loop item declares STRING)",
-    "artifact-iterator": "kubeflow/pipelines backend/src/v2/driver/resolve.go: 'artifact "
-                         "iterator not implemented yet'",
-    "dag-artifact-list": "kubeflow/pipelines#13900 (fix PR #13901 open): a list of artifacts "
-                         "passed into a nested pipeline is read back as one artifact",
+    "input-type": "kubeflow/pipelines backend/src/v2/driver/resolve.go, resolveInputs: each "
+                  "input parameter is checked against the consumer's inputDefinitions; a "
+                  "STRING input takes any value as JSON text, any other type refuses a string "
+                  "('input parameter %q type mismatch: expect STRUCT, got string'); a loop "
+                  "item first takes the type its loop component declares (a loop over a bare "
+                  "`list`, or over a field of a loop item, declares STRING)",
+    "artifact-iterator": "kubeflow/pipelines backend/src/v2/compiler/argocompiler/dag.go: "
+                         "'artifact iterator not implemented yet' (the run is refused)",
+    "dag-artifact-list": "kubeflow/pipelines#13900 (fix PR #13901 open): backend/src/v2/"
+                         "metadata/client.go GetInputArtifactsByExecutionID keeps one artifact "
+                         "per input name, so a list of artifacts passed into a nested pipeline "
+                         "reaches its tasks as a list of one, silently",
     "max-artifacts": f"Vertex AI: 'Maximum number of artifacts exceeded. Maximum allowed: "
-                     f"{MAX_LOOP_WIDTH}' (kubeflow/kubeflow#7513); counted per task, at the "
-                     "loop widths compiled in",
-    "unbounded-collect": "kubeflow/kubeflow#7513: a collected input's size must be known at "
+                     f"{MAX_LOOP_WIDTH}' (kubeflow/kubeflow#7513; whether per input or per "
+                     "task is not documented, so counted per task), at the loop widths "
+                     "compiled in",
+    "unbounded-collect": "kubeflow/kubeflow#7513: a collected input's size must be fixed at "
                          "compile time (a loop over a task's output has a data-dependent "
                          "width) to be held under the platform's limit",
     "gpu-only-embed": "DESIGN.md: GPU requests on the embedding step only (a GPU on another "
@@ -286,7 +291,9 @@ def _kind(value: Any) -> str:
 
 
 def _compatible(have: str, want: str) -> bool:
-    return have == want or (have in _NUMBERS and want in _NUMBERS)
+    """Whether resolve.go accepts a `have` value for a `want` input: a STRING input takes
+    anything (as JSON text), a number input any number; else the kinds must be equal."""
+    return have == want or want == "STRING" or (have in _NUMBERS and want in _NUMBERS)
 
 
 def _describe(source: dict[str, Any]) -> str:

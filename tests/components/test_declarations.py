@@ -15,9 +15,16 @@ STEP_CONFIGS = {
     components.embed_images: EmbedConfig,
     components.build_index: IndexConfig,
 }
-ALL = [f for f in vars(components).values()
-       if inspect.isfunction(f) and f.__module__ == components.__name__
-       and f.__name__ != "make_components"]
+# every component: one module per component, named after it (tests/unit/test_packaging.py
+# checks the files), re-exported by the package
+ALL = [getattr(components, name) for name in components.__all__
+       if name not in ("Components", "make_components")]
+
+
+def test_each_component_lives_in_a_module_named_after_it() -> None:
+    assert len(ALL) >= 9
+    for func in ALL:
+        assert func.__module__ == f"{components.__name__}.{func.__name__}", func.__name__
 
 
 @pytest.mark.parametrize("func", ALL, ids=lambda f: f.__name__)

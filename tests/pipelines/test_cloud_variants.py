@@ -52,14 +52,13 @@ def test_vertex_template_carries_sizing_retries_and_caching(tmp_path: Path) -> N
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
     widths = {t["taskInfo"]["name"]: t["iteratorPolicy"]["parallelismLimit"]
               for dag in dags for t in dag["tasks"].values() if "iteratorPolicy" in t}
-    assert widths == {"download-units": 32, "embed-units": 3}
-    # the report gets every download task's images (thumbnails) and writes HTML + Markdown
+    # 32 downloads in 3 groups: 11 per group (33 tasks)
+    assert widths == {"embed-groups": 3, "download-units": 11}
+    # the report reads the published folder only (thumbnails included) and writes HTML + MD
     outputs = spec["components"]["comp-report"]["outputDefinitions"]["artifacts"]
     assert outputs["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
     assert outputs["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
-    images = tasks["report"]["inputs"]["artifacts"]["images"]["taskOutputArtifact"]
-    assert images["outputArtifactKey"] == "pipelinechannel--download-images-images"
-    assert "iteratorPolicy" in tasks[images["producerTask"]]  # collected from the loop
+    assert set(tasks["report"]["inputs"]["artifacts"]) == {"index"}
 
 
 def test_kubeflow_variant_is_a_separate_two_document_yaml(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""The compiled Vertex template: GPU only on embed, pinned images, fan-out limit, retries,
-display names, typed artifacts and parameter defaults."""
+"""The compiled Vertex template: GPU only on embed, pinned images, the two static loops and
+what each task receives, retries, display names, typed artifacts and parameter defaults."""
 
 from pathlib import Path
 
@@ -41,8 +41,8 @@ def test_images_pinned_to_the_tag(spec) -> None:
     assert images.pop("exec-embed-images") == "reg.example/p/clip-index-gpu:abc123"
     assert set(images.values()) == {"reg.example/p/clip-index-cpu:abc123"}
     assert set(images) == {f"exec-{step}" for step in (
-        "load-dataset", "plan-units", "plan-units-2", "download-images", "write-embeddings",
-        "build-index", "report", "publish-to-hub")}
+        "load-dataset", "download-images", "write-embeddings", "build-index", "report",
+        "publish-to-hub")}
 
 
 def _all_tasks(spec: dict) -> dict:
@@ -52,18 +52,21 @@ def _all_tasks(spec: dict) -> dict:
     return tasks
 
 
-def test_two_loops_whose_widths_come_from_the_settings(spec) -> None:
-    """One loop of download units, one of embed units (inside the embed-units pipeline): their
-    widths are the compile-time settings, whatever the dataset, and no loop is wider."""
+def _loops(spec: dict) -> dict:
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
-    loops = {t["taskInfo"]["name"]: t["iteratorPolicy"]["parallelismLimit"]
-             for dag in dags for t in dag["tasks"].values() if "iteratorPolicy" in t}
-    assert loops == {"download-units": 6, "embed-units": 5}
-    plans = {t["taskInfo"]["name"]: t["inputs"]["parameters"]["max_units"]["runtimeValue"]
-             for dag in dags for t in dag["tasks"].values()
-             if t["componentRef"]["name"].startswith("comp-plan-units")}
-    assert plans == {"Plan download units": {"constant": 6.0},
-                     "Plan embed units": {"constant": 5.0}}
+    return {t["taskInfo"]["name"]: t for dag in dags for t in dag["tasks"].values()
+            if "parameterIterator" in t}
+
+
+def test_two_static_loops_whose_widths_come_from_the_settings(spec) -> None:
+    """Embed groups outside, download units inside, each over a list fixed at compile time
+    (6 downloads in 5 groups: 2 per group, 10 tasks), whatever the dataset; no planning task."""
+    loops = _loops(spec)
+    assert {name: t["iteratorPolicy"]["parallelismLimit"] for name, t in loops.items()} == {
+        "embed-groups": 5, "download-units": 2}
+    assert loops["embed-groups"]["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3, 4]"
+    assert loops["download-units"]["parameterIterator"]["items"]["raw"] == "[0, 1]"
+    assert not any(c.startswith("comp-plan") for c in spec["components"])
 
 
 def test_retries_caching_and_display_names(spec) -> None:
@@ -74,23 +77,36 @@ def test_retries_caching_and_display_names(spec) -> None:
         assert every[name]["cachingOptions"]["enableCache"] is True
     dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
     names = {t["taskInfo"]["name"] for dag in dags for t in dag["tasks"].values()}
-    assert {"Load dataset", "Plan download units", "Download images", "Embed units",
-            "Plan embed units", "Embed images", "Write embeddings", "Build index",
-            "Report"} <= names
+    assert {"Load dataset", "Download images", "Embed images", "Write embeddings",
+            "Build index", "Report"} <= names
     for name in ("write-embeddings", "build-index", "report"):
         assert tasks[name]["cachingOptions"] == {}  # caching off: they write output_dir
 
 
-def test_embed_loop_takes_the_download_units_as_one_collected_input(spec) -> None:
-    """The embed units read the images of every download unit (≤ download_parallelism
-    artifacts), and write reads every embed unit's folder (≤ embed_parallelism)."""
-    tasks = spec["root"]["dag"]["tasks"]
-    images = tasks["embed-units"]["inputs"]["artifacts"]["images"]["taskOutputArtifact"]
-    assert "iteratorPolicy" in tasks[images["producerTask"]]
-    inputs = spec["components"]["comp-embed-units"]["inputDefinitions"]["artifacts"]
-    assert inputs["images"]["isArtifactList"] is True
-    embeddings = tasks["write-embeddings"]["inputs"]["artifacts"]["embeddings"]
-    assert embeddings["taskOutputArtifact"]["producerTask"] == "embed-units"
+def test_each_embed_task_receives_only_its_own_groups_downloads(spec) -> None:
+    """The embed task, inside the group loop, collects the inner download loop's artifacts
+    (its group's 2); write collects the 5 embed artifacts; no task takes the download loop's
+    images but its own group's embed task, and no task takes a list into a nested pipeline."""
+    every = _all_tasks(spec)
+    comps = spec["components"]
+    embed_images = every["embed-images"]["inputs"]["artifacts"]["images"]["taskOutputArtifact"]
+    group_dag = next(c["dag"] for c in comps.values()
+                     if "embed-images" in c.get("dag", {}).get("tasks", {}))
+    inner = group_dag["tasks"][embed_images["producerTask"]]
+    assert inner["taskInfo"]["name"] == "download-units"
+    assert set(every["embed-images"]["inputs"]["artifacts"]) == {"images"}
+    embeddings = every["write-embeddings"]["inputs"]["artifacts"]
+    assert set(embeddings) == {"embeddings"}
+    assert every[embeddings["embeddings"]["taskOutputArtifact"]["producerTask"]][
+        "taskInfo"]["name"] == "embed-groups"
+    for name in ("write-embeddings", "report", "build-index"):  # no image artifacts
+        for key, source in every[name]["inputs"].get("artifacts", {}).items():
+            producer = source.get("taskOutputArtifact", {}).get("producerTask", "")
+            assert "for-loop" not in producer or name == "write-embeddings", (name, key)
+    for comp in comps.values():
+        if "dag" in comp:
+            assert not any(a.get("isArtifactList") for a in comp.get(
+                "inputDefinitions", {}).get("artifacts", {}).values())
 
 
 def test_artifacts_are_typed(spec) -> None:
