@@ -216,12 +216,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clip_index.embed.step import run_embed
 
     config = config_from_args(EmbedConfig, args)
-    shards = args.shards
-    if shards is None:  # the shards the download tasks behind --images were given
-        from clip_index.units import collected_shards
-
-        shards = collected_shards(args.images)[0]
-    _print_json(run_embed(args.images, shards, args.output, config).as_metadata())
+    _print_json(run_embed(args.images, args.shards, args.output, config).as_metadata())
     return 0
 
 

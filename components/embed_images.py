@@ -40,10 +40,9 @@ def embed_images(
     """
     from clip_index.config import EmbedConfig
     from clip_index.embed.step import run_embed
-    from clip_index.units import collected_shards
 
     config = EmbedConfig(model=model, pretrained=pretrained, batch_size=batch_size, dtype=dtype,
                          seed=seed, precision=precision, num_workers=num_workers, device=device)
-    folders = [i.path for i in images]
-    shards, _ = collected_shards(folders)
-    embeddings.metadata.update(run_embed(folders, shards, embeddings.path, config).as_metadata())
+    # shards=None: the shards this group's download tasks were given (their unit.json)
+    embeddings.metadata.update(
+        run_embed([i.path for i in images], None, embeddings.path, config).as_metadata())

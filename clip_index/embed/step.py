@@ -65,10 +65,11 @@ def embedding_processes(device: str, shards: int) -> int:
     return max(1, min(torch.cuda.device_count(), shards))
 
 
-def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
+def run_embed(image_dirs: Sequence[str], shards: Sequence[int] | None, output_dir: str,
               config: EmbedConfig) -> UnitResult:
-    """Embed image shards `shards` (a task's work unit), found in `image_dirs` (the download
-    tasks' folders), into ``output_dir/part-NNNNN.parquet`` each.
+    """Embed image shards `shards` (a task's work unit; None: the shards the download tasks
+    behind `image_dirs` were given, from their unit records), found in `image_dirs`, into
+    ``output_dir/part-NNNNN.parquet`` each.
 
     The device is resolved first (device='cuda' fails here, saying why, when CUDA is not
     usable); the model is built once per process and only when a shard is left to do; with
@@ -79,6 +80,8 @@ def run_embed(image_dirs: Sequence[str], shards: Sequence[int], output_dir: str,
     check_model_name(config.model)  # before any IO: a typo names the closest models
     check_pretrained(config.model, config.pretrained)
     start = time.monotonic()
+    if shards is None:
+        shards = collected_shards(image_dirs)[0]
     if not shards:  # a group past the dataset's last shard: nothing to do, no model to load
         log.info("embed: no shards in this work unit (the dataset has fewer shards than the "
                  "pipeline has embed tasks)")

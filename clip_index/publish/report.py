@@ -174,7 +174,7 @@ def _html(output_dir: str, rows: list[tuple[str, Any]], totals: dict[str, Any],
 
     def cell(t: Thumb, css: str = "cell") -> str:
         img = (f'<img src="{t.src}" alt="{e(t.uid)}">' if t.src else
-               f'<a href="{e(t.url or "")}">(not in the downloaded shards)</a>')
+               f'<a href="{e(t.url or "")}">(no thumbnail kept)</a>')
         score = "query" if t.score is None else f"{t.score:.3f}"
         return (f'<div class="{css}">{img}<b>{e(score)}</b><br>{e(t.caption or "")}'
                 f"<br><code>{e(t.uid)}</code></div>")

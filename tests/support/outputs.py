@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from clip_index import io, schema
 from clip_index.stats import ShardStats
+from clip_index.units import UnitRecord
 
 FAILURES = (("failed_to_download", "http_404: Not Found"),
             ("failed_to_decode", "decode: cannot identify image file"))
@@ -28,8 +29,8 @@ def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 8) -> np.
 def make_embedding_shards(folder: Path, rows_per_shard: int = 60, shards: int = 2,
                           dim: int = 64, model: str = "tiny-clip",
                           pretrained: str = "none") -> Path:
-    """Embed-step output: part-NNNNN.parquet (every row, with status) + stats with the model;
-    two rows of every shard failed (one not downloaded, one not decodable)."""
+    """Embed-step output: part-NNNNN.parquet (every row, with status) + stats with the model +
+    unit.json; two rows of every shard failed (one not downloaded, one not decodable)."""
     folder.mkdir(parents=True, exist_ok=True)
     vectors = clustered_vectors(rows_per_shard * shards, dim)
     model_info = {"model": model, "pretrained": pretrained, "dim": dim, "seed": 0,
@@ -59,6 +60,8 @@ def make_embedding_shards(folder: Path, rows_per_shard: int = 60, shards: int = 
         # as the embed step writes them (see io.AtomicParquetWriter on store_schema)
         pq.write_table(table, folder / io.shard_name(shard), store_schema=False)
         io.write_json(str(folder / io.stats_name(shard)), {**stats.as_dict(), "model": model_info})
+    # what an embed task of a one-group run records: its shards are the whole dataset
+    UnitRecord(list(range(shards)), list(range(shards))).write(str(folder))
     return folder
 
 

@@ -35,8 +35,8 @@ def shape_jpeg(shape: str, colour: tuple[int, int, int], size: int = 96) -> byte
 
 
 def build_sample_output(work: Path, server: TestServer, thumbnails: bool = True) -> Path:
-    """Serve the sample from `server`, run every step, return the output folder (with
-    thumbnails/ cut from the one images folder holding both shards, unless not wanted)."""
+    """Serve the sample from `server`, run every step, return the output folder (with the
+    download step's thumbnails in thumbnails/, unless not wanted)."""
     from clip_index.config import DownloadConfig, EmbedConfig, IndexConfig, LoadConfig
     from clip_index.download.step import run_download
     from clip_index.embed.step import run_embed
@@ -65,12 +65,12 @@ def build_sample_output(work: Path, server: TestServer, thumbnails: bool = True)
     output = str(work / "output")
     run_load(LoadConfig(dataset=str(dataset), shard_size=14), urls)
     download = DownloadConfig(allow_private_networks=True, image_size=64, retries=0,
-                              timeout_s=10)
+                              timeout_s=10, thumbnail_px=128 if thumbnails else 0)
     embed = EmbedConfig(model="tiny-clip", pretrained="none", device="cpu", num_workers=0)
-    for shard in plan_shards(urls):
-        run_download(urls, [shard], images, download)
-        run_embed([images], [shard], embeddings, embed)
-    run_write([embeddings], output, image_dirs=[images] if thumbnails else None)
+    shards = plan_shards(urls)
+    run_download(urls, shards, images, download)
+    run_embed([images], shards, embeddings, embed)
+    run_write([embeddings], output)
     run_index(output, IndexConfig(index_key="Flat", recall_queries=10))
     run_report(output)
     return Path(output)

@@ -99,22 +99,14 @@ def test_retrieve_download_takes_the_stored_thumbnail_and_fetches_the_rest(
         tmp_path: Path, http_server, capsys: pytest.CaptureFixture[str]) -> None:
     """Images 0-14 have a thumbnail in the index folder and a dead URL (404): they come from the
     folder; images 15-29 have none and are fetched from their (live) URL."""
-    import pyarrow as pa
-
-    from clip_index import io, schema
-    from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
-    from tests.support.shards import mark_complete
+    from tests.support.thumbs import add_thumbnails
 
     bodies = [jpeg_bytes(64, 48, (i * 8, 40, 90)) for i in range(30)]
     urls = [http_server.url(f"/gone-{i}.jpg") if i < 15 else
             http_server.add_bytes(f"/img-{i}.jpg", bodies[i]) for i in range(30)]
     out = tmp_path / "ix"
     vectors = build_tiny_index(out, n=30, urls=urls)
-    io.write_parquet_atomic(str(tmp_path / "images" / io.shard_name(0)), pa.table({
-        schema.UID: [f"img-{i:03d}" for i in range(15)], schema.STATUS: ["success"] * 15,
-        schema.IMAGE: bodies[:15]}))
-    mark_complete(str(tmp_path / "images" / io.shard_name(0)))  # finished: its stats file
-    write_thumbnails(str(out), [str(tmp_path / "images")], ThumbnailConfig(workers=1))
+    add_thumbnails(out, {f"img-{i:03d}": bodies[i] for i in range(15)})
     np.save(tmp_path / "q.npy", vectors[[3, 20]])
     assert main(["retrieve", str(tmp_path / "q.npy"), str(out), "--output", str(tmp_path / "r"),
                  "--num-images", "4", "--download", "--allow-private-networks"]) == 0

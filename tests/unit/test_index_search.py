@@ -11,6 +11,7 @@ from clip_index.config import IndexConfig
 from clip_index.index.build import run_index
 from clip_index.index.write import run_write
 from clip_index.search.searcher import ClipIndex
+from clip_index.units import UnitRecord
 
 DIM = 16
 MODEL = {"model": "tiny-clip", "pretrained": "none", "dim": DIM, "seed": 0, "dtype": "float32",
@@ -36,6 +37,7 @@ def _embedding_shards(root, rng: np.random.Generator, shards: int = 3, rows: int
         stats = {"shard": int(shard), "rows": rows, "statuses": {"success": rows - 2,
                  "failed_to_download": 1, "failed_to_decode": 1}, "model": MODEL}
         (folder / io.stats_name(int(shard))).write_text(json.dumps(stats))
+        UnitRecord([int(shard)], list(range(shards))).write(str(folder))  # one task per shard
         vectors.update({u: v for u, v, s in zip(uids, emb, status) if s == "success"})
     return vectors
 

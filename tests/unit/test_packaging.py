@@ -28,8 +28,9 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
 def test_wheel_maps_components_and_pipelines_into_the_package(wheel_names: set[str]) -> None:
     tops = {name.split("/")[0] for name in wheel_names}
     assert not tops & {"components", "pipelines", "tests", "bench"}, tops
-    for module in ("clip_index/components/__init__.py", "clip_index/components/retrieve.py",
-                   "clip_index/pipelines/__init__.py", "clip_index/pipelines/kubeflow.py",
+    for module in ("clip_index/components/__init__.py", "clip_index/components/embed_images.py",
+                   "clip_index/pipelines/__init__.py", "clip_index/pipelines/clip_index.py",
+                   "clip_index/pipelines/settings.py", "clip_index/pipelines/kubeflow.py",
                    "clip_index/embed/assets/tiny-clip.safetensors"):
         assert module in wheel_names
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from clip_index import io, schema
 from clip_index.stats import ShardStats
-from tests.support.shards import mark_complete
+from clip_index.units import UnitRecord
+from tests.support.thumbs import add_thumbnail_column, webp_of
 
 pytest.importorskip("faiss")
 
@@ -31,17 +32,18 @@ def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (300, 200)) -> by
     return buf.getvalue()
 
 
-def make_run(tmp: Path, shards: int = 2, rows: int = 12) -> tuple[str, list[str]]:
-    """Image shards as the download step writes them, embedding shards as embed writes them
-    (one failed row per shard), then the real write and index steps."""
+def make_run(tmp: Path, shards: int = 2, rows: int = 12, thumbnails: bool = True) -> str:
+    """Embedding shards as embed writes them (one failed row per shard; with `thumbnails`, the
+    download step's WebP of each image carried through), then the real write and index
+    steps."""
     from clip_index.config import IndexConfig
     from clip_index.index.build import run_index
     from clip_index.index.write import run_write
 
     rng = np.random.default_rng(0)
-    images_dir, embed_dir = tmp / "images", tmp / "embeddings"
-    images_dir.mkdir()
+    embed_dir = tmp / "embeddings"
     embed_dir.mkdir()
+    bodies: dict[str, bytes] = {}
     for shard in range(shards):
         uids = [f"s{shard}-{i}" for i in range(rows)]
         status = ["failed_to_download" if i == 0 else "success" for i in range(rows)]
@@ -54,9 +56,9 @@ def make_run(tmp: Path, shards: int = 2, rows: int = 12) -> tuple[str, list[str]
             schema.WIDTH: [None if i == 0 else 300 for i in range(rows)],
             schema.HEIGHT: [None if i == 0 else 200 for i in range(rows)],
             schema.ORIGINAL_WIDTH: [None] * rows, schema.ORIGINAL_HEIGHT: [None] * rows,
-            schema.SHA256: [None] * rows}, schema=schema.IMAGES_SCHEMA)
-        pq.write_table(table, images_dir / io.shard_name(shard))
-        mark_complete(str(images_dir / io.shard_name(shard)))
+            schema.SHA256: [None] * rows, schema.THUMBNAIL: [None] * rows},
+            schema=schema.IMAGES_SCHEMA)
+        bodies.update({u: b for u, b in zip(uids, image) if b is not None})
         vectors = rng.normal(size=(rows, DIM)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         esch = schema.embeddings_schema(DIM)
@@ -75,22 +77,26 @@ def make_run(tmp: Path, shards: int = 2, rows: int = 12) -> tuple[str, list[str]
         for s, e in zip(status, error):
             stats.count(s, e)
         io.write_json(str(embed_dir / io.stats_name(shard)), {**stats.as_dict(), "model": MODEL})
+    UnitRecord(list(range(shards)), list(range(shards))).write(str(embed_dir))
+    if thumbnails:
+        add_thumbnail_column(embed_dir, lambda uid: webp_of(bodies[uid]))
     out = str(tmp / "out")
     run_write([str(embed_dir)], out)
     run_index(out, IndexConfig(index_key="Flat", recall_queries=5))
-    return out, [str(images_dir)]
+    return out
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_run(tmp_path_factory.mktemp("report"))
 
 
-def test_report_tables_and_thumbnail_grid(run_dir: tuple[str, list[str]]) -> None:
+def test_report_tables_and_thumbnail_grid(run_dir: str) -> None:
+    """The grid shows the thumbnails the download step made and the write step published:
+    the report reads the output folder only."""
     from clip_index.publish.report import build_report
 
-    out, image_dirs = run_dir
-    report = build_report(out, image_dirs, sample_queries=3, k=4)
+    report = build_report(run_dir, sample_queries=3, k=4)
     assert report.summary["rows"] == 24 and report.summary["successes"] == 22
     assert report.summary["statuses"] == {"failed_to_download": 2, "success": 22}
     assert report.summary["errors"] == {"http_404": 2}
@@ -101,55 +107,30 @@ def test_report_tables_and_thumbnail_grid(run_dir: tuple[str, list[str]]) -> Non
     for query, results in report.samples:
         assert results[0].uid == query.uid  # its own embedding finds itself first
         assert results[0].score == pytest.approx(1.0, abs=1e-5)
-    # every sample and result is an image from the shards: one data URI each, decodable
-    uris = re.findall(r'src="(data:image/jpeg;base64,[^"]+)"', report.html)
+    # every sample and result has its kept WebP: one data URI each, decodable
+    uris = re.findall(r'src="(data:image/webp;base64,[^"]+)"', report.html)
     assert len(uris) == 3 * 5  # 3 queries + 3 x 4 results
     assert report.summary["thumbnails"] == len(
         {t.uid for q, rs in report.samples for t in [q, *rs]})
     thumb = Image.open(_io.BytesIO(base64.b64decode(uris[0].split(",", 1)[1])))
-    assert max(thumb.size) <= 96
+    assert thumb.format == "WEBP" and max(thumb.size) == 128
     assert "http://img.test/" in report.markdown  # the Markdown links URLs instead
     assert "<script" not in report.html
 
 
-def test_results_outside_the_downloaded_shards_link_their_url(
-        run_dir: tuple[str, list[str]], tmp_path: Path) -> None:
+def test_results_without_a_thumbnail_link_their_url(tmp_path: Path) -> None:
     from clip_index.publish.report import build_report
 
-    out, image_dirs = run_dir
-    report = build_report(out, image_dirs, sample_queries=2, k=3, max_image_shards=0)
+    report = build_report(make_run(tmp_path, thumbnails=False), sample_queries=2, k=3)
     assert "data:image" not in report.html
-    assert report.html.count("(not in the downloaded shards)") == 2 * 4
+    assert report.html.count("(no thumbnail kept)") == 2 * 4
     assert report.summary["thumbnails"] == 0
 
 
-def test_report_refuses_download_folders_that_miss_a_shard(
-        run_dir: tuple[str, list[str]], tmp_path: Path) -> None:
-    from clip_index.publish.report import build_report
-
-    out, _ = run_dir
-    with pytest.raises(RuntimeError, match=r"report: .* found 0 of the 2 shards .* missing 0, 1"):
-        build_report(out, image_dirs=[str(tmp_path)])
-
-
-def test_run_report_writes_both_files(run_dir: tuple[str, list[str]]) -> None:
+def test_run_report_writes_both_files(run_dir: str) -> None:
     from clip_index.publish.report import REPORT_HTML, run_report
 
-    out, image_dirs = run_dir
-    markdown = run_report(out, image_dirs=image_dirs)
-    assert Path(out, schema.REPORT).read_text() == markdown
-    assert Path(out, REPORT_HTML).read_text().startswith("<!doctype html>")
-
-
-def test_the_report_uses_the_thumbnails_kept_in_the_folder(tmp_path: Path) -> None:
-    """With thumbnails/ written by the write step, the grid needs no image shards at all."""
-    from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
-    from clip_index.publish.report import build_report
-
-    out, image_dirs = make_run(tmp_path)
-    write_thumbnails(out, image_dirs, ThumbnailConfig(workers=1))
-    report = build_report(out, image_dirs=None, sample_queries=3, k=4)
-    uris = re.findall(r'src="(data:image/webp;base64,[^"]+)"', report.html)
-    assert len(uris) == 3 * 5 and "data:image/jpeg" not in report.html
-    thumb = Image.open(_io.BytesIO(base64.b64decode(uris[0].split(",", 1)[1])))
-    assert thumb.format == "WEBP" and max(thumb.size) == 128
+    report = run_report(run_dir)
+    assert Path(run_dir, schema.REPORT).read_text() == report.markdown
+    assert Path(run_dir, REPORT_HTML).read_text() == report.html
+    assert report.html.startswith("<!doctype html>")

@@ -80,23 +80,14 @@ def test_search_page_shows_the_stored_thumbnails_when_the_image_host_is_gone(
         tmp_path: Path) -> None:
     """Link rot: the images' host is stopped before the search; the page shows every result
     from the thumbnails kept in the published folder (the URLs alone would all be broken)."""
-    import pyarrow as pa
-
-    from clip_index import io, schema
-    from clip_index.index.thumbnails import ThumbnailConfig, write_thumbnails
-    from tests.support.shards import mark_complete
+    from tests.support.thumbs import add_thumbnails
 
     host = TestServer().start()
     bodies = [jpeg_bytes(64, 48, (200, i * 10, 40)) for i in range(24)]
     urls = [host.add_bytes(f"/img-{i}.jpg", body) for i, body in enumerate(bodies)]
     build_tiny_index(tmp_path / "ix", n=24, urls=urls)
-    images = tmp_path / "images"  # the download step's shards, both in one folder
-    for shard, rows in enumerate((range(0, 12), range(12, 24))):
-        io.write_parquet_atomic(str(images / io.shard_name(shard)), pa.table({
-            schema.UID: [f"img-{i:03d}" for i in rows],
-            schema.STATUS: ["success"] * len(rows), schema.IMAGE: [bodies[i] for i in rows]}))
-        mark_complete(str(images / io.shard_name(shard)))  # finished: its stats file, last
-    write_thumbnails(str(tmp_path / "ix"), [str(images)], ThumbnailConfig(workers=1))
+    # the download step's thumbnails, published beside the index
+    add_thumbnails(tmp_path / "ix", {f"img-{i:03d}": body for i, body in enumerate(bodies)})
     host.stop()  # the image host is gone
     server = LiveServer(create_app({"ix": ClipIndex(tmp_path / "ix")})).start()
     try:

@@ -1,60 +1,49 @@
-"""Thumbnails: the write step keeps a small WebP of every indexed image, aligned with the index
-(faiss id i ↔ thumbnail row i), cut from image shards found by number in folders that may hold
-many shards; the server names and serves them."""
+"""Thumbnails: the download step makes a small WebP of every image, the embed step carries it,
+and the write step keeps it aligned with the index (faiss id i ↔ thumbnail row i); the server
+names and serves them."""
 
 from __future__ import annotations
 
 import io as _io
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from PIL import Image
 
-from clip_index import io, schema
+from clip_index import io
 from clip_index.config import IndexConfig
 from clip_index.index.build import run_index
 from clip_index.index.thumbnails import THUMBNAILS_DIR, Thumbnails
 from clip_index.index.write import run_write
 from clip_index.search.searcher import ClipIndex
 from tests.support.outputs import make_embedding_shards
-from tests.support.shards import mark_complete
+from tests.support.thumbs import add_thumbnail_column, webp_of
 
 
 def colour(n: int) -> tuple[int, int, int]:
     return (n * 2 % 256, 255 - n * 2 % 256, (n * 37) % 256)
 
 
-def make_image_shards(folder: Path, shards: range, rows_per_shard: int = 60) -> None:
-    """Download-step shards for make_embedding_shards' rows: a 256 × 192 JPEG per success, its
-    colour derived from the row number; rows in reverse order (the write step matches by uid);
-    the last success of each shard failed to download here (so it gets no thumbnail)."""
-    for shard in shards:
-        rows = []
-        for j in reversed(range(rows_per_shard)):
-            n = shard * rows_per_shard + j
-            ok = 2 <= j < rows_per_shard - 1
-            buf = _io.BytesIO()
-            Image.new("RGB", (256, 192), colour(n)).save(buf, "JPEG", quality=95)
-            rows.append({schema.UID: f"u{n:05d}", schema.URL: f"http://127.0.0.1/img/{n}.jpg",
-                         schema.CAPTION: None, schema.STATUS: "success" if ok else
-                         "failed_to_download", schema.ERROR: None,
-                         schema.IMAGE: buf.getvalue() if ok else None})
-        table = pa.Table.from_pylist(rows).select([schema.UID, schema.URL, schema.CAPTION,
-                                                   schema.STATUS, schema.ERROR, schema.IMAGE])
-        io.write_parquet_atomic(str(folder / io.shard_name(shard)), table)
-        mark_complete(str(folder / io.shard_name(shard)))  # the stats file: the shard is done
+def colour_jpeg(n: int) -> bytes:
+    buf = _io.BytesIO()
+    Image.new("RGB", (256, 192), colour(n)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def thumb_of(uid: str) -> bytes | None:
+    """The download step's thumbnail of row `uid`'s image; the last row of every shard of 60
+    has none (as when thumbnail_px is 0 for it, or its image was kept without one)."""
+    n = int(uid[1:])
+    return None if n % 60 == 59 else webp_of(colour_jpeg(n))
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("thumbs")
     embeddings = make_embedding_shards(tmp / "emb", shards=3)
-    make_image_shards(tmp / "images-a", range(0, 2))  # one folder, two shards
-    make_image_shards(tmp / "images-b", range(2, 3))
+    add_thumbnail_column(embeddings, thumb_of)
     out = tmp / "out"
-    result = run_write([str(embeddings)], str(out),
-                       image_dirs=[str(tmp / "images-a"), str(tmp / "images-b")])
+    result = run_write([str(embeddings)], str(out))
     assert result.as_metadata()["thumbnails"] == 3 * 57  # 58 embedded per shard, 1 not here
     assert result.as_metadata()["thumbnails_missing"] == 3
     run_index(str(out), IndexConfig(index_key="Flat", recall_queries=0))
@@ -82,10 +71,8 @@ def test_every_indexed_image_has_its_thumbnail_at_its_faiss_id(published: Path) 
 
 
 def test_thumbnails_can_be_turned_off(tmp_path: Path) -> None:
-    embeddings = make_embedding_shards(tmp_path / "emb", shards=1)
-    make_image_shards(tmp_path / "images", range(1))
-    result = run_write([str(embeddings)], str(tmp_path / "out"),
-                       image_dirs=[str(tmp_path / "images")], thumbnail_px=0)
+    embeddings = make_embedding_shards(tmp_path / "emb", shards=1)  # thumbnail_px=0: none
+    result = run_write([str(embeddings)], str(tmp_path / "out"))
     assert "thumbnails" not in result.as_metadata()
     assert io.list_shards(str(tmp_path / "out" / THUMBNAILS_DIR)) == []
 

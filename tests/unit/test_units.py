@@ -13,7 +13,14 @@ from clip_index.cli import shard_list
 from clip_index.config import IndexConfig
 from clip_index.index.build import run_index
 from clip_index.index.write import run_write
-from clip_index.units import plan_units
+from clip_index.units import (
+    UNIT_FILE,
+    UnitRecord,
+    collected_shards,
+    download_shards,
+    group_shards,
+    plan_units,
+)
 from tests.support.outputs import make_embedding_shards
 from tests.support.shards import mark_complete
 
@@ -97,8 +104,75 @@ def test_embed_says_which_image_shards_no_download_task_finished(tmp_path: Path)
     config = EmbedConfig(model="tiny-clip", pretrained="none", num_workers=0)
     with pytest.raises(FileNotFoundError, match=r"image shards \[4, 5\] are not complete"):
         run_embed([str(images)], [4, 5], str(tmp_path / "emb"), config)
-    with pytest.raises(ValueError, match="no shards given"):
-        run_embed([str(images)], [], str(tmp_path / "emb"), config)
+
+
+def test_an_empty_unit_writes_its_record_and_nothing_else(tmp_path: Path) -> None:
+    """A group past the dataset's last shard (fewer shards than tasks): the task succeeds
+    without loading a model, and its record says it was given nothing."""
+    from clip_index.config import DownloadConfig, EmbedConfig
+    from clip_index.download.step import run_download
+    from clip_index.embed.step import run_embed
+
+    urls = _manifest(tmp_path / "urls", [5])
+    run_download(urls, [], str(tmp_path / "images"), DownloadConfig())
+    assert UnitRecord.read(str(tmp_path / "images")) == UnitRecord([], [0])
+    # an unknown model would fail at once, but a known one is not loaded for no shards
+    result = run_embed([str(tmp_path / "images")], [], str(tmp_path / "emb"),
+                       EmbedConfig(model="ViT-B-32", pretrained="laion2b_s34b_b79k"))
+    assert result.shards == [] and UnitRecord.read(str(tmp_path / "emb")) == UnitRecord([], [0])
+    assert io.list_shards(str(tmp_path / "emb")) == []
+
+
+@pytest.mark.parametrize("shards, groups, parts", [(1280, 8, 4), (1280, 100, 1), (3, 2, 2),
+                                                   (7, 3, 3), (1, 1, 1), (130, 7, 5)])
+def test_groups_and_download_units_cover_every_shard_once(
+        tmp_path: Path, shards: int, groups: int, parts: int) -> None:
+    """Every task computes its own shards from the manifest: the download units of a group
+    are exactly the group's shards, and all groups together the dataset, each shard once."""
+    urls = _manifest(tmp_path, [10_000] * shards)
+    seen = []
+    for g in range(groups):
+        units = [download_shards(urls, g, p, groups, parts) for p in range(parts)]
+        assert [s for u in units for s in u] == group_shards(urls, g, groups, parts)
+        seen += group_shards(urls, g, groups, parts)
+    assert seen == list(range(shards))
+
+
+@pytest.mark.parametrize("group, part, groups, parts, needle", [
+    (3, 0, 3, 2, "group=3: expected 0 to 2"), (0, 2, 3, 2, "part=2: expected 0 to 1"),
+    (0, 0, 0, 2, "groups=0: expected 1 to 100"), (0, 0, 1, 101, "parts=101")])
+def test_a_position_outside_the_loops_is_refused(tmp_path: Path, group: int, part: int,
+                                                 groups: int, parts: int, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        download_shards(_manifest(tmp_path, [5]), group, part, groups, parts)
+
+
+def test_collected_records_find_shards_given_twice_and_foreign_runs(tmp_path: Path) -> None:
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    UnitRecord([0, 1], [0, 1, 2, 3]).write(a)
+    UnitRecord([2, 3], [0, 1, 2, 3]).write(b)
+    assert collected_shards([a, b]) == ([0, 1, 2, 3], [0, 1, 2, 3])
+    UnitRecord([1, 2], [0, 1, 2, 3]).write(c)
+    with pytest.raises(RuntimeError, match=r"shards \[1, 2\] were given to two tasks"):
+        collected_shards([a, b, c])
+    UnitRecord([4], [4]).write(c)
+    with pytest.raises(RuntimeError, match="come from different load steps"):
+        collected_shards([a, c])
+    with pytest.raises(FileNotFoundError, match="unit.json is missing"):
+        collected_shards([str(tmp_path / "absent")])
+
+
+def test_write_refuses_folders_whose_records_miss_a_group(tmp_path: Path) -> None:
+    """The embed folders' records name 3 dataset shards; one group's folder is not among the
+    collected ones: the write fails naming the missing shard (as the CLI write does)."""
+    shards = make_embedding_shards(tmp_path / "emb", rows_per_shard=20, shards=2, dim=16)
+    UnitRecord([0, 1], [0, 1, 2]).write(str(shards))
+    with pytest.raises(RuntimeError, match=r"write: .*found 2 of the 3 shards.*missing 2"):
+        run_write([str(shards)], str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    (shards / UNIT_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=r"no unit.json.*--urls DIR"):
+        run_write([str(shards)], str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize("spec, shards", [("3", [3]), ("0-3", [0, 1, 2, 3]),
