@@ -92,7 +92,7 @@ def run_preflight(ctx: Context) -> list[Check]:
     blocked = ""
     for name, check in steps:
         if blocked:
-            results.append(Check(name, UNKNOWN, f"not checked: the {blocked} check failed"))
+            results.append(Check(name, UNKNOWN, f"not checked: the {blocked} check did not pass"))
             continue
         try:
             result = check(ctx)

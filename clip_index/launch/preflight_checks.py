@@ -96,7 +96,7 @@ def check_project(ctx: Context) -> Check:
     try:
         project = resourcemanager_v3.ProjectsClient(**_options(ctx)).get_project(
             name=f"projects/{ctx.project}")
-    except (exceptions.PermissionDenied, exceptions.NotFound) as e:
+    except (exceptions.Forbidden, exceptions.NotFound) as e:  # REST: 403 is Forbidden
         return Check("project", FAIL, f"project {ctx.project!r} does not exist or you cannot "
                      f"see it ({_reason(e)})", fix)
     if project.state != resourcemanager_v3.Project.State.ACTIVE:
@@ -203,7 +203,7 @@ def check_images(ctx: Context) -> Check:
             found.append(image)
         except exceptions.NotFound:
             missing.append(image)
-        except exceptions.PermissionDenied as e:
+        except exceptions.Forbidden as e:
             unknown.append(f"{image} (cannot read it: {_reason(e)})")
     if missing:
         return Check("images", FAIL, "not in Artifact Registry: " + "; ".join(missing),

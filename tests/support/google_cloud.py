@@ -2,7 +2,8 @@
 replaces the `requests` transport adapter's `send`, so that google-auth, google-api-core's REST
 transports and google-cloud-storage run as they do against the real services, and answers
 each request from routes of (method, URL pattern) → (status, JSON in the services' shapes).
-An unrouted request fails the test (nothing reaches the network)."""
+An unrouted request fails the test (nothing reaches the network); the GCE metadata server
+is absent, as on a user's machine."""
 
 from __future__ import annotations
 
@@ -51,9 +52,12 @@ class FakeGoogleCloud:
         self.routes.insert(0, (method, re.compile(pattern), status, body))
         return self
 
-    def send(self, adapter: Any, request: requests.PreparedRequest, *args: Any,
+    def send(self, request: requests.PreparedRequest, *args: Any,
              **kwargs: Any) -> requests.Response:
         url = str(request.url)
+        if re.match(r"https?://(169\.254\.169\.254|metadata\.google\.internal)\b", url):
+            # off Google Cloud: google.auth's metadata-server probe finds nothing
+            raise requests.exceptions.ConnectionError(f"no metadata server here: {url}")
         self.calls.append((str(request.method), url))
         for method, pattern, status, body in self.routes:
             if method == request.method and pattern.search(url):
