@@ -9,7 +9,9 @@ configure-project); GPU quota metrics are `aiplatform.googleapis.com/custom_mode
 <gpu>_gpus` per region (the 429s of GoogleCloudPlatform/vertex-ai-samples#700 and
 stable-diffusion-on-gcp#12; the type → metric map of Google's own vertex-ai-samples helpers),
 read with the Cloud Quotas API (projects.locations.services.quotaInfos: a QuotaInfo's
-`dimensions_infos[].dimensions["region"]` and `details.value`, -1 = unlimited).
+`dimensions_infos[].dimensions["region"]` and `details.value`, -1 = unlimited); a quota is
+requested with `gcloud quotas preferences create` (cloud.google.com/sdk/gcloud/reference/
+quotas/preferences/create).
 """
 
 from __future__ import annotations
@@ -265,7 +267,7 @@ def check_quota(ctx: Context) -> Check:
     if short:
         detail = "; ".join(f"{n} is {v} in {ctx.region}, the run needs {need} ({why})"
                            for n, v, need, why, _ in short)
-        fixes = [f"gcloud beta quotas preferences create --service={AIPLATFORM} "
+        fixes = [f"gcloud quotas preferences create --service={AIPLATFORM} "
                  f"--quota-id={qid} --preferred-value={need} --dimensions=region={ctx.region} "
                  f"--project={ctx.project} --email=YOU" for _, _, need, _, qid in short]
         return Check("quota", FAIL, detail, " ; ".join(fixes) + " (or IAM & Admin → Quotas; "

@@ -310,7 +310,7 @@ def test_zero_gpu_quota_fails_with_the_quota_to_request(cloud: FakeGoogleCloud,
     assert result.status == FAIL
     assert result.detail == ("custom_model_training_nvidia_l4_gpus is 0 in us-central1, the run "
                              "needs 8 (1 per embed task x tasks at once)")
-    assert ("gcloud beta quotas preferences create --service=aiplatform.googleapis.com "
+    assert ("gcloud quotas preferences create --service=aiplatform.googleapis.com "
             "--quota-id=CustomModelTrainingNvidiaL4GpusPerProjectPerRegion --preferred-value=8 "
             "--dimensions=region=us-central1") in result.fix
     assert "--embed-parallelism" in result.fix and "--gpu-count 0" in result.fix
@@ -390,7 +390,7 @@ def test_doctor_prints_each_check_and_exits_1_on_a_failure(
             f"gs://{BUCKET}/root", "--template", str(template), "--service-account", RUNNER]
     assert cli.main(argv) == 1
     out = capsys.readouterr().out
-    assert "FAIL quota" in out and "fix: gcloud beta quotas preferences create" in out
+    assert "FAIL quota" in out and "fix: gcloud quotas preferences create" in out
     assert "--no-preflight" in out
     cloud.healthy(gpus=8)
     assert cli.main([*argv, "--param", "dataset=org/name", "--param", "limit=1000",
