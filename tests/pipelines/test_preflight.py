@@ -397,3 +397,15 @@ def test_doctor_prints_each_check_and_exits_1_on_a_failure(
                      "--param", "output_dir=gs://b/o"]) == 0
     out = capsys.readouterr().out
     assert "ok   quota" in out and "rows:           1,000 (--param limit)" in out
+
+
+def test_every_doctor_flag_has_help() -> None:
+    import argparse
+
+    from clip_index.cli import build_parser
+
+    parser = build_parser(only="doctor")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = [a for a in sub.choices["doctor"]._actions
+               if not isinstance(a, argparse._HelpAction)]
+    assert [a.dest for a in actions if not (a.help or "").strip()] == []

@@ -237,6 +237,26 @@ def test_a_failed_preflight_stops_before_the_run_is_created(
     assert fingerprinted == []  # the dataset is not listed for a run that will not start
 
 
+def test_summary_says_when_the_load_step_will_not_be_cached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without huggingface_hub (it is in the cloud extra now) a Hub dataset cannot be
+    fingerprinted: the run goes on with a one-off value, and the summary says what that costs."""
+    from clip_index.launch import fingerprint
+
+    def no_hub(dataset: str) -> str:
+        raise ModuleNotFoundError("No module named 'huggingface_hub'")
+
+    monkeypatch.setattr(fingerprint, "dataset_fingerprint", no_hub)
+    lines: list[str] = []
+    client = FakeApiClient()
+    submit.run_submit(parse("--image-repo", REPO, "--param", "dataset=org/name",
+                            "--param", "output_dir=gs://b/o"),
+                      credentials=AnonymousCredentials(), api_client=client, echo=lines.append)
+    sent = client.created[0]["job"].runtime_config.parameter_values
+    assert str(sent["dataset_fingerprint"]).startswith("unique:")
+    assert "load cache:     OFF for this run" in lines[-1]
+
+
 def test_no_preflight_asks_nothing(tmp_path: Path, cloud: FakeGoogleCloud) -> None:
     client = FakeApiClient()
     submit.run_submit(parse("--image-repo", REPO, "--param", "dataset=a/b",
