@@ -81,20 +81,30 @@ def task_shapes(spec: dict[str, Any]) -> list[TaskShape]:
                 "container", {})
             resources = container.get("resources", {})
             accel = resources.get("accelerator", {})
-            cpu = resources.get("cpuLimit", resources.get("resourceCpuLimit"))
+            cpu = _number(resources.get("cpuLimit", resources.get("resourceCpuLimit")))
             shapes.append(TaskShape(
                 path=(*path, name), executor=component.get("executorLabel", ""),
-                image=container.get("image", ""),
-                cpu=float(str(cpu).rstrip("m")) / (1000 if str(cpu).endswith("m") else 1)
-                if cpu is not None else None,
+                image=container.get("image", ""), cpu=cpu,
                 memory=resources.get("resourceMemoryLimit") or (
                     f"{resources['memoryLimit']:g}G" if "memoryLimit" in resources else None),
                 gpu_type=accel.get("resourceType") or accel.get("type"),
-                gpu_count=int(accel.get("resourceCount") or accel.get("count") or 0),
+                gpu_count=int(_number(accel.get("resourceCount") or accel.get("count")) or 0),
                 concurrency=inner, looped=in_loop))
 
     walk(spec.get("root", {}).get("dag", {}), (), 1, False)
     return shapes
+
+
+def _number(value: Any) -> float | None:
+    """A CPU or count of the spec ("14", 14.0, "500m") as a number, or None when it is absent
+    or a run-time placeholder ("{{$.inputs.parameters[...]}}")."""
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return None
 
 
 def _static_width(raw: Any) -> int | None:

@@ -409,3 +409,38 @@ def test_every_doctor_flag_has_help() -> None:
     actions = [a for a in sub.choices["doctor"]._actions
                if not isinstance(a, argparse._HelpAction)]
     assert [a.dest for a in actions if not (a.help or "").strip()] == []
+
+
+def test_nested_loops_multiply_their_widths() -> None:
+    """The coming shape: an outer loop over G=4 embed groups, in each a download loop over a
+    static list of 3 parts, then the group's GPU task: 12 downloads and 4 GPUs at once."""
+    from clip_index.launch.preflight_template import compiled_settings, gpu_demand, loops
+
+    def task(component: str, **extra: Any) -> dict[str, Any]:
+        return {"componentRef": {"name": component}, **extra}
+
+    spec = {
+        "root": {"dag": {"tasks": {"for-loop-2": task(
+            "comp-for-loop-2", parameterIterator={"items": {"inputParameter": "g"}},
+            iteratorPolicy={"parallelismLimit": 4})}}},
+        "components": {
+            "comp-for-loop-2": {"dag": {"tasks": {
+                "for-loop-4": task("comp-for-loop-4", parameterIterator={
+                    "items": {"raw": json.dumps([{"p": 0}, {"p": 1}, {"p": 2}])}}),
+                "embed-images": task("comp-embed-images")}}},
+            "comp-for-loop-4": {"dag": {"tasks": {"download-images": task(
+                "comp-download-images")}}},
+            "comp-embed-images": {"executorLabel": "exec-embed-images"},
+            "comp-download-images": {"executorLabel": "exec-download-images"}},
+        "deploymentSpec": {"executors": {
+            "exec-embed-images": {"container": {"image": f"{REPO}/clip-index-gpu:abc",
+                                                "resources": {"cpuLimit": 6.0, "accelerator": {
+                                                    "resourceType": "NVIDIA_L4",
+                                                    "resourceCount": "2"}}}},
+            "exec-download-images": {"container": {"image": f"{REPO}/clip-index-cpu:abc",
+                                                   "resources": {"resourceCpuLimit": "7"}}}}}}
+    assert gpu_demand(spec) == ("NVIDIA_L4", 2, 8)
+    have = compiled_settings(spec)
+    assert have["download_parallelism"] == 12 and have["embed_parallelism"] == 4
+    assert sorted(loops(spec)) == [("for-loop-2", 4, ["embed-images"]),
+                                   ("for-loop-2/for-loop-4", 12, ["download-images"])]
