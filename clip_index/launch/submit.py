@@ -4,7 +4,9 @@ the run's state and its tasks' states until it ends.
 
 Everything that can be checked is checked before the request: parameter names and types against
 the template, step configs (`validate()`), gs:// locations, label syntax, and that the template
-is a single-document YAML (the Kubeflow variant is not: Vertex AI refuses it).
+is a single-document YAML (the Kubeflow variant is not: Vertex AI refuses it). Then the project
+itself (launch/preflight.py, `clip-index doctor`: APIs, bucket, images, GPU quota, roles), and a
+one-screen summary of what is about to start (launch/preflight_template.py).
 
 `--template` takes what aiplatform's `PipelineJob(template_path=...)` takes: a local file, a
 gs:// object, an Artifact Registry URL (https://REGION-kfp.pkg.dev/PROJECT/REPO/NAME/TAG or
