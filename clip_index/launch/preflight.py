@@ -127,14 +127,17 @@ def raise_on_failure(results: list[Check]) -> None:
 
 
 def preflight(args: argparse.Namespace, spec: dict[str, Any], credentials: Any = None,
-              echo: Callable[[str], None] = print) -> list[Check]:
-    """Run the checks for a submit's `args` and its template `spec`; echo the report; raise
-    PreflightFailed when one failed."""
-    from clip_index.launch.preflight_template import given_settings
+              echo: Callable[[str], None] = print,
+              params: dict[str, Any] | None = None) -> list[Check]:
+    """Run the checks for a submit's `args`, its template `spec` and its typed `params` (a
+    `limit` bounds the tasks the quota must cover); echo the report; raise PreflightFailed
+    when one failed."""
+    from clip_index.launch.preflight_template import given_settings, shard_count
 
     ctx = Context(project=args.project, region=args.region, pipeline_root=args.pipeline_root,
                   spec=spec, service_account=args.service_account, credentials=credentials,
-                  given_settings=given_settings(args) if args.template else {})
+                  given_settings=given_settings(args) if args.template else {},
+                  shards=shard_count(spec, params or {}))
     results = run_preflight(ctx)
     echo("preflight:\n" + render(results))
     raise_on_failure(results)
@@ -159,9 +162,13 @@ def command(args: argparse.Namespace) -> int:
         typed = (submit.check_parameters(template, params, args.project, spec=spec)
                  if params else {})
     try:
-        preflight(args, spec)
+        preflight(args, spec, params=typed)
     except PreflightFailed as e:
-        print(e)
+        failed: PreflightFailed | None = e
+    else:
+        failed = None
+    print("\nthe run:\n" + summary(spec, typed, args.pipeline_root))
+    if failed:
+        print(f"\n{failed}")
         return 1
-    print(summary(spec, typed, args.pipeline_root))
     return 0

@@ -20,7 +20,7 @@ import re
 import urllib.parse
 from typing import Any
 
-from clip_index.launch.preflight_template import gpu_demand, images, task_shapes
+from clip_index.launch.preflight_template import at_once, gpu_demand, images, task_shapes
 from clip_index.launch.preflight_types import FAIL, PASS, UNKNOWN, Check, Context
 
 # APIs a run needs (README setup block); Cloud Build only builds the images, IAM makes the
@@ -236,19 +236,20 @@ def check_quota(ctx: Context) -> Check:
     widest loop's vCPUs."""
     from google.cloud import cloudquotas_v1
 
-    demand = gpu_demand(ctx.spec)
+    demand = gpu_demand(ctx.spec, ctx.shards)
+    bounded = f", {ctx.shards} shard(s) with this limit" if ctx.shards else ""
     needs: dict[str, tuple[int | None, str]] = {}
     if demand is not None:
         gpu_type, per_task, held = demand
         if gpu_type not in GPU_QUOTA_METRICS:
             return Check("quota", UNKNOWN, f"no quota metric known for {gpu_type}")
         needs[f"{AIPLATFORM}/custom_model_training_{GPU_QUOTA_METRICS[gpu_type]}"] = (
-            held, f"{per_task} per embed task x tasks at once")
-    cpus = [t.concurrency * t.cpu for t in task_shapes(ctx.spec)
-            if t.cpu and t.concurrency is not None]
+            held, f"{per_task} per embed task x tasks at once{bounded}")
+    cpus = [n * t.cpu for t in task_shapes(ctx.spec)
+            if t.cpu and (n := at_once(t, ctx.shards)) is not None]
     if cpus:
         needs[f"{AIPLATFORM}/custom_model_training_cpus"] = (
-            int(max(cpus)), "the widest loop's vCPU limits; machines round up")
+            int(max(cpus)), f"the widest loop's vCPU limits{bounded}; machines round up")
     client = cloudquotas_v1.CloudQuotasClient(**_options(ctx))
     parent = f"projects/{ctx.project}/locations/global/services/{AIPLATFORM}"
     infos = {i.metric: i for i in client.list_quota_infos(parent=parent) if i.metric in needs}

@@ -124,10 +124,29 @@ def images(spec: dict[str, Any]) -> list[str]:
                    spec.get("deploymentSpec", {}).get("executors", {}).values()} - {""})
 
 
-def gpu_demand(spec: dict[str, Any]) -> tuple[str, int, int | None] | None:
+def at_once(task: TaskShape, shards: int | None = None) -> int | None:
+    """Copies of `task` that may run at once: its loops' width, and never more than the run's
+    shards when they are known (a work unit holds at least one shard), or None when open."""
+    if task.concurrency is None:
+        return shards if task.looped else 1
+    return min(task.concurrency, shards) if shards and task.looped else task.concurrency
+
+
+def shard_count(spec: dict[str, Any], params: dict[str, Any]) -> int | None:
+    """The shards a run of `params` loads, when `limit` bounds its rows (else None)."""
+    defaults = {n: p.get("defaultValue") for n, p in
+                spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}).items()}
+    limit = int(params.get("limit", defaults.get("limit")) or 0)
+    shard_size = int(params.get("shard_size", defaults.get("shard_size")) or 10_000)
+    return math.ceil(limit / shard_size) if limit > 0 else None
+
+
+def gpu_demand(spec: dict[str, Any],
+               shards: int | None = None) -> tuple[str, int, int | None] | None:
     """(GPU type, GPUs per task, GPUs held at once or None when a loop width is open) of the
-    template's GPU tasks, or None for a template without GPUs. Different GPU types in one
-    template are refused: the pipeline compiles one."""
+    template's GPU tasks (with `shards`, a run that loads that many), or None for a template
+    without GPUs. Different GPU types in one template are refused: the pipeline compiles
+    one."""
     gpu = [t for t in task_shapes(spec) if t.gpu_count]
     if not gpu:
         return None
@@ -135,8 +154,8 @@ def gpu_demand(spec: dict[str, Any]) -> tuple[str, int, int | None] | None:
     if len(types) != 1:
         raise ValueError(f"template asks for several GPU types {sorted(map(str, types))}: "
                          "expected one (the embed step's)")
-    held = None if any(t.concurrency is None for t in gpu) else sum(
-        t.gpu_count * (t.concurrency or 0) for t in gpu)
+    counts = [at_once(t, shards) for t in gpu]
+    held = None if None in counts else sum(t.gpu_count * (n or 0) for t, n in zip(gpu, counts))
     return str(gpu[0].gpu_type), max(t.gpu_count for t in gpu), held
 
 
@@ -229,6 +248,7 @@ def estimate_args(spec: dict[str, Any], rows: int, shard_size: int) -> list[str]
 
 
 def summary(spec: dict[str, Any], params: dict[str, Any], pipeline_root: str) -> str:
+    # params: the run's parameters as submitted (the template's defaults fill the others)
     """The one screen `submit` prints before it creates the run: rows, tasks per loop, machine
     shapes, the planner's wall time and cost, the pipeline root and the output folder."""
     limit = int(params.get("limit") or 0)
@@ -243,9 +263,12 @@ def summary(spec: dict[str, Any], params: dict[str, Any], pipeline_root: str) ->
     if fingerprint.startswith("unique:"):
         lines.append("load cache:     OFF for this run (the dataset could not be fingerprinted "
                      "from here: see the warning above)")
+    shards = shard_count(spec, params)
     for path, width, names in loops(spec):
-        lines.append(f"loop {path}: {width if width is not None else '?'} tasks at once "
-                     f"({', '.join(sorted(set(names)))})")
+        runs = f"; {min(width, shards)} for {shards} shard(s)" if width and shards and \
+            shards < width else ""
+        lines.append(f"loop {path}: up to {width if width is not None else '?'} tasks at once"
+                     f"{runs} ({', '.join(sorted(set(names)))})")
     seen: set[tuple[str, str]] = set()
     for t in task_shapes(spec):
         if t.step and (t.step, t.shape()) not in seen:

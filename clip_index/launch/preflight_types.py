@@ -31,6 +31,8 @@ class Context:
     service_account: str | None = None
     credentials: Any = None
     given_settings: dict[str, Any] = field(default_factory=dict)
+    # shards the run loads when --param limit bounds it: no loop runs more tasks than that
+    shards: int | None = None
     project_number: str | None = None
     project_policy: dict[str, set[str]] | None = None
     project_policy_error: str | None = None

@@ -321,9 +321,9 @@ def run_submit(args: argparse.Namespace, credentials: Any = None, api_client: An
         template = args.template or compile_template(args, tmp)
         spec = read_template(template, args.project, credentials)
         params = load_parameters(args.config, args.param)
-        check_parameters(template, params, args.project, credentials, spec=spec)
+        typed = check_parameters(template, params, args.project, credentials, spec=spec)
         if not args.no_preflight:
-            preflight(args, spec, credentials, echo)
+            preflight(args, spec, credentials, echo, typed)
         job = build_job(template, params, args.project, args.region, args.pipeline_root,
                         labels, False if args.no_cache else None, args.display_name,
                         args.job_id, credentials, spec=spec)

@@ -316,6 +316,20 @@ def test_zero_gpu_quota_fails_with_the_quota_to_request(cloud: FakeGoogleCloud,
     assert "--embed-parallelism" in result.fix and "--gpu-count 0" in result.fix
 
 
+def test_a_limit_run_needs_quota_only_for_the_tasks_its_shards_fill(
+        cloud: FakeGoogleCloud, spec: dict[str, Any]) -> None:
+    from clip_index.launch.preflight_template import shard_count
+
+    cloud.healthy(gpus=1, cpus=14)
+    shards = shard_count(spec, {"limit": 1000})
+    assert shards == 1
+    result = checks.check_quota(context(spec, shards=shards))
+    assert result.status == PASS, result.detail
+    assert "custom_model_training_nvidia_l4_gpus 1 >= 1" in result.detail
+    full = checks.check_quota(context(spec))  # no limit: all 8 embed tasks may run at once
+    assert full.status == FAIL and "the run needs 8" in full.detail
+
+
 def test_the_default_value_applies_to_a_region_without_its_own(cloud: FakeGoogleCloud,
                                                                spec: dict[str, Any]) -> None:
     cloud.on("GET", r"quotaInfos", {"quotaInfos": [

@@ -138,7 +138,9 @@ def test_submit_sends_template_parameters_account_labels_network(
     # the fake project lists no T4 quota: "unknown", which does not stop the submit
     assert "custom_model_training_nvidia_t4_gpus: no value for us-central1" in preflight
     assert "rows:           100 (--param limit)" in summary
-    assert "loop for-loop-1: 32 tasks at once (download-images)" in summary
+    # limit 100, shard_size 5000: one shard, so one task of each loop runs
+    assert "loop for-loop-1: up to 32 tasks at once; 1 for 1 shard(s) (download-images)" in \
+        summary
     assert "embed task:     6 vCPU, 24G, 1x NVIDIA_TESLA_T4" in summary
     assert "estimate:       " in summary and " h wall, " in summary
     assert f"pipeline root:  gs://{BUCKET}/root" in summary
