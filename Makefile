@@ -1,6 +1,18 @@
 # Thin aliases. `make demo` and `make test` work on a fresh machine: they create the venv.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The Python that makes the venv (or the venv's own, once made) must be 3.10-3.12: autofaiss
+# 2.18 pins numpy<2, which has no wheel for 3.13 (pyproject's requires-python). Stop at once,
+# before pip spends minutes failing to build numpy.
+PYTHON ?= python3
+SUPPORTED_PYTHONS := 3.10 3.11 3.12
+BASE_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),default)),)
+PY_VERSION := $(shell $(BASE_PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifeq ($(filter $(PY_VERSION),$(SUPPORTED_PYTHONS)),)
+$(error $(BASE_PY) is Python $(or $(PY_VERSION),?): clip-index installs on Python 3.10 to 3.12 only (autofaiss 2.18 pins numpy<2, which has no wheel for 3.13); run make with PYTHON=python3.12 or python3.11, or remove a $(VENV) made with another Python)
+endif
+endif
 STAMP := $(VENV)/.installed-stamp
 # no hub access in tests and the demo: fail fast instead of retrying for a minute
 export HF_HUB_OFFLINE := 1
@@ -9,7 +21,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: install system-deps demo test test-fast lint compile bench clean
 
 $(STAMP): pyproject.toml constraints.txt
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# constraints.txt pins the whole tree (torch 2.14.1 + torchvision 0.29.1, numpy<2,
 	# pyarrow 25.0.1, faiss-cpu 1.13.2: see the version traps in README.md)

@@ -36,6 +36,8 @@ log = logging.getLogger("clip_index")
 # name → (module with add_arguments/command, help)
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("clip_index.launch.submit", "submit the pipeline to Vertex AI Pipelines"),
+    "doctor": ("clip_index.launch.preflight", "check a Vertex AI project before a submit: "
+               "credentials, APIs, bucket, images, GPU quota, roles (what submit runs first)"),
     "plan": ("clip_index.launch.plan", "estimate wall time, GPU hours and cost of a run"),
     "publish": ("clip_index.publish.step", "upload an output folder to the Hugging Face Hub"),
     "serve": ("clip_index.search.server", "HTTP API (clip-retrieval's protocol) and search page"),

@@ -4,7 +4,9 @@ the run's state and its tasks' states until it ends.
 
 Everything that can be checked is checked before the request: parameter names and types against
 the template, step configs (`validate()`), gs:// locations, label syntax, and that the template
-is a single-document YAML (the Kubeflow variant is not: Vertex AI refuses it).
+is a single-document YAML (the Kubeflow variant is not: Vertex AI refuses it). Then the project
+itself (launch/preflight.py, `clip-index doctor`: APIs, bucket, images, GPU quota, roles), and a
+one-screen summary of what is about to start (launch/preflight_template.py).
 
 `--template` takes what aiplatform's `PipelineJob(template_path=...)` takes: a local file, a
 gs:// object, an Artifact Registry URL (https://REGION-kfp.pkg.dev/PROJECT/REPO/NAME/TAG or
@@ -70,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job-id", default=None, help="run id (default: generated)")
     parser.add_argument("--wait", action="store_true", help="stream the state until the run ends")
     parser.add_argument("--poll-s", type=float, default=30.0, help="--wait polling interval")
+    parser.add_argument("--no-preflight", action="store_true",
+                        help="skip the checks of `clip-index doctor` (credentials, APIs, bucket, "
+                             "images, GPU quota, roles) before the run is created")
     add_settings_flags(parser)
 
 
@@ -145,10 +150,12 @@ def _read_remote(template: str, project: str | None, credentials: Any) -> Any:
 
 
 def template_parameters(template_path: str, project: str | None = None,
-                        credentials: Any = None) -> dict[str, dict[str, Any]]:
-    """The root parameters of a compiled template: name → {parameterType, defaultValue?}.
-    Refuses a multi-document YAML (the kfp-kubernetes variant) with a clear message."""
-    spec = read_template(template_path, project, credentials)
+                        credentials: Any = None,
+                        spec: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The root parameters of a compiled template (`spec`, when it was read already): name →
+    {parameterType, defaultValue?}. Refuses a multi-document YAML (the kfp-kubernetes
+    variant) with a clear message."""
+    spec = spec if spec is not None else read_template(template_path, project, credentials)
     params: dict[str, dict[str, Any]] = spec["root"].get("inputDefinitions", {}).get(
         "parameters", {})
     return params
@@ -194,7 +201,8 @@ def load_parameters(config: str | None, pairs: list[str]) -> dict[str, Any]:
 
 
 def check_parameters(template_path: str, params: dict[str, Any], project: str | None = None,
-                     credentials: Any = None, fingerprint: bool = False) -> dict[str, Any]:
+                     credentials: Any = None, fingerprint: bool = False,
+                     spec: dict[str, Any] | None = None) -> dict[str, Any]:
     """Typed parameters for the template; raises on unknown names, missing required ones, bad
     types, values the step configs refuse, and an output_dir a Vertex worker cannot publish to.
     With `fingerprint`, a template that takes `dataset_fingerprint` gets it computed from the
@@ -202,7 +210,7 @@ def check_parameters(template_path: str, params: dict[str, Any], project: str | 
     from clip_index.launch.fingerprint import with_fingerprint
     from clip_index.launch.runner import configs_from_params
 
-    spec = template_parameters(template_path, project, credentials)
+    spec = template_parameters(template_path, project, credentials, spec)
     unknown = sorted(set(params) - set(spec))
     if unknown:
         raise ValueError(f"unknown pipeline parameters {unknown}: expected some of {sorted(spec)}")
@@ -227,10 +235,11 @@ def check_parameters(template_path: str, params: dict[str, Any], project: str | 
 def build_job(template_path: str, params: dict[str, Any], project: str, region: str,
               pipeline_root: str, labels: dict[str, str] | None = None,
               enable_caching: bool | None = None, display_name: str | None = None,
-              job_id: str | None = None, credentials: Any = None) -> Any:
+              job_id: str | None = None, credentials: Any = None,
+              spec: dict[str, Any] | None = None) -> Any:
     """The aiplatform.PipelineJob a submit would create (nothing is sent yet). A remote
-    template is read twice: here for the checks, then by PipelineJob, which records its URL
-    (`template_uri`) on the run."""
+    template is read twice: here for the checks (unless its `spec` is given), then by
+    PipelineJob, which records its URL (`template_uri`) on the run."""
     from google.cloud import aiplatform
     from google.cloud.aiplatform import initializer
 
@@ -239,7 +248,8 @@ def build_job(template_path: str, params: dict[str, Any], project: str, region: 
     if credentials is None and is_remote_template(template_path):
         # what PipelineJob itself would use: the Artifact Registry read needs a token
         credentials = initializer.global_config.credentials
-    typed = check_parameters(template_path, params, project, credentials, fingerprint=True)
+    typed = check_parameters(template_path, params, project, credentials, fingerprint=True,
+                             spec=spec)
     return aiplatform.PipelineJob(
         display_name=display_name or VERTEX_PIPELINE, template_path=template_path,
         job_id=job_id, pipeline_root=pipeline_root, parameter_values=typed,
@@ -258,18 +268,20 @@ def console_url(job: Any) -> str:
 
 
 def wait(job: Any, poll_s: float, echo: Any = print) -> str:
-    """Poll until the run ends; `echo` each change of the run's or a task's state; return the
+    """Poll until the run ends; `echo` each change of the run's or a task's state, one line
+    per task by its id (every iteration of a loop runs a task of the same name); return the
     final state name."""
-    seen: dict[str, str] = {}
+    seen: dict[int | None, str] = {}
     while True:
         state = job.state.name
-        if seen.get("") != state:
+        if seen.get(None) != state:
             echo(f"{time.strftime('%H:%M:%S')} run: {state}")
-            seen[""] = state
+            seen[None] = state
         for task in job.task_details:
-            if task.task_name and seen.get(task.task_name) != task.state.name:
-                seen[task.task_name] = task.state.name
-                echo(f"{time.strftime('%H:%M:%S')}   {task.task_name}: {task.state.name}")
+            if task.task_name and seen.get(task.task_id) != task.state.name:
+                seen[task.task_id] = task.state.name
+                echo(f"{time.strftime('%H:%M:%S')}   {task.task_name} #{task.task_id}: "
+                     f"{task.state.name}")
         if state in _DONE_STATES:
             return str(state)
         time.sleep(poll_s)
@@ -289,15 +301,33 @@ def compile_template(args: argparse.Namespace, directory: str) -> str:
     return compile_pipeline(VERTEX_PIPELINE, directory, settings)
 
 
-def run_submit(args: argparse.Namespace, credentials: Any = None,
-               api_client: Any = None) -> Any:
-    """Build and submit the job; return it. `credentials`/`api_client` are for tests."""
+def run_submit(args: argparse.Namespace, credentials: Any = None, api_client: Any = None,
+               echo: Any = lambda line: None) -> Any:
+    """Check, summarise, build and submit the job; return it. In order: the template and the
+    parameters (no network but the template's URL), the preflight (`--no-preflight` skips it;
+    a failed check raises PreflightFailed), the dataset's fingerprint, the summary (`echo`),
+    then the request. `credentials`/`api_client` are for tests."""
+    from clip_index.launch.preflight import preflight
+    from clip_index.launch.preflight_template import summary
+
+    labels = parse_labels(args.labels)
+    if not args.pipeline_root.startswith("gs://"):
+        raise ValueError(f"pipeline_root={args.pipeline_root!r}: expected a gs:// folder")
+    if credentials is None and args.template and is_remote_template(args.template):
+        from google.cloud.aiplatform import initializer
+
+        credentials = initializer.global_config.credentials
     with tempfile.TemporaryDirectory() as tmp:
         template = args.template or compile_template(args, tmp)
-        job = build_job(template, load_parameters(args.config, args.param), args.project,
-                        args.region, args.pipeline_root, parse_labels(args.labels),
-                        False if args.no_cache else None, args.display_name, args.job_id,
-                        credentials)
+        spec = read_template(template, args.project, credentials)
+        params = load_parameters(args.config, args.param)
+        typed = check_parameters(template, params, args.project, credentials, spec=spec)
+        if not args.no_preflight:
+            preflight(args, spec, credentials, echo, typed)
+        job = build_job(template, params, args.project, args.region, args.pipeline_root,
+                        labels, False if args.no_cache else None, args.display_name,
+                        args.job_id, credentials, spec=spec)
+    echo(summary(spec, dict(job.runtime_config.parameter_values), args.pipeline_root))
     if api_client is not None:
         job.api_client = api_client
     job.submit(service_account=args.service_account, network=args.network)
@@ -305,7 +335,7 @@ def run_submit(args: argparse.Namespace, credentials: Any = None,
 
 
 def command(args: argparse.Namespace) -> int:
-    job = run_submit(args)
+    job = run_submit(args, echo=print)
     print(f"submitted {job.resource_name}")
     print(f"console: {console_url(job)}")
     if not args.wait:

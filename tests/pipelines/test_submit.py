@@ -1,5 +1,7 @@
 """`clip-index submit` offline: the real aiplatform PipelineJob with anonymous credentials and its
-API client replaced; the request it would send is asserted."""
+API client replaced; the request it would send is asserted. The preflight's calls go through
+Google's real clients to tests/support/google_cloud.py (the tests that are not about it pass
+--no-preflight, and then nothing is requested)."""
 
 from __future__ import annotations
 
@@ -19,9 +21,8 @@ from google.cloud.aiplatform.compat.types import pipeline_state  # noqa: E402
 
 from clip_index.cli import build_parser  # noqa: E402
 from clip_index.launch import submit  # noqa: E402
-
-PROJECT, REGION = "my-proj", "us-central1"
-REPO = "us-central1-docker.pkg.dev/my-proj/clip-index"
+from clip_index.launch.preflight import PreflightFailed  # noqa: E402
+from tests.support.google_cloud import BUCKET, PROJECT, REGION, REPO, FakeGoogleCloud  # noqa: E402
 
 
 class FakeApiClient:
@@ -45,9 +46,10 @@ class FakeApiClient:
         job.name = name
         state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
         job.state = getattr(pipeline_state.PipelineState, state)
-        job.job_detail.task_details.append(gca_pipeline_job.PipelineTaskDetail(
-            task_name="embed-images",
-            state=gca_pipeline_job.PipelineTaskDetail.State.RUNNING))
+        for task_id in (11, 12):  # two iterations of one loop: same name, their own ids
+            job.job_detail.task_details.append(gca_pipeline_job.PipelineTaskDetail(
+                task_id=task_id, task_name="embed-images",
+                state=gca_pipeline_job.PipelineTaskDetail.State.RUNNING))
         return job
 
 
@@ -72,13 +74,24 @@ def fingerprinted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def parse(*argv: str) -> argparse.Namespace:
+@pytest.fixture(autouse=True)
+def cloud(monkeypatch: pytest.MonkeyPatch) -> FakeGoogleCloud:
+    """A project where every preflight check passes; no request leaves the process."""
+    import requests.adapters
+
+    fake = FakeGoogleCloud().healthy()
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", fake.send)
+    return fake
+
+
+def parse(*argv: str, preflight: bool = False) -> argparse.Namespace:
     return build_parser().parse_args(["submit", "--project", PROJECT, "--region", REGION,
-                                      "--pipeline-root", "gs://bucket/root", *argv])
+                                      "--pipeline-root", f"gs://{BUCKET}/root", *argv,
+                                      *([] if preflight else ["--no-preflight"])])
 
 
 def test_submit_sends_template_parameters_account_labels_network(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], cloud: FakeGoogleCloud) -> None:
     config = tmp_path / "params.yaml"
     config.write_text("dataset: gs://bucket/datacomp/\nshard_size: 5000\nlimit: 10\n")
     args = parse("--image-repo", REPO, "--image-tag", "abc123", "--gpu-type", "NVIDIA_TESLA_T4",
@@ -86,9 +99,11 @@ def test_submit_sends_template_parameters_account_labels_network(
                  "--param", "limit=100", "--param", "allow_private_networks=false",
                  "--service-account", "runner@my-proj.iam.gserviceaccount.com",
                  "--network", "projects/123/global/networks/vpc",
-                 "--labels", "team=search,env=dev", "--job-id", "run-1")
+                 "--labels", "team=search,env=dev", "--job-id", "run-1", preflight=True)
     client = FakeApiClient()
-    job = submit.run_submit(args, credentials=AnonymousCredentials(), api_client=client)
+    lines: list[str] = []
+    job = submit.run_submit(args, credentials=AnonymousCredentials(), api_client=client,
+                            echo=lines.append)
 
     (request,) = client.created
     assert request["parent"] == f"projects/{PROJECT}/locations/{REGION}"
@@ -97,7 +112,7 @@ def test_submit_sends_template_parameters_account_labels_network(
     assert sent.service_account == "runner@my-proj.iam.gserviceaccount.com"
     assert sent.network == "projects/123/global/networks/vpc"
     assert dict(sent.labels) == {"team": "search", "env": "dev"}
-    assert sent.runtime_config.gcs_output_directory == "gs://bucket/root"
+    assert sent.runtime_config.gcs_output_directory == f"gs://{BUCKET}/root"
     values = {k: v for k, v in sent.runtime_config.parameter_values.items()}
     assert values["dataset"] == "gs://bucket/datacomp/"
     assert values["output_dir"] == "gs://bucket/out"
@@ -117,7 +132,20 @@ def test_submit_sends_template_parameters_account_labels_network(
     # caching left to the template (download/embed cached: a resubmit skips finished shards)
     assert job.resource_name.endswith("/pipelineJobs/run-1")
     out = capsys.readouterr().out
-    assert out == ""
+    assert out == ""  # what run_submit says goes to echo (the CLI's print)
+    preflight, summary = lines
+    assert preflight.startswith("preflight:\n") and "FAIL" not in preflight
+    # the fake project lists no T4 quota: "unknown", which does not stop the submit
+    assert "custom_model_training_nvidia_t4_gpus: no value for us-central1" in preflight
+    assert "rows:           100 (--param limit)" in summary
+    # limit 100, shard_size 5000: one shard, so one task of each loop runs
+    assert "loop for-loop-1: up to 32 tasks at once; 1 for 1 shard(s) (download-images)" in \
+        summary
+    assert "embed task:     6 vCPU, 24G, 1x NVIDIA_TESLA_T4" in summary
+    assert "estimate:       " in summary and " h wall, " in summary
+    assert f"pipeline root:  gs://{BUCKET}/root" in summary
+    assert "output folder:  gs://bucket/out" in summary
+    assert cloud.calls  # the preflight asked the (fake) services
     assert submit.console_url(job) == (
         f"https://console.cloud.google.com/vertex-ai/locations/{REGION}/pipelines/runs/run-1"
         f"?project={PROJECT}")
@@ -197,6 +225,48 @@ def test_compiling_for_submit_needs_the_image_repo() -> None:
                           credentials=AnonymousCredentials(), api_client=FakeApiClient())
 
 
+def test_a_failed_preflight_stops_before_the_run_is_created(
+        tmp_path: Path, cloud: FakeGoogleCloud, fingerprinted: list[str]) -> None:
+    cloud.healthy(gpus=0)
+    client = FakeApiClient()
+    with pytest.raises(PreflightFailed, match=r"1 check\(s\) failed \(quota\).*--no-preflight"):
+        submit.run_submit(parse("--image-repo", REPO, "--image-tag", "abc",
+                                "--service-account", "runner@my-proj.iam.gserviceaccount.com",
+                                "--param", "dataset=a/b", "--param", "output_dir=gs://b/o",
+                                preflight=True),
+                          credentials=AnonymousCredentials(), api_client=client)
+    assert client.created == []
+    assert fingerprinted == []  # the dataset is not listed for a run that will not start
+
+
+def test_summary_says_when_the_load_step_will_not_be_cached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without huggingface_hub (it is in the cloud extra now) a Hub dataset cannot be
+    fingerprinted: the run goes on with a one-off value, and the summary says what that costs."""
+    from clip_index.launch import fingerprint
+
+    def no_hub(dataset: str) -> str:
+        raise ModuleNotFoundError("No module named 'huggingface_hub'")
+
+    monkeypatch.setattr(fingerprint, "dataset_fingerprint", no_hub)
+    lines: list[str] = []
+    client = FakeApiClient()
+    submit.run_submit(parse("--image-repo", REPO, "--param", "dataset=org/name",
+                            "--param", "output_dir=gs://b/o"),
+                      credentials=AnonymousCredentials(), api_client=client, echo=lines.append)
+    sent = client.created[0]["job"].runtime_config.parameter_values
+    assert str(sent["dataset_fingerprint"]).startswith("unique:")
+    assert "load cache:     OFF for this run" in lines[-1]
+
+
+def test_no_preflight_asks_nothing(tmp_path: Path, cloud: FakeGoogleCloud) -> None:
+    client = FakeApiClient()
+    submit.run_submit(parse("--image-repo", REPO, "--param", "dataset=a/b",
+                            "--param", "output_dir=gs://b/o"),
+                      credentials=AnonymousCredentials(), api_client=client)
+    assert len(client.created) == 1 and cloud.calls == []
+
+
 def test_wait_streams_state_changes_until_the_run_ends(tmp_path: Path) -> None:
     from clip_index.launch.compiler import compile_pipeline
     from clip_index.pipelines import PipelineSettings
@@ -209,7 +279,8 @@ def test_wait_streams_state_changes_until_the_run_ends(tmp_path: Path) -> None:
     lines: list[str] = []
     assert submit.wait(job, poll_s=0, echo=lines.append) == "PIPELINE_STATE_FAILED"
     assert [line.split(" ", 1)[1] for line in lines] == [
-        "run: PIPELINE_STATE_RUNNING", "  embed-images: RUNNING", "run: PIPELINE_STATE_FAILED"]
+        "run: PIPELINE_STATE_RUNNING", "  embed-images #11: RUNNING",
+        "  embed-images #12: RUNNING", "run: PIPELINE_STATE_FAILED"]
 
 
 def test_labels_parse() -> None:
