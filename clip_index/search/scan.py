@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clip_index import io, schema
 from clip_index.embed.models import normalise
 from clip_index.index.rerank import RerankStore
+
+if TYPE_CHECKING:
+    from clip_index.search.searcher import ClipIndex
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class VectorSource:
     what: str  # for logs and the summary: where the vectors come from
     rows: int
     dim: int
-    _blocks: Any  # (block_rows) -> Iterator[(start, float32 rows)]
+    _blocks: Callable[[int], Iterator[tuple[int, np.ndarray]]]  # block_rows → blocks
 
     def blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first faiss id, (m, dim) float32 rows) covering ids 0..rows-1 in order."""
@@ -56,7 +59,7 @@ class VectorSource:
                                f"{self.rows}: the folder is inconsistent")
 
 
-def open_vectors(index: Any) -> VectorSource:
+def open_vectors(index: ClipIndex) -> VectorSource:
     """The exact vectors of an opened `ClipIndex` (see the module docstring for the order of
     preference); ValueError naming the folder when it has none (a compressed one-stage index
     without ``data/``, the reference layout)."""
@@ -84,6 +87,13 @@ def open_vectors(index: Any) -> VectorSource:
                          "holds its vectors compressed or in lists, not as one flat array, and "
                          "the folder has no data/ shards to read the exact ones from: export "
                          "needs data/ (or a two-stage index)")
+    from clip_index.index.twostage import shard_rows
+
+    rows_in_data = sum(shard_rows(shards))  # from the footers: checked before the scan
+    if rows_in_data != n:
+        raise ValueError(f"{data_dir} holds {rows_in_data} rows but the index holds {n} "
+                         "vectors: the data changed after the index was built; rebuild it "
+                         "(`clip-index index`)")
     return VectorSource(f"{data_dir} (normalised as the index step does)", n, dim,
                         lambda rows: _data_blocks(shards, rows))
 

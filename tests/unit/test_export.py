@@ -212,7 +212,12 @@ def test_a_one_stage_index_without_flat_vectors_or_data_is_refused(tmp_path: Pat
 
     out = tmp_path / "index"
     vectors = build_tiny_index(out, n=300, index_key="IVF8,Flat")
-    shutil.rmtree(out / schema.DATA_DIR)
+    data = out / schema.DATA_DIR
+    shutil.copy(data / "part-00000.parquet", data / "part-00007.parquet")
+    with pytest.raises(ValueError, match="holds 450 rows but the index holds 300 vectors"):
+        run_export(str(out), str(tmp_path / "out"), ExportConfig(0.3),
+                   Prompts(embeddings=vectors[:2]))
+    shutil.rmtree(data)
     with pytest.raises(ValueError, match="not as one flat array.* no data/"):
         run_export(str(out), str(tmp_path / "out"), ExportConfig(0.3),
                    Prompts(embeddings=vectors[:2]))
