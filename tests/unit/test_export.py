@@ -314,3 +314,17 @@ def test_datacomp_uids_convert_exactly_or_say_why_not() -> None:
     assert uid_strings(subset) == sorted(set(uids))
     none, why = datacomp_uids(pa.array(["abc"]))
     assert none is None and why is not None and "'abc'" in why
+
+
+def test_the_output_folder_may_be_any_fsspec_url(fp16: tuple[Path, np.ndarray]) -> None:
+    import fsspec
+
+    out, vectors = fp16
+    run_export(str(out), "memory://export-test/out", ExportConfig(0.9),
+               Prompts(embeddings=vectors[:3]))
+    fs = fsspec.filesystem("memory")
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/export-test/out", detail=False)) == [
+        MATCHES_FILE, SUMMARY_FILE, UIDS_FILE]  # written atomically: no temporary names left
+    with fs.open("/export-test/out/" + MATCHES_FILE, "rb") as f:
+        assert pq.read_table(f).num_rows >= 3  # each prompt is a stored vector: it matches
+    fs.rm("/export-test", recursive=True)
