@@ -5,9 +5,9 @@ whose float32 inner product is at least a threshold.
 Why a scan and not a range search in the first stage: the first stage's scores are PQ
 approximations with no error bound, so no margin below the threshold makes its candidate set
 provably complete; the scan reads the stored vectors themselves (the re-rank store, widened from
-float16 exactly) and is exact by construction. At 1M × 512 and 100 prompts it is BLAS-bound and
-took a few seconds on 2 cores (BENCHMARKS.md, "Export every match"; `python -m
-bench.index.export`).
+float16 exactly) and is exact by construction. At 1M × 512 and 100 prompts it took 8–17 s on
+2 loaded cores: about a float32 brute force over the vectors in memory plus one read of the
+store (BENCHMARKS.md, "Export every match"; `python -m bench.index.export`).
 
 Where the vectors come from (`open_vectors`): the re-rank store of a two-stage index; the flat
 storage of a one-stage exact index (Flat, HNSW over flat storage), viewed in place; else the
