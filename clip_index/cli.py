@@ -43,6 +43,8 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("clip_index.search.server", "HTTP API (clip-retrieval's protocol) and search page"),
     "retrieve": ("clip_index.search.retrieve_cli",
                  "top matches of a file of prompts or embeddings"),
+    "export": ("clip_index.search.export_cli",
+               "every match above a similarity threshold: parquet + DataComp uid subset"),
 }
 
 

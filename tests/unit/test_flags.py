@@ -12,7 +12,7 @@ from clip_index.cli import build_parser
 from clip_index.flags import component_docs, config_docs
 
 COMMANDS = ("run", "compile", "submit", "load", "download", "embed", "write", "index",
-            "retrieve", "publish", "query", "demo", "serve")
+            "retrieve", "export", "publish", "query", "demo", "serve")
 
 
 def subparser(name: str) -> argparse.ArgumentParser:
