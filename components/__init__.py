@@ -15,6 +15,7 @@ from kfp import dsl
 from clip_index.components.build_index import build_index
 from clip_index.components.download_images import download_images
 from clip_index.components.embed_images import embed_images
+from clip_index.components.export_matches import export_matches
 from clip_index.components.load_dataset import load_dataset
 from clip_index.components.load_queries import load_queries
 from clip_index.components.publish_to_hub import publish_to_hub
@@ -22,7 +23,8 @@ from clip_index.components.report import report
 from clip_index.components.retrieve_matches import retrieve_matches
 from clip_index.components.write_embeddings import write_embeddings
 
-__all__ = ["Components", "build_index", "download_images", "embed_images", "load_dataset",
+__all__ = ["Components", "build_index", "download_images", "embed_images", "export_matches",
+           "load_dataset",
            "load_queries", "make_components", "publish_to_hub", "report", "retrieve_matches",
            "write_embeddings"]
 
@@ -40,6 +42,7 @@ class Components:
     publish_to_hub: Any
     load_queries: Any
     retrieve_matches: Any
+    export_matches: Any
 
 
 def make_components(cpu_image: str, gpu_image: str) -> Components:
@@ -58,4 +61,5 @@ def make_components(cpu_image: str, gpu_image: str) -> Components:
         publish_to_hub=on(cpu_image, publish_to_hub),
         load_queries=on(cpu_image, load_queries),
         retrieve_matches=on(cpu_image, retrieve_matches),
+        export_matches=on(cpu_image, export_matches),
     )

@@ -4,10 +4,6 @@ body that calls clip_index.search.export (no logic here).
 (No `from __future__ import annotations`: KFP reads these annotations at runtime.)
 """
 
-from dataclasses import dataclass
-from typing import Any
-
-from kfp import dsl
 from kfp.dsl import Dataset, Output
 
 
@@ -52,15 +48,3 @@ def export_matches(
                           batch_size=batch_size)
     result = run_export(index_dir, matches.path, config, load_prompts(prompts, config))
     matches.metadata.update(result.as_metadata())
-
-
-@dataclass(frozen=True)
-class ExportComponents:
-    """The export pipeline's component, bound to the CPU image."""
-
-    export_matches: Any
-
-
-def make_export_components(cpu_image: str) -> ExportComponents:
-    return ExportComponents(export_matches=dsl.component(
-        export_matches, base_image=cpu_image, install_kfp_package=False))

@@ -19,6 +19,12 @@ def _retrieve(settings: PipelineSettings) -> Any:
     return make_retrieve_pipeline(settings)
 
 
+def _export(settings: PipelineSettings) -> Any:
+    from clip_index.pipelines.export import make_export_pipeline
+
+    return make_export_pipeline(settings)
+
+
 def _kubeflow(settings: PipelineSettings) -> Any:
     """The Kubeflow variant (needs kfp-kubernetes, the `cloud` extra)."""
     from clip_index.pipelines.kubeflow import make_kubeflow_pipeline
@@ -30,4 +36,5 @@ PIPELINES: dict[str, Callable[[PipelineSettings], Any]] = {
     "clip-index": make_index_pipeline,
     "clip-index-kubeflow": _kubeflow,
     "clip-index-retrieve": _retrieve,
+    "clip-index-export": _export,
 }

@@ -6,16 +6,16 @@ from typing import Any
 
 from kfp import dsl
 
-from clip_index.components.export_matches import make_export_components
+from clip_index.components import make_components
 
 
 def make_export_pipeline(settings: Any = None) -> Any:
     """export: export_matches, on the CPU image with the index step's CPU and memory."""
-    from clip_index.pipelines import PipelineSettings
+    from clip_index.pipelines.settings import PipelineSettings
 
     settings = settings or PipelineSettings()
     settings.validate()
-    e = make_export_components(settings.cpu_image)
+    e = make_components(settings.cpu_image, settings.gpu_image)
 
     @dsl.pipeline(
         name="clip-index-export",

@@ -1,7 +1,8 @@
-"""Thumbnail size and cost per million images: the write step's 128 px WebP (and a JPEG at the
-same size as the alternative), made from what the download step stores (its default 256 px
-keep_ratio JPEG q95, made by the step's own `process_image`) for the DataComp-like synthetic
-corpus of bench/download/corpus.py.
+"""Thumbnail size and cost per million images: the download step's 128 px WebP, made from the
+image it has just decoded and resized (its default 256 px keep_ratio, by the step's own
+`decode` + `fit`), beside the cost of the same WebP from the stored JPEG (what the write step
+did before the thumbnails moved into the download units) and a JPEG alternative, for the
+DataComp-like synthetic corpus of bench/download/corpus.py.
 
     python -m bench.index.thumbnails --images 1000
 
@@ -25,9 +26,15 @@ from PIL import Image
 
 from bench.download import corpus as corpus_mod
 from clip_index.config import DownloadConfig
-from clip_index.download.resize import process_image
-from clip_index.index.thumbnails import make_thumbnail
+from clip_index.download.resize import decode, encode, fit, thumbnail
 from clip_index.status import RowError
+
+
+def webp_from_stored(image: bytes, size_px: int) -> bytes:
+    """The WebP from the stored JPEG: a (draft) decode first, then the download step's own."""
+    with Image.open(io.BytesIO(image)) as opened:
+        opened.draft("RGB", (size_px, size_px))
+        return thumbnail(opened.convert("RGB"), size_px)
 
 
 def jpeg_thumbnail(image: bytes, size_px: int, quality: int = 75) -> bytes:
@@ -49,17 +56,21 @@ def main() -> None:
     corpus = corpus_mod.ensure(Path(args.work_dir) / "corpus",
                                corpus_mod.CorpusParams(images=args.images))
     config = DownloadConfig()  # the download step's defaults: 256 px keep_ratio, JPEG q95
-    stored = []
+    stored, fitted = [], []
     for relpath in corpus.files.column("relpath").to_pylist():
         try:
-            stored.append(process_image((corpus.root / relpath).read_bytes(), config).data)
+            img = fit(decode((corpus.root / relpath).read_bytes(), config), config)
         except RowError:  # filtered/undecodable in the download step: no thumbnail either
             continue
+        fitted.append(img)
+        stored.append(encode(img, config))
     results = {}
-    for name, make in (("webp_q75 (the write step)", make_thumbnail),
-                       ("jpeg_q75 (alternative)", jpeg_thumbnail)):
+    for name, make, inputs in (
+            ("webp_q75 from the decoded image (the download step)", thumbnail, fitted),
+            ("webp_q75 from the stored JPEG (the write step before)", webp_from_stored, stored),
+            ("jpeg_q75 from the stored JPEG (alternative)", jpeg_thumbnail, stored)):
         start = time.process_time()
-        sizes = np.array([len(make(body, args.size_px)) for body in stored])
+        sizes = np.array([len(make(x, args.size_px)) for x in inputs])
         cpu_s = time.process_time() - start
         results[name] = {
             "mean_bytes": int(sizes.mean()), "median_bytes": int(np.median(sizes)),

@@ -65,7 +65,8 @@ def test_kubeflow_variant_is_a_separate_two_document_yaml(tmp_path: Path) -> Non
     pytest.importorskip("kfp.kubernetes")
     paths = compile_all(str(tmp_path), SETTINGS)
     assert sorted(Path(p).name for p in paths) == [
-        "clip-index-kubeflow.yaml", "clip-index-retrieve.yaml", "clip-index.yaml"]
+        "clip-index-export.yaml", "clip-index-kubeflow.yaml", "clip-index-retrieve.yaml",
+        "clip-index.yaml"]
     assert len(list(yaml.safe_load_all((tmp_path / "clip-index.yaml").read_text()))) == 1
     spec, platform = yaml.safe_load_all((tmp_path / "clip-index-kubeflow.yaml").read_text())
     tasks = all_tasks(spec)
