@@ -42,7 +42,8 @@ from clip_index.embed.loader import (
     DevicePrepare,
     Prefetcher,
     UnitRows,
-    collate,
+    make_loader,
+    stored_image_bytes,
 )
 from clip_index.embed.models import ClipModel, check_model_name, check_pretrained, load_model
 from clip_index.schema import Status
@@ -149,10 +150,13 @@ def embed_shards(jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipMod
              len(jobs), clip.device, precision, batch_size, workers, decode)
     transform = split.pil_stage if split else clip.preprocess
     sinks = _ShardSinks(jobs, output_dir, clip, config, names or {})
-    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
-        UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size=batch_size,
-        num_workers=workers, collate_fn=collate, pin_memory=clip.device.startswith("cuda"),
-        prefetch_factor=4 if workers else None)
+    # a row in shared memory: its uint8 pixels at the crop size (decoded in a worker), or its
+    # JPEG bytes (decoded on the device)
+    size = resize.crop if resize else getattr(clip.model.visual, "image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    row_bytes = stored_image_bytes(jobs) if decode == "device" else 3 * height * width
+    loader = make_loader(UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size,
+                         workers, clip.device.startswith("cuda"), row_bytes or 3 * height * width)
     prepare = DevicePrepare(clip.device, resize, transform)
     encoder = BatchEncoder(clip, precision)
     with _BackgroundWriter() as writer:
