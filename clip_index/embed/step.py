@@ -217,9 +217,33 @@ class _Pending:
         def write() -> None:
             if self.event is not None:
                 self.event.synchronize()
-            vectors = None if self.host is None else self.host.numpy()
+            vectors = None if self.host is None else fail_non_finite(self.batch,
+                                                                     self.host.numpy())
             sinks.write(self.batch, vectors)
         return write
+
+
+NON_FINITE = ("non_finite_embedding: NaN or inf in the embedding (a half-precision overflow, "
+              "e.g. fp16 on T4/V100/P100); --precision fp32 avoids it")
+
+
+def fail_non_finite(batch: dict[str, Any], vectors: np.ndarray) -> np.ndarray:
+    """The rows of `vectors` (one per `batch["good"]` row) that are finite; a row whose
+    embedding has a NaN or inf moves to `batch["bad"]` as failed_to_embed with the reason, so
+    it is written and counted, never stored as a vector that matches nothing (or everything).
+    Checked on the host, in the writer thread: no synchronisation of the forward pass."""
+    finite = np.isfinite(vectors).all(axis=1)
+    if finite.all():
+        return vectors
+    good = batch["good"]
+    for i in np.flatnonzero(~finite):
+        good[i][schema.STATUS] = Status.FAILED_TO_EMBED.value
+        good[i][schema.ERROR] = NON_FINITE
+    batch["bad"] = batch["bad"] + [good[i] for i in np.flatnonzero(~finite)]
+    batch["good"] = [good[i] for i in np.flatnonzero(finite)]
+    log.warning("embed: %d of %d embeddings in a batch are not finite: failed_to_embed",
+                int((~finite).sum()), len(finite))
+    return vectors[finite]
 
 
 class _ShardSinks:
