@@ -138,3 +138,40 @@ def test_staged_weights_are_found_in_the_hub_cache_without_the_hub(tmp_path) -> 
     assert args["image_mean"] == (0.48145466, 0.4578275, 0.40821073)
     assert args["image_interpolation"] == "bicubic"
     assert staged_weights("tiny-clip", "none", str(tmp_path)) is None
+
+
+def test_tests_run_on_the_cpu_and_their_subprocesses_too() -> None:
+    """tests/conftest.py hides CUDA from every test not selected by `-m gpu` (so device='auto'
+    is the CPU on a GPU machine too), and the processes the tests start inherit it."""
+    import os
+    import subprocess
+    import sys
+
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+    assert dev.resolve_device("auto") == "cpu"
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0"
+
+
+@pytest.mark.parametrize(("markexpr", "gpu_only"), [
+    ("gpu", True), ("", False), ("not integration", False), ("not integration and not gpu", False),
+    ("gpu and not integration", True), ("gpu or integration", True)])
+def test_only_a_gpu_session_sees_the_gpu(markexpr: str, gpu_only: bool) -> None:
+    from tests.conftest import gpu_only_session
+
+    assert gpu_only_session(markexpr) is gpu_only
+
+
+def test_a_gpu_session_without_a_gpu_fails_instead_of_skipping(tmp_path) -> None:
+    """What `make gpu-check` runs, where torch sees no GPU (here: hidden): a non-zero exit
+    naming the reason, not a run of skipped tests that passes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
+                           "no:cacheprovider", "tests/unit/test_embed_gpu.py"], cwd=root,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0 and "no GPU" in proc.stdout + proc.stderr
