@@ -72,11 +72,16 @@ def test_device_decode_rows_equal_cpu_decode_rows(images, tmp_path) -> None:
     assert not swapped, f"{len(swapped)} rows nearer another image's embedding: {swapped[:10]}"
 
 
+@pytest.fixture(scope="module")
+def fp32(images, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    return _embed(images, tmp_path_factory.mktemp("fp32"), precision="fp32")
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_half_precision_embeddings_are_finite_and_close_to_fp32(images, tmp_path,
+def test_half_precision_embeddings_are_finite_and_close_to_fp32(images, fp32, tmp_path,
                                                                 precision) -> None:
-    """No row fails as non-finite, and each is within cosine 0.99 of fp32 on the same GPU."""
-    fp32 = _embed(images, tmp_path / "fp32", precision="fp32")
+    """No row fails as non-finite (the step would record it failed_to_embed, and `_embed`
+    requires every row to succeed), and each is within cosine 0.99 of fp32 on the same GPU."""
     half = _embed(images, tmp_path / precision, precision=precision)
     for uid, vector in half.items():
         assert np.isfinite(vector).all(), uid
