@@ -35,8 +35,10 @@ def _jpeg(w: int, h: int, seed: int) -> bytes:
 
 
 def test_device_decoder_matches_open_clips_pixels() -> None:
-    """torchvision decode + tensor bicubic resize (what CUDA runs, here on the CPU) against
-    open_clip's Pillow path on the stored JPEGs: at most 1 uint8 level apart, mean < 0.01."""
+    """The device decoder's code path run on the CPU (torchvision's libjpeg-turbo decode and
+    its CPU uint8 resize kernels) against open_clip's Pillow path on the stored JPEGs: at most
+    1 uint8 level apart, mean < 0.01. A CPU figure: CUDA runs nvJPEG and a float interpolate,
+    bounded by the `gpu` tests (below, and tests/unit/test_embed_gpu.py)."""
     import open_clip
 
     split = split_preprocess(open_clip.image_transform(224, is_train=False))
