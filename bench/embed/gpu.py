@@ -356,12 +356,11 @@ def fragment(result: dict[str, Any]) -> str:
         lines.append(f"| same, whole command (start-up, model load included) | "
                      f"{run['command_images_per_s']:,.0f} | "
                      f"{run['command_images_per_s'] / ceil:.0%} |")
-    steady = result["end_to_end"][0].get("steady") or {}
-    if steady:
-        lines.append(f"| same, steady state ({steady['seconds']:.0f} s, warm-up excluded) | "
-                     f"{steady['images_per_s']:,.0f} | "
-                     f"{steady['images_per_s'] / result['end_to_end'][0]['processes'] / ceil:.0%}"
-                     f" per process |")
+        steady = run.get("steady") or {}
+        if steady:
+            lines.append(f"| same, steady state ({steady['seconds']:.0f} s, warm-up excluded) | "
+                         f"{steady['images_per_s']:,.0f} | "
+                         f"{steady['images_per_s'] / run['processes'] / ceil:.0%} per process |")
     if result.get("clip_retrieval"):
         rate = result["clip_retrieval"]["images_per_s"]
         lines.append(f"| clip-retrieval `clip inference` | {rate:,.0f} | {rate / ceil:.0%} |")
