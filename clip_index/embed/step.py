@@ -152,7 +152,8 @@ def embed_shards(jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipMod
     sinks = _ShardSinks(jobs, output_dir, clip, config, names or {})
     # a row in shared memory: its uint8 pixels at the crop size (decoded in a worker), or its
     # JPEG bytes (decoded on the device)
-    size = resize.crop if resize else getattr(clip.model.visual, "image_size", 224)
+    size = resize.crop if resize else getattr(getattr(clip.model, "visual", None),
+                                              "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else size
     row_bytes = stored_image_bytes(jobs) if decode == "device" else 3 * height * width
     loader = make_loader(UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size,
