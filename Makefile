@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install system-deps demo test test-fast lint compile bench clean
+.PHONY: install system-deps demo test test-fast lint compile bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ bench: install
 	$(PY) -m bench.download.run
 	$(PY) -m bench.embed.run
 	$(PY) -m bench.index.run
+
+# On a machine with an NVIDIA GPU, after `make install`: prints the GPU and driver, fails with
+# "no GPU" when torch sees none, then the gpu tests and the GPU benchmark (>= 60 s steady state,
+# GPU utilisation, device- vs CPU-decoded rows): bench/embed/gpu_check.py.
+gpu-check:
+	@test -x $(PY) || { echo "gpu-check: $(PY) not found: run make install first"; exit 2; }
+	$(PY) -m bench.embed.gpu_check
 
 clean:
 	rm -rf .demo compiled .pytest_cache

@@ -11,8 +11,13 @@
 #
 # Python and libraries are checkable from this file alone (tests/unit/test_embed_image.py):
 # the same python:3.11 base as the CPU image, torch/torchvision from PyTorch's cu126 index (the
-# wheels bundle the CUDA 12.6 runtime, cuDNN and nvJPEG; the host driver is mounted by Vertex AI
-# and GKE), everything else from pyproject.toml + constraints.txt. numpy==1.26.4 has cp311 wheels.
+# wheels bring the CUDA 12.6 runtime, cuDNN and nvJPEG as cu12 packages; the host driver is mounted
+# by Vertex AI and GKE), everything else from pyproject.toml + containers/gpu-constraints.txt:
+# constraints.txt less its CUDA 13 packages (scripts/gpu_constraints.py). With constraints.txt
+# itself pip would replace the cu126 torch by PyPI's CUDA 13 one (its cuda-toolkit==13 pin
+# conflicts with the cu126 wheel's cuda-toolkit==12.6 requirement); tests/unit/
+# test_gpu_image_resolution.py replays this file's two installs offline. `pip check` fails the
+# build on any broken requirement. numpy==1.26.4 has cp311 wheels.
 ARG KFP_VERSION=2.17.3
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
@@ -34,23 +39,25 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     HF_HOME=/opt/hf \
     NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 WORKDIR /opt/clip-index
 
-# A pin without a local label (==2.14.1) matches 2.14.1+cu126 on this index.
+# `video`: the NVIDIA container runtime mounts the driver's hardware JPEG/video decode libraries
+# only with it (nvJPEG's hardware backend on A100/H100; NVIDIA container toolkit docs,
+# "Driver capabilities").
 RUN pip install --index-url "https://download.pytorch.org/whl/${CUDA_TAG}" \
-        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+        "torch==${TORCH_VERSION}+${CUDA_TAG}" "torchvision==${TORCHVISION_VERSION}+${CUDA_TAG}" \
     && python -c "import torch, torchvision; \
 assert torch.version.cuda.startswith('12.6'), torch.version.cuda; \
 assert 'sm_60' in torch.cuda.get_arch_list() and 'sm_90' in torch.cuda.get_arch_list(), \
 torch.cuda.get_arch_list()"
 
 # Dependencies first (a layer that survives code changes): install the extras against a stub
-# package, then the real package without touching the dependencies. The constraints' CUDA 13
-# packages (nvidia-*-cu13, cuda-toolkit) are not required by a cu126 torch, so pip skips them.
-COPY pyproject.toml constraints.txt containers/stub_packages.py ./
+# package, then the real package without touching the dependencies.
+COPY pyproject.toml constraints.txt containers/gpu-constraints.txt containers/stub_packages.py ./
 RUN python stub_packages.py \
-    && pip install -c constraints.txt ".[all]" "kfp==${KFP_VERSION}" \
+    && pip install -c gpu-constraints.txt ".[all]" "kfp==${KFP_VERSION}" \
+    && pip check \
     && rm -rf clip_index components pipelines stub_packages.py build *.egg-info
 COPY clip_index ./clip_index
 COPY components ./components
@@ -64,6 +71,7 @@ RUN pip install --no-deps . \
 assert kfp.__version__ == '${KFP_VERSION}', kfp.__version__; \
 assert torch.__version__.split('+')[0] == '${TORCH_VERSION}', torch.__version__; \
 assert torch.version.cuda.startswith('12.6'), torch.version.cuda" \
+    && pip check \
     && clip-index --help > /dev/null
 
 # Bake the default weights into $HF_HOME: clip_index.embed.models.staged_weights finds them and
@@ -77,5 +85,5 @@ CMD ["clip-index", "--help"]
 
 FROM runtime AS test
 COPY tests ./tests
-RUN pip install -c constraints.txt pytest pytest-timeout pyyaml \
+RUN pip install -c gpu-constraints.txt pytest pytest-timeout pyyaml \
     && HF_HUB_OFFLINE=1 HF_HOME=/root/.cache/hf-tests python -m pytest -q -p no:cacheprovider tests/unit -m "not integration and not gpu"

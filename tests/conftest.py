@@ -12,6 +12,35 @@ import pytest
 # no network here: a pretrained tag must fail at once instead of retrying the hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+GPU_ONLY_HELP = "run with -m gpu (make gpu-check) on a machine whose torch sees a GPU"
+
+
+def gpu_only_session(markexpr: str) -> bool:
+    """Whether `-m markexpr` selects tests marked `gpu` and no unmarked test (`-m gpu`)."""
+    if not markexpr:
+        return False
+    from _pytest.mark.expression import Expression
+
+    expression = Expression.compile(markexpr)
+    return (expression.evaluate(lambda name, **_: name == "gpu")
+            and not expression.evaluate(lambda name, **_: False))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests run on the CPU unless the session is `-m gpu`: CUDA is hidden (CUDA_VISIBLE_DEVICES
+    empty, inherited by every subprocess a test starts) before any test module imports torch,
+    so `device="auto"` means the CPU on a GPU machine too and `gpu` tests skip. A `-m gpu`
+    session on a machine where torch sees no GPU stops at once (no silent skips)."""
+    if not gpu_only_session(config.option.markexpr):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.exit(f"no GPU: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no "
+                    f"CUDA device, and a -m gpu session must not skip; {GPU_ONLY_HELP}",
+                    returncode=3)
+
 from tests.support.http_server import TestServer  # noqa: E402
 
 

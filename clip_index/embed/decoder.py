@@ -71,6 +71,8 @@ def decode_jpegs(datas: list[Any], device: str) -> list[Any]:
 
     if not datas:
         return []
+    if str(device).startswith("cuda"):
+        wait_for_current_stream()
     try:
         return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
     except RuntimeError as exc:
@@ -82,3 +84,20 @@ def decode_jpegs(datas: list[Any], device: str) -> list[Any]:
         except RuntimeError:
             out.append(None)
     return out
+
+
+def wait_for_current_stream() -> None:
+    """Block until the current CUDA stream has run everything queued on it.
+
+    torchvision's CUDA `decode_jpeg` (decode_jpegs_cuda.cpp, torchvision <= 0.29) allocates its
+    outputs on the caller's current stream but has nvJPEG write them on a private stream that
+    is never ordered after the caller's: the caching allocator may hand it a block that kernels
+    still queued on the caller's stream read (a batch resized or stacked a moment ago), and the
+    decode overwrites it, with no error: pytorch/vision#9606 (199/200 corrupted on an H100);
+    nvJPEG's hardware decoder ignores stream order the same way (meta-pytorch/torchcodec#1634).
+    Waiting on the host here, on the prefetch thread's side stream, costs the forward pass
+    nothing. Remove once the image's torchvision orders the decode after the caller's stream.
+    """
+    import torch
+
+    torch.cuda.current_stream().synchronize()

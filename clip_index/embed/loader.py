@@ -4,7 +4,11 @@
   DataLoader workers (built once; it outlives shard boundaries). On the CPU path a worker
   decodes with Pillow and runs open_clip's PIL stage (exact); on the device path it only hands
   over the JPEG bytes (`decoder`), and non-JPEG images are decoded in the worker as before.
-- `collate`: stacks what can be stacked; undecodable rows go aside, to be written and counted.
+- `collate`: stacks what can be stacked and puts a batch's JPEG bytes into one tensor plus
+  offsets (a batch crosses from a worker as two or three shared-memory segments, not one per
+  image); undecodable rows go aside, to be written and counted.
+- `shm_plan` / `make_loader`: workers and prefetch sized to what `/dev/shm` holds (a pod's
+  default is 64 MB; "Bus error" in the workers when it fills), logged at start.
 - `DevicePrepare`: finishes a batch on the model's device: JPEGs decoded in one call, resized in
   groups of equal size, CPU-decoded pixels copied (non-blocking, from pinned memory).
 - `Prefetcher`: runs the loader and `DevicePrepare` on a thread (and, on CUDA, a side stream)
@@ -16,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import io as _io
 import logging
+import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -94,8 +101,11 @@ def mark_undecodable(row: dict[str, Any], exc: BaseException | str) -> None:
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the decoded images (or keep the JPEG bytes, one tensor each); keep the undecodable
-    rows aside so they are written too."""
+    """Stack the decoded images; put the JPEG bytes of the batch into one 1-D uint8 tensor
+    `jpeg_data` with `jpeg_offsets` (N + 1), -1 offsets where a worker decoded the row instead
+    (its pixels are in `decoded`, stacked, rows `decoded_rows`); keep the undecodable rows aside
+    so they are written too. Few tensors per batch: each one a worker returns is a shared-memory
+    segment and a file descriptor until the main process drops it."""
     good = [r for r in rows if r.get("pixels") is not None or "jpeg" in r]
     bad = [{k: v for k, v in r.items() if k != "pixels"} for r in rows
            if r.get("pixels") is None and "jpeg" not in r]
@@ -103,9 +113,104 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if good and all("jpeg" not in r for r in good):
         out["pixels"] = torch.stack([r.pop("pixels") for r in good])
         return out
-    out["jpeg"] = [r.pop("jpeg", None) for r in good]  # None where the worker decoded
-    out["decoded"] = [r.pop("pixels", None) for r in good]
+    jpegs = [r.pop("jpeg", None) for r in good]
+    decoded = [r.pop("pixels", None) for r in good]
+    sizes = [0 if data is None else len(data) for data in jpegs]
+    ends = torch.tensor([0, *sizes], dtype=torch.int64).cumsum(0)
+    out["jpeg_data"] = torch.cat([d for d in jpegs if d is not None]) if any(sizes) \
+        else torch.empty(0, dtype=torch.uint8)
+    # row i's bytes: jpeg_data[starts[i]:ends[i]], or none (start -1) where a worker decoded it
+    starts = torch.where(torch.tensor([d is None for d in jpegs], dtype=torch.bool), -1,
+                         ends[:-1])
+    out["jpeg_offsets"] = torch.stack([starts, ends[1:]], dim=1)
+    worker_rows = [i for i, image in enumerate(decoded) if image is not None]
+    out["decoded_rows"] = worker_rows
+    out["decoded"] = torch.stack([decoded[i] for i in worker_rows]) if worker_rows else None
     return out
+
+
+def batch_jpegs(batch: dict[str, Any]) -> list[Any]:
+    """The collated batch's JPEGs as 1-D uint8 views into its one bytes tensor (None where a
+    worker decoded the row)."""
+    data, offsets = batch["jpeg_data"], batch["jpeg_offsets"].tolist()
+    return [None if start < 0 else data[start:end] for start, end in offsets]
+
+
+SHM = "/dev/shm"
+# Use at most this share of /dev/shm's free space: other processes of the pod use it too.
+SHM_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class ShmPlan:
+    """DataLoader workers and per-worker prefetch that fit in /dev/shm, and why."""
+
+    workers: int
+    prefetch: int | None
+    total_bytes: int
+    free_bytes: int
+    batch_bytes: int
+
+    def describe(self) -> str:
+        return (f"{SHM}: {self.total_bytes / 2**20:,.0f} MiB ({self.free_bytes / 2**20:,.0f} "
+                f"MiB free); ~{self.batch_bytes / 2**20:,.1f} MiB per batch; {self.workers} "
+                f"workers x prefetch {self.prefetch or 0}")
+
+
+def shm_plan(workers: int, batch_bytes: int, prefetch: int = 4, path: str = SHM) -> ShmPlan:
+    """Workers and prefetch whose batches in flight fit in `SHM_SHARE` of /dev/shm's free
+    space. Every batch a worker returns lives in shared memory until the main process drops it:
+    `workers * prefetch` batches queued plus about two being taken apart. A pod's /dev/shm is
+    64 MB unless a memory-backed volume is mounted there (Kubeflow: `shm_size`; Vertex AI's
+    template mounts none), and a worker writing past it dies with "Bus error"
+    (pytorch/pytorch#2244, kubeflow/pipelines#9893). Less prefetch first, then fewer workers,
+    then none (the main process reads: slower, never a crash)."""
+    try:
+        stat = os.statvfs(path)
+        total, free = stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
+    except OSError:  # no /dev/shm (not Linux): torch shares memory by other means
+        return ShmPlan(workers, prefetch if workers else None, 0, 0, batch_bytes)
+    budget = free * SHM_SHARE
+    for n in range(workers, 0, -1):
+        for depth in range(prefetch, 0, -1):
+            if (n * depth + 2) * batch_bytes <= budget:
+                return ShmPlan(n, depth, total, free, batch_bytes)
+    return ShmPlan(0, None, total, free, batch_bytes)
+
+
+def stored_image_bytes(jobs: Sequence[tuple[int, str]]) -> int:
+    """Mean bytes of a stored image in the first shard of `jobs`, from its parquet footer (what
+    a row of JPEG bytes weighs in shared memory); 0 when unknown."""
+    if not jobs:
+        return 0
+    fs, fs_path = io.filesystem(jobs[0][1])
+    with fs.open(fs_path, "rb") as f:
+        meta = pq.ParquetFile(f).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if schema.IMAGE not in names or not meta.num_rows:
+        return 0
+    column = names.index(schema.IMAGE)
+    total = sum(meta.row_group(g).column(column).total_uncompressed_size
+                for g in range(meta.num_row_groups))
+    return math.ceil(total / meta.num_rows)
+
+
+def make_loader(rows: UnitRows, batch_size: int, workers: int, pin_memory: bool,
+                row_bytes: int) -> torch.utils.data.DataLoader[Any]:
+    """The unit's DataLoader (`collate`), with workers and prefetch cut to what /dev/shm holds
+    for batches of `batch_size` rows of about `row_bytes` each; logs the plan."""
+    plan = shm_plan(workers, batch_size * row_bytes) if workers else None
+    if plan is not None:
+        log.info("embed loader: %s", plan.describe())
+        if (plan.workers, plan.prefetch) != (workers, 4):
+            log.warning("embed loader: /dev/shm holds too little for %d workers x prefetch 4 "
+                        "(~%.1f MiB per batch): using %d workers x prefetch %s; mount a larger "
+                        "memory-backed /dev/shm for full speed", workers,
+                        plan.batch_bytes / 2**20, plan.workers, plan.prefetch)
+        workers = plan.workers
+    return torch.utils.data.DataLoader(
+        rows, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        pin_memory=pin_memory, prefetch_factor=plan.prefetch if plan and workers else None)
 
 
 class DevicePrepare:
@@ -117,12 +222,15 @@ class DevicePrepare:
         self.device, self.resize, self.pil_stage = device, resize, pil_stage
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if "jpeg" not in batch:
+        if "jpeg_data" not in batch:
             if batch["pixels"] is not None:
                 batch["pixels"] = batch["pixels"].to(self.device, non_blocking=True)
             return batch
         assert self.resize is not None, "JPEG bytes need a device resize"
-        good, jpegs, images = batch["good"], batch["jpeg"], list(batch["decoded"])
+        good, jpegs = batch["good"], batch_jpegs(batch)
+        images: list[Any] = [None] * len(good)
+        for j, i in enumerate(batch["decoded_rows"]):
+            images[i] = batch["decoded"][j]
         todo = [i for i, data in enumerate(jpegs) if data is not None]
         for i, image in zip(todo, decode_jpegs([jpegs[i] for i in todo], self.device)):
             if image is None:  # e.g. a JPEG variant nvJPEG does not decode: Pillow tries

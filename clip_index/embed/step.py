@@ -42,7 +42,8 @@ from clip_index.embed.loader import (
     DevicePrepare,
     Prefetcher,
     UnitRows,
-    collate,
+    make_loader,
+    stored_image_bytes,
 )
 from clip_index.embed.models import ClipModel, check_model_name, check_pretrained, load_model
 from clip_index.schema import Status
@@ -163,10 +164,14 @@ def embed_shards(jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipMod
              len(jobs), clip.device, precision, batch_size, workers, decode)
     transform = split.pil_stage if split else clip.preprocess
     sinks = _ShardSinks(jobs, output_dir, clip, config, names or {})
-    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
-        UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size=batch_size,
-        num_workers=workers, collate_fn=collate, pin_memory=clip.device.startswith("cuda"),
-        prefetch_factor=4 if workers else None)
+    # a row in shared memory: its uint8 pixels at the crop size (decoded in a worker), or its
+    # JPEG bytes (decoded on the device)
+    size = resize.crop if resize else getattr(getattr(clip.model, "visual", None),
+                                              "image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    row_bytes = stored_image_bytes(jobs) if decode == "device" else 3 * height * width
+    loader = make_loader(UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size,
+                         workers, clip.device.startswith("cuda"), row_bytes or 3 * height * width)
     prepare = DevicePrepare(clip.device, resize, transform)
     encoder = BatchEncoder(clip, precision)
     with _BackgroundWriter() as writer:
@@ -227,9 +232,33 @@ class _Pending:
         def write() -> None:
             if self.event is not None:
                 self.event.synchronize()
-            vectors = None if self.host is None else self.host.numpy()
+            vectors = None if self.host is None else fail_non_finite(self.batch,
+                                                                     self.host.numpy())
             sinks.write(self.batch, vectors)
         return write
+
+
+NON_FINITE = ("non_finite_embedding: NaN or inf in the embedding (a half-precision overflow, "
+              "e.g. fp16 on T4/V100/P100); --precision fp32 avoids it")
+
+
+def fail_non_finite(batch: dict[str, Any], vectors: np.ndarray) -> np.ndarray:
+    """The rows of `vectors` (one per `batch["good"]` row) that are finite; a row whose
+    embedding has a NaN or inf moves to `batch["bad"]` as failed_to_embed with the reason, so
+    it is written and counted, never stored as a vector that matches nothing (or everything).
+    Checked on the host, in the writer thread: no synchronisation of the forward pass."""
+    finite = np.isfinite(vectors).all(axis=1)
+    if finite.all():
+        return vectors
+    good = batch["good"]
+    for i in np.flatnonzero(~finite):
+        good[i][schema.STATUS] = Status.FAILED_TO_EMBED.value
+        good[i][schema.ERROR] = NON_FINITE
+    batch["bad"] = batch["bad"] + [good[i] for i in np.flatnonzero(~finite)]
+    batch["good"] = [good[i] for i in np.flatnonzero(finite)]
+    log.warning("embed: %d of %d embeddings in a batch are not finite: failed_to_embed",
+                int((~finite).sum()), len(finite))
+    return vectors[finite]
 
 
 class _ShardSinks:

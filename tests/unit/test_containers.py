@@ -57,7 +57,9 @@ def test_versions_agree_with_pyproject_and_constraints(dockerfile: Path) -> None
     if "TORCHVISION_VERSION" in args:
         assert args["TORCHVISION_VERSION"] == constraints["torchvision"]
     runs = " ".join(a for i, a in instructions(dockerfile) if i == "RUN")
-    assert "-c constraints.txt" in runs and '"kfp==${KFP_VERSION}"' in runs
+    # the GPU image: constraints.txt less its CUDA 13 packages (test_gpu_image_resolution.py)
+    own = "gpu-constraints.txt" if dockerfile.name == "gpu.Dockerfile" else "constraints.txt"
+    assert f"-c {own}" in runs and '"kfp==${KFP_VERSION}"' in runs
     assert "kfp.__version__ == '${KFP_VERSION}'" in runs  # the build fails on a drift
 
 

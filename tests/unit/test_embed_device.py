@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clip_index.embed import device as dev
-from clip_index.embed.gpus import BUILD_ARCHES, GPU_TYPES, GPUS, check_gpu, has_kernels
+from clip_index.embed.gpus import BUILD_ARCHES, GPUS, check_gpu, has_kernels
 
 
 def test_vertex_gpu_pairs_are_exactly_the_accepted_ones() -> None:
@@ -38,10 +38,8 @@ def test_the_image_build_has_kernels_for_every_accepted_gpu() -> None:
 
 
 def test_pipeline_settings_validate_with_the_gpu_table() -> None:
-    from clip_index.pipelines import GPU_TYPES as pipeline_types
     from clip_index.pipelines import PipelineSettings
 
-    assert pipeline_types == GPU_TYPES
     PipelineSettings(gpu_type="NVIDIA_H200_141GB", gpu_count=8).validate()
     with pytest.raises(ValueError, match="only as 8"):
         PipelineSettings(gpu_type="NVIDIA_H100_MEGA_80GB", gpu_count=1).validate()
@@ -59,12 +57,13 @@ def test_auto_precision_is_bf16_only_where_native(capability, want) -> None:
 
 
 def test_cuda_required_fails_at_once_saying_why(monkeypatch) -> None:
-    """No GPU here: device='cuda' (what a GPU-compiled pipeline passes) refuses with the reason;
-    'auto' falls back to the CPU; the model is never built on the wrong device."""
+    """Where CUDA is not usable (here: no GPU, or hidden by tests/conftest.py), device='cuda'
+    (what a GPU-compiled pipeline passes) refuses with the reason; 'auto' falls back to the CPU;
+    the model is never built on the wrong device."""
     from clip_index.config import EmbedConfig
     from clip_index.embed.step import run_embed
 
-    assert not torch.cuda.is_available()
+    monkeypatch.setattr(dev, "cuda_problem", lambda: "torch 2.x (CUDA 12.6) sees no GPU")
     with pytest.raises(dev.CudaUnavailable, match="device='cuda' was asked for.*not usable"):
         dev.resolve_device("cuda")
     assert dev.resolve_device("auto") == "cpu"
@@ -139,3 +138,40 @@ def test_staged_weights_are_found_in_the_hub_cache_without_the_hub(tmp_path) -> 
     assert args["image_mean"] == (0.48145466, 0.4578275, 0.40821073)
     assert args["image_interpolation"] == "bicubic"
     assert staged_weights("tiny-clip", "none", str(tmp_path)) is None
+
+
+def test_tests_run_on_the_cpu_and_their_subprocesses_too() -> None:
+    """tests/conftest.py hides CUDA from every test not selected by `-m gpu` (so device='auto'
+    is the CPU on a GPU machine too), and the processes the tests start inherit it."""
+    import os
+    import subprocess
+    import sys
+
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+    assert dev.resolve_device("auto") == "cpu"
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0"
+
+
+@pytest.mark.parametrize(("markexpr", "gpu_only"), [
+    ("gpu", True), ("", False), ("not integration", False), ("not integration and not gpu", False),
+    ("gpu and not integration", True), ("gpu or integration", True)])
+def test_only_a_gpu_session_sees_the_gpu(markexpr: str, gpu_only: bool) -> None:
+    from tests.conftest import gpu_only_session
+
+    assert gpu_only_session(markexpr) is gpu_only
+
+
+def test_a_gpu_session_without_a_gpu_fails_instead_of_skipping(tmp_path) -> None:
+    """What `make gpu-check` runs, where torch sees no GPU (here: hidden): a non-zero exit
+    naming the reason, not a run of skipped tests that passes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
+                           "no:cacheprovider", "tests/unit/test_embed_gpu.py"], cwd=root,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode != 0 and "no GPU" in proc.stdout + proc.stderr

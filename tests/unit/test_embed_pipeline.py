@@ -35,8 +35,10 @@ def _jpeg(w: int, h: int, seed: int) -> bytes:
 
 
 def test_device_decoder_matches_open_clips_pixels() -> None:
-    """torchvision decode + tensor bicubic resize (what CUDA runs, here on the CPU) against
-    open_clip's Pillow path on the stored JPEGs: at most 1 uint8 level apart, mean < 0.01."""
+    """The device decoder's code path run on the CPU (torchvision's libjpeg-turbo decode and
+    its CPU uint8 resize kernels) against open_clip's Pillow path on the stored JPEGs: at most
+    1 uint8 level apart, mean < 0.01. A CPU figure: CUDA runs nvJPEG and a float interpolate,
+    bounded by the `gpu` tests (below, and tests/unit/test_embed_gpu.py)."""
     import open_clip
 
     split = split_preprocess(open_clip.image_transform(224, is_train=False))
@@ -229,3 +231,20 @@ def test_nvjpeg_decode_matches_open_clip_on_cuda() -> None:
         want = split.pil_stage(Image.open(_io.BytesIO(data)).convert("RGB"))
         diff = (resize(image).cpu().int() - want.int()).abs()
         assert diff.max() <= 2 and diff.float().mean() < 0.05
+
+
+def test_cuda_decode_waits_for_the_callers_stream_first(monkeypatch) -> None:
+    """The order that keeps nvJPEG from overwriting memory the caller's stream still reads
+    (pytorch/vision#9606): the wait, then the decode. Recorded here with both replaced (no GPU
+    in this test); tests/unit/test_embed_gpu.py checks the result on a GPU."""
+    import torchvision.io
+
+    from clip_index.embed import decoder
+
+    calls: list[str] = []
+    monkeypatch.setattr(decoder, "wait_for_current_stream", lambda: calls.append("wait"))
+    monkeypatch.setattr(torchvision.io, "decode_jpeg",
+                        lambda datas, mode, device: calls.append(f"decode {device}") or datas)
+    decode_jpegs([torch.zeros(4, dtype=torch.uint8)], "cuda")
+    decode_jpegs([torch.zeros(4, dtype=torch.uint8)], "cpu")
+    assert calls == ["wait", "decode cuda", "decode cpu"]
