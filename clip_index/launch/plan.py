@@ -2,12 +2,14 @@
 shape, from named rates, with every assumption printed and the reference run (Fondant's 12.8M
 DataComp index) beside it.
 
-The shape (pipelines/__init__.py): load → plan → ParallelFor over `download_parallelism` download
-units → ParallelFor over `embed_parallelism` (= GPUs / GPUs per task) embed units → write →
-index → report. Each loop runs one task per work unit, all in one wave, each task streaming its
-share of the shards; so every task pays its start-up once, and the loop's wall time is the
-longest unit's. Each rate below says whether it was measured (and by which command) or is an
-estimate; override any of them with a flag when your own benchmarks say otherwise.
+The shape (pipelines/clip_index.py): load → ParallelFor over `embed_parallelism` (= GPUs / GPUs
+per task) embed groups, each a ParallelFor over its ceil(download_parallelism / groups) download
+units (which also make the thumbnails) feeding the group's own embed task → write → index →
+report. Each loop runs one task per work unit, all in one wave, each task streaming its share
+of the shards; so every task pays its start-up once, and a group's wall time is its longest
+download unit's followed by its embed task's. Each rate below says whether it was measured
+(and by which command) or is an estimate; override any of them with a flag when your own
+benchmarks say otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from clip_index.limits import MAX_LOOP_WIDTH
+
+# measured by `python -m bench.index.thumbnails --images 1000` (BENCHMARKS.md, "Thumbnails")
+THUMBNAIL_MS = 1.69
+THUMBNAIL_BYTES = 3000  # estimate: 924 B measured on the synthetic corpus; photos carry more
 
 # ── Rates (rows, images or vectors per second) and where each figure comes from ───────────────
 # REFERENCES = the team's shared/REFERENCES.md (measured baselines and the reference run).
@@ -42,12 +48,13 @@ RATES: dict[str, tuple[float, str]] = {
                                      "bench.index.extrapolate"),
     # the load step reads the source's parquet and writes URL shards: ~200 bytes a row
     "load_rows_per_s": (50_000.0, "estimate: ~10 MB/s of source parquet"),
-    # write copies 512 float32 per image (2 KB) out of the embedding shards
+    # write copies 512 float32 per image (2 KB) and its thumbnail out of the embedding shards
     "write_bytes_per_s": (200e6, "estimate: 200 MB/s"),
-    # and makes a 128 px WebP thumbnail of each image from its stored copy: 2.86 ms of one core
-    # (measured: `python -m bench.index.thumbnails --images 1000`, BENCHMARKS.md), so 348/s
-    "thumbnails_per_s_per_vcpu": (1 / 2.86e-3, "measured: bench.index.thumbnails, 2.86 ms/img "
-                                  "on one core"),
+    # the download step makes a 128 px WebP of each image from the one it has just decoded and
+    # resized (`python -m bench.index.thumbnails --images 1000`, BENCHMARKS.md)
+    "thumbnail_ms_per_image": (THUMBNAIL_MS, "measured: bench.index.thumbnails, the download "
+                               f"step's WebP from the decoded image, {THUMBNAIL_MS} ms on one "
+                               "core"),
 }
 REFERENCE_SUCCESS_RATE = 0.72  # 9,251,172 of 12.8M downloaded (Fondant blog, REFERENCES §1)
 VIT_B_32_GFLOP = 8.8  # one 224 px image through ViT-B-32's image tower: 4.4 GMACs (open_clip)
@@ -154,11 +161,16 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
                  else GPU_PRICE_PER_H.get(args.gpu_type, 0.0))
     shards = math.ceil(args.rows / args.shard_size)
     images = args.rows * args.success_rate
-    dl_units = min(args.download_parallelism, shards)
-    emb_units = min(args.gpus // args.gpu_count, shards)
-    # the longest unit holds ceil(shards / units) shards (plan_units balances them)
+    groups = args.gpus // args.gpu_count
+    parts = math.ceil(args.download_parallelism / groups)
+    dl_tasks = groups * parts  # the loops' widths; tasks past the last shard have no work
+    dl_units = min(dl_tasks, shards)
+    emb_units = min(groups, shards)
+    # the longest unit holds ceil(shards / units) shards (units are as even as shards allow);
+    # a group holds `parts` download units
     dl_unit_rows = math.ceil(shards / dl_units) * args.shard_size
-    emb_unit_images = math.ceil(shards / emb_units) * args.shard_size * args.success_rate
+    emb_unit_images = min(parts * math.ceil(shards / dl_units),
+                          shards) * args.shard_size * args.success_rate
     from clip_index.pipelines import PipelineSettings
 
     index = PipelineSettings()  # the index task's compiled defaults
@@ -179,7 +191,9 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
                         billed_h, billed_h * gpus, billed_h * vcpu,
                         billed_h * price(vcpu, mem_gib, gpus), rate)
 
-    dl_rate = RATES["download_rows_per_s_per_vcpu"][0] * dl_cpu
+    # rows/s of a download task: the network's rate, less the CPU its thumbnails take
+    thumb_s_per_row = RATES["thumbnail_ms_per_image"][0] / 1e3 * args.success_rate / dl_cpu
+    dl_rate = 1 / (1 / (RATES["download_rows_per_s_per_vcpu"][0] * dl_cpu) + thumb_s_per_row)
     # on CUDA the embed step decodes the stored JPEGs on the GPU (nvJPEG): the CPU bound applies
     # only to CPU decoding (--embed-decode cpu, or images that are not JPEG)
     cpu_decode = RATES["decode_img_per_s_per_vcpu"][0] * emb_cpu
@@ -191,16 +205,14 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
     steps = [
         step("load", 1, args.rows / RATES["load_rows_per_s"][0], small_cpu, small_gib,
              f"{RATES['load_rows_per_s'][0]:,.0f} rows/s"),
-        step("plan (2 tasks, in parallel)", 2, 5.0, small_cpu, small_gib, "seconds"),
         step("download", dl_units, dl_unit_rows / dl_rate, dl_cpu, gib(args.download_memory),
-             f"{dl_rate:,.0f} rows/s per task", busy_s=args.rows / dl_rate),
+             f"{dl_rate:,.0f} rows/s per task, thumbnails included", busy_s=args.rows / dl_rate),
         step("embed", emb_units, emb_unit_images / emb_rate, emb_cpu, gib(args.embed_memory),
              f"{emb_rate:,.0f} img/s per task ({emb_bound}-bound)", gpus=args.gpu_count,
              busy_s=images / emb_rate),
-        step("write", 1, images * 2048 / RATES["write_bytes_per_s"][0]
-             + images / (RATES["thumbnails_per_s_per_vcpu"][0] * write_cpu), write_cpu, write_gib,
-             f"200 MB/s + {RATES['thumbnails_per_s_per_vcpu'][0] * write_cpu:,.0f} "
-             "thumbnails/s"),
+        step("write", 1, images * (2048 + THUMBNAIL_BYTES) / RATES["write_bytes_per_s"][0],
+             write_cpu, write_gib, f"200 MB/s of embeddings + {THUMBNAIL_BYTES / 1e3:.0f} kB "
+             "thumbnails"),
         step("index", 1, images / idx_rate, idx_cpu, idx_gib, f"{idx_rate:,.0f} vectors/s"),
         step("report", 1, 60.0, small_cpu, small_gib, "one minute"),
     ]
@@ -210,13 +222,13 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
              "startup_share": sum(s.tasks for s in steps) * TASK_START_S / 3600
              / sum(s.billed_h for s in steps)}
     floor_h = images / (REFERENCE_T4_IMG_PER_S * args.gpus) / 3600
-    embed = steps[3]
+    embed = steps[2]
     assumptions = [
-        f"{args.rows:,} rows in {shards:,} shards of {args.shard_size:,}; download loop: "
-        f"{dl_units} tasks (--download-parallelism {args.download_parallelism}), "
-        f"{math.ceil(shards / dl_units)} shards each at most; embed loop: {emb_units} tasks "
-        f"({args.gpus} GPUs / {args.gpu_count} per task), {math.ceil(shards / emb_units)} shards "
-        "each at most; one wave per loop, so each task starts once",
+        f"{args.rows:,} rows in {shards:,} shards of {args.shard_size:,}; {groups} embed "
+        f"groups ({args.gpus} GPUs / {args.gpu_count} per task), each of {parts} download "
+        f"tasks (--download-parallelism {args.download_parallelism} in {groups} groups: "
+        f"{dl_tasks} tasks), {math.ceil(shards / dl_units)} shards each at most, feeding the "
+        "group's one embed task; one wave per loop, so each task starts once",
         f"success rate {args.success_rate:.0%} (reference run: 72%) → {images:,.0f} images",
         f"download: {RATES['download_rows_per_s_per_vcpu'][0]:.0f} rows/s per vCPU x "
         f"{args.download_cpu} vCPU ({RATES['download_rows_per_s_per_vcpu'][1]})",
@@ -227,12 +239,11 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
            f"decode x {args.embed_cpu} [{RATES['decode_img_per_s_per_vcpu'][1]}]"),
         f"index: {RATES['index_vectors_per_s_per_vcpu'][0]:.0f} vectors/s per vCPU x {idx_cpu:.0f} "
         f"({RATES['index_vectors_per_s_per_vcpu'][1]})",
-        f"load: {RATES['load_rows_per_s'][1]}; write: {RATES['write_bytes_per_s'][1]}, and "
-        f"thumbnails at {RATES['thumbnails_per_s_per_vcpu'][0]:.0f}/s per vCPU x {write_cpu:.0f} "
-        f"({RATES['thumbnails_per_s_per_vcpu'][1]})",
+        f"load: {RATES['load_rows_per_s'][1]}; write: {RATES['write_bytes_per_s'][1]}; "
+        f"thumbnails in the download tasks: {RATES['thumbnail_ms_per_image'][1]}",
         f"{TASK_START_S:.0f} s start-up per task (estimate: scheduling, VM, image pull); "
         f"start-up is {embed.startup_share:.0%} of an embed task and "
-        f"{steps[2].startup_share:.0%} of a download task; no retries, no quota waits",
+        f"{steps[1].startup_share:.0%} of a download task; no retries, no quota waits",
         f"embed at the reference's own measured T4 rate ({REFERENCE_T4_IMG_PER_S:.0f} img/s "
         f"per GPU, fp32, batch 32) would take {floor_h:.2f} h on {args.gpus} GPUs: the floor",
         f"prices: on-demand list prices, us-central1, as of {PRICES_AS_OF}: {args.gpu_type} "

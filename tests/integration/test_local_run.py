@@ -49,16 +49,17 @@ def test_run_accounts_for_every_row_and_finds_images(tmp_path, sample_dir, http_
     # a task.log per task under the run's folder
     terminal = capsys.readouterr().out
     assert "executor_input" not in terminal and '"outputFile"' not in terminal
-    assert terminal.count("▸ download-images started") == 3  # 122 rows, 50 per shard
-    assert "✓ download-images [shard 2]: 22 rows, 2 failures" in terminal
+    # 122 rows, 50 per shard: 3 shards in the local run's 2 download units (LOCAL_WIDTHS)
+    assert terminal.count("▸ download-images started") == 2
+    assert "✓ download-images [shards 1-2]: 72 rows, 2 failures" in terminal
     assert len(terminal.splitlines()) < 30, terminal
     logs = list((tmp_path / "root").rglob("task.log"))
     tasks = {p.parent for p in (tmp_path / "root").rglob("executor_output.json")}
     assert {p.parent for p in logs} == tasks  # every task has its log
-    assert sum(p.parent.name == "download-images" for p in logs) == 3
-    download_log = next(p for p in logs if p.parent.name == "download-images" and
-                        "iteration-2" in str(p)).read_text()
-    assert "Got executor_input" in download_log and "download: shard 2" in download_log
+    assert sum(p.parent.name == "download-images" for p in logs) == 2
+    download_logs = [p.read_text() for p in logs if p.parent.name == "download-images"]
+    assert all("Got executor_input" in log for log in download_logs)
+    assert sum("download: shard 2" in log for log in download_logs) == 1
     for step in ("download-images", "embed-images", "write-embeddings", "build-index"):
         assert f"{step} " in summary  # seconds per step, from each task's artifact metadata
 

@@ -139,7 +139,9 @@ def test_submit_sends_template_parameters_account_labels_network(
     assert "custom_model_training_nvidia_t4_gpus: no value for us-central1" in preflight
     assert "rows:           100 (--param limit)" in summary
     # limit 100, shard_size 5000: one shard, so one task of each loop runs
-    assert "loop for-loop-1: up to 32 tasks at once; 1 for 1 shard(s) (download-images)" in \
+    assert ("loop embed-groups/download-units: up to 32 tasks at once; 1 for 1 shard(s) "
+            "(download-images)") in summary
+    assert "loop embed-groups: up to 8 tasks at once; 1 for 1 shard(s) (embed-images)" in \
         summary
     assert "embed task:     6 vCPU, 24G, 1x NVIDIA_TESLA_T4" in summary
     assert "estimate:       " in summary and " h wall, " in summary
