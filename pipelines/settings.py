@@ -57,8 +57,8 @@ class PipelineSettings:
     download_cpu: str = "7"  # e2-/n2-standard-8
     download_memory: str = "16G"
     # the write task copies the embeddings and thumbnails into output_dir, one shard at a time
-    write_cpu: str = "4"  # e2-standard-4
-    write_memory: str = "16G"
+    write_cpu: str = "3"  # e2-standard-4
+    write_memory: str = "10G"
     index_cpu: str = "14"  # n2-standard-16
     index_memory: str = "48G"
     retries: int = 2
