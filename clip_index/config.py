@@ -7,6 +7,7 @@ The library never reads environment variables: everything comes in through these
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +32,16 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
 
 class _Config:
     """Shared helpers: dict round trip (for KFP metadata and the CLI) and validation hook."""
+
+    def __post_init__(self) -> None:
+        # A whole number can arrive as a float from a pipeline backend's JSON (kfp.local does
+        # this; a backend's encoder is not ours to know): an `int` field takes it as an int, so
+        # `range(retries + 1)` and friends never see 2.0. A fractional value stays as given and
+        # fails `validate()` where a check applies.
+        for name, kind in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name, None)
+            if kind is int and isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
 
     def validate(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -95,10 +95,12 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
         # its own shards from the load manifest (clip_index.units), so each embed task's input
         # is its own group's P artifacts, its cache key only theirs, and its GPU starts when
         # its group's downloads are done while other groups may still be downloading.
+        # no `name=` on the loops: KFP backends before 2.16 look a loop up by its display name
+        # where its outputs are collected and fail with "cannot find producer task"
+        # (kubeflow/pipelines#13239; spec_check's rule loop-name)
         with dsl.ParallelFor(list(range(settings.embed_parallelism)),
-                             parallelism=settings.embed_parallelism, name="embed-groups") as group:
-            with dsl.ParallelFor(list(range(settings.parts)), parallelism=settings.parts,
-                                 name="download-units") as part:
+                             parallelism=settings.embed_parallelism) as group:
+            with dsl.ParallelFor(list(range(settings.parts)), parallelism=settings.parts) as part:
                 download = c.download_images(
                     urls=urls, group=group, part=part, groups=settings.embed_parallelism,
                     parts=settings.parts, image_size=image_size, resize_mode=resize_mode,

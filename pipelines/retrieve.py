@@ -53,8 +53,7 @@ def make_retrieve_pipeline(settings: Any = None) -> Any:
             task.set_caching_options(False)
         matched = download_matches == True  # noqa: E712 (a pipeline channel, not a bool)
         with dsl.If(matched, name="download-matches"), \
-                dsl.ParallelFor(list(range(width)), parallelism=width,
-                                name="download-units") as part:
+                dsl.ParallelFor(list(range(width)), parallelism=width) as part:
             download = c.download_images(
                 urls=retrieve.outputs["urls"], group=0, part=part, groups=1, parts=width,
                 image_size=image_size, resize_mode=resize_mode, timeout_s=timeout_s,

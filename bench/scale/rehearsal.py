@@ -5,11 +5,11 @@ killed once part-way and run again.
 
 Serves `--images` small JPEGs from nginx on 127.0.0.1 (every row has its own URL, images
 repeat), writes a `--rows` dataset, then runs `clip-index run` (tiny-clip, bundled weights, the
-Vertex template's default loop widths: 8 groups of 4 download tasks) as a measured subprocess: first killed after `--kill-after-s`,
-then again to the end with the same pipeline root, so the finished work units come from the
-cache. It checks that every row is in data/ or failed/ exactly once, counts the tasks of each
-loop, and prints a Markdown table (wall time, peak memory of the process tree, loop widths);
-the same figures go to WORK/result.json.
+Vertex template's default loop widths: 8 groups of 4 download tasks) as a measured subprocess:
+first killed after `--kill-after-s`, then again to the end with the same pipeline root, so the
+finished work units come from the cache. It checks that every row is in data/ or failed/ exactly
+once, counts the tasks of each loop, and prints a Markdown table (wall time, peak memory of the
+process tree, loop widths); the same figures go to WORK/result.json.
 """
 
 from __future__ import annotations
