@@ -351,7 +351,7 @@ class TwoStageIndex:
         scan and checked again after the re-rank; k results come back whenever `count` >= k.
         A selection of at most EXACT_SELECTION rows is searched exactly over those rows."""
         if selection is not None and selection.count <= EXACT_SELECTION:
-            return exact_search(self.store, queries, k, selection.ids())
+            return exact_search(self.store, queries, k, selection)
         fetch = min(max(self.depth, k), self.ntotal)
         nprobe = None
         if selection is not None and self.ivf is not None:
