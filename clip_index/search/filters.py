@@ -275,3 +275,41 @@ def read_uids(path: str) -> pa.Array:
                                  "expected a 'uid' column")
             return pc.cast(table.column(schema.UID), pa.string()).combine_chunks()
     raise ValueError(f"filter uids={path!r}: expected a .npy, .txt, .parquet or .arrow file")
+
+
+_FLAG_HELP = {
+    "min_width": "only images at least this wide, pixels",
+    "min_height": "only images at least this tall, pixels",
+    "max_aspect_ratio": "only images whose long/short side ratio is at most this",
+    "min_clip_b32_score": "only rows whose DataComp clip_b32_similarity_score is at least this",
+    "min_clip_l14_score": "only rows whose DataComp clip_l14_similarity_score is at least this",
+    "max_faces": "only images with at most this many detected faces (0: no people)",
+    "exclude_changed": "drop images whose bytes changed since the crawl (sha256 differs)",
+    "uids": "only these uids: a .npy (DataComp subset), .txt or .parquet file",
+}
+
+
+def add_filter_arguments(parser: Any) -> None:
+    """--min-width ... --uids, and --filters (JSON or name=value,...), on an argparse parser."""
+    group = parser.add_argument_group("filters (applied inside the index scan; see "
+                                      "docs/index-and-serving.md)")
+    for f in fields(Filters):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "exclude_changed":
+            group.add_argument(flag, action="store_true", help=_FLAG_HELP[f.name])
+        else:
+            group.add_argument(flag, dest=f.name, default=None, help=_FLAG_HELP[f.name],
+                               metavar="FILE" if f.name == "uids" else "N")
+    group.add_argument("--filters", default=None, metavar="SPEC",
+                       help="filters as JSON or name=value,... (names: "
+                            f"{', '.join(FILTER_NAMES)}); the flags above add to them")
+
+
+def filters_from_args(args: Any) -> Filters:
+    """The filters of parsed arguments (see add_filter_arguments); errors name the flag."""
+    base = Filters.parse(getattr(args, "filters", None)).as_dict()
+    for name in FILTER_NAMES:
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            base[name] = value
+    return Filters.parse(base)

@@ -284,6 +284,15 @@ class ClipIndex:
                 for score, i, row in zip(scores[keep].tolist(), found.tolist(), rows)]
 
 
+def encode_image_bytes(index: ClipIndex, body: bytes) -> np.ndarray:
+    """The (1, dim) normalised embedding of an encoded image, by the index's model."""
+    import torch
+
+    pixels = index.model.preprocess(_open_image(body))
+    return normalise(np.asarray(index.model.encode_images(torch.stack([pixels])),
+                                dtype=np.float32))
+
+
 def _open_image(image: Any) -> Any:
     """A PIL RGB image from a path, bytes or a PIL image; a clear error for anything else."""
     from PIL import Image, UnidentifiedImageError
