@@ -326,6 +326,12 @@ class RetrieveConfig(_Config):
     embedding_column: the column holding query embeddings (lists of floats), when present.
     batch_size: queries per model call and per index search. mmap: memory-map the index.
     shard_size: rows per URL shard of the matched images (for the download step).
+
+    Attributes:
+        filters: Only matches that pass these filters, as JSON or name=value,... (min_width,
+            min_height, max_aspect_ratio, min_clip_b32_score, min_clip_l14_score, max_faces,
+            exclude_changed, uids; see clip_index.search.filters); "" = none. Applied inside
+            the index scan, so num_images matches come back whenever that many rows pass.
     """
 
     num_images: int = 10
@@ -335,6 +341,7 @@ class RetrieveConfig(_Config):
     batch_size: int = 256
     mmap: bool = False
     shard_size: int = 10_000
+    filters: str = ""
 
     def validate(self) -> None:
         _check(1 <= self.num_images <= 10_000, "num_images", self.num_images, "1..10000")

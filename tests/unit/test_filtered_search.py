@@ -239,3 +239,42 @@ def test_filter_on_a_column_the_index_lacks(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"need column\(s\) \['face_count'\], which this index "
                                          r"does not have \(it has \['width'\]\)"):
         ix.search_embedding(vectors[0], k=5, filters={"max_faces": 0})
+
+
+def test_cli_query_filter_flags(two_stage: Built, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from clip_index.cli import main
+
+    out, vectors, _, meta = two_stage
+    (tmp_path / "q.json").write_text(json.dumps(vectors[0].tolist()))
+    f = {"min_width": 1500, "max_faces": 1, "exclude_changed": True}
+    assert main(["query", str(out), "--embedding", str(tmp_path / "q.json"), "-k", "7",
+                 "--json", "--min-width", "1500", "--filters", "max_faces=1",
+                 "--exclude-changed"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    mask = _expected_mask(f, meta)
+    assert len(rows) == 7 and all(mask[r["id"]] for r in rows)
+    assert main(["query", str(out), "--embedding", str(tmp_path / "q.json"),
+                 "--filters", '{"max_face": 1}']) == 2
+    assert "unknown filter(s) ['max_face']" in capsys.readouterr().err
+
+
+def test_retrieve_step_takes_filters(two_stage: Built, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from clip_index.config import RetrieveConfig
+    from clip_index.search.retrieve import run_load_queries, run_retrieve
+
+    out, vectors, uids, meta = two_stage
+    np.save(tmp_path / "q.npy", vectors[[3, 70]])
+    config = RetrieveConfig(num_images=6, filters='{"min_clip_l14_score": 0.35}')
+    run_load_queries(str(tmp_path / "q.npy"), str(tmp_path / "qe"), config)
+    run_retrieve(str(tmp_path / "qe"), str(out), str(tmp_path / "m"), str(tmp_path / "u"),
+                 config)
+    matches = pq.read_table(tmp_path / "m" / "matches.parquet").to_pylist()
+    mask = _expected_mask({"min_clip_l14_score": 0.35}, meta)
+    by_uid = {u: i for i, u in enumerate(uids)}
+    assert len(matches) == 12 and all(mask[by_uid[m["uid"]]] for m in matches)
+    with pytest.raises(ValueError, match="unknown filter"):
+        run_retrieve(str(tmp_path / "qe"), str(out), str(tmp_path / "m2"),
+                     str(tmp_path / "u2"), RetrieveConfig(filters="min_faces=0"))
