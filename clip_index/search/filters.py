@@ -230,7 +230,9 @@ class FilterEngine:
                              ("min_clip_l14_score", "clip_l14_similarity_score")):
             threshold = getattr(f, name)
             if threshold is not None:  # NaN (unknown) compares False
-                mask &= s.column(column).astype(np.float32) >= np.float32(threshold)
+                # compared as stored (float16, ~3 digits): rounding is monotonic, so no row at
+                # or above the threshold is lost; rows up to ~1e-4 below it may pass
+                mask &= s.column(column) >= np.float16(threshold)
         if f.max_faces is not None:
             mask &= s.known(schema.FACE_COUNT) & (s.column(schema.FACE_COUNT) <= f.max_faces)
         if f.exclude_changed:

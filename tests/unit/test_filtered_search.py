@@ -97,9 +97,9 @@ def _expected_mask(f: dict[str, Any], m: dict[str, np.ndarray]) -> np.ndarray:
         w, h = m["width"], m["height"]
         mask &= np.maximum(w, h) / np.minimum(w, h) <= f["max_aspect_ratio"]
     if "min_clip_b32_score" in f:
-        mask &= m["b32"].astype(np.float16) >= f["min_clip_b32_score"]
+        mask &= m["b32"].astype(np.float16) >= np.float16(f["min_clip_b32_score"])
     if "min_clip_l14_score" in f:
-        mask &= m["l14"].astype(np.float16) >= f["min_clip_l14_score"]
+        mask &= m["l14"].astype(np.float16) >= np.float16(f["min_clip_l14_score"])
     if "max_faces" in f:
         mask &= m["faces_known"] & (m["faces"] <= f["max_faces"])
     if f.get("exclude_changed"):
