@@ -37,6 +37,7 @@ FILTERS: list[tuple[str, dict[str, Any] | None]] = [
     ("50%", {"min_clip_l14_score": 0.5}),
     ("10%", {"min_width": 9001}),
     ("1%", {"min_height": 9001, "max_faces": 0, "exclude_changed": True}),
+    ("0.1%", {"min_width": 9001, "min_height": 9001, "max_faces": 0}),
 ]
 SINGLE_QUERIES = 300
 
@@ -105,7 +106,9 @@ def exact_truth(folder: str, queries: int) -> dict[str, Any]:
             scores, found = best[name]
             both_s = np.concatenate([scores, s], axis=1)
             both_i = np.concatenate([found, np.broadcast_to(ids, s.shape)], axis=1)
-            top = np.argsort(-both_s, axis=1)[:, :K]
+            part = np.argpartition(-both_s, K - 1, axis=1)[:, :K]
+            part_s = np.take_along_axis(both_s, part, 1)
+            top = np.take_along_axis(part, np.argsort(-part_s, axis=1), 1)
             best[name] = (np.take_along_axis(both_s, top, 1), np.take_along_axis(both_i, top, 1))
         offset += len(x)
     return {name: {"share": float(masks[name].mean()), "truth": best[name][1].tolist()}
@@ -127,7 +130,7 @@ def measure(folder: str, queries: int, truth: dict[str, Any],
     q = np.load(os.path.join(folder, "queries.npy"))[:queries]
     rows = []
     for name, f in FILTERS:
-        if exact_selection is not None and name not in ("1%",):
+        if exact_selection is not None and name not in ("1%", "0.1%"):
             continue
         start = time.perf_counter()
         ix.selection(f)
@@ -168,6 +171,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--kind", default="clustered", help="clustered, wide or random")
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    parser.add_argument("--reuse-index", action="store_true",
+                        help="measure the index (and exact results) an earlier run left")
     parser.add_argument("--force-two-stage", action="store_true",
                         help="two stages below the default two_stage_min_vectors (dev runs)")
     parser.add_argument("--output", default=str(WORK / "filtered.json"))
@@ -177,11 +182,22 @@ def main() -> None:
     start, load = time.perf_counter(), os.getloadavg()
     folder = make_folder(args.kind, args.n, args.dim, args.queries)
     add_metadata(folder)
-    built = _in_child(build, str(folder),
-                      {"two_stage_min_vectors": 1} if args.force_two_stage else {})
+    infos_path = folder / "index_infos.json"
+    if args.reuse_index and infos_path.exists():
+        infos = json.loads(infos_path.read_text())
+        built = {"build_s": infos.get("seconds", float("nan")), "infos": infos}
+    else:
+        built = _in_child(build, str(folder),
+                          {"two_stage_min_vectors": 1} if args.force_two_stage else {})
+        (folder / "filtered-truth.json").unlink(missing_ok=True)
     infos = built["infos"]
     log.info("built in %.0fs: %s %s", built["build_s"], infos["index_key"], infos["index_param"])
-    truth = _in_child(exact_truth, str(folder), args.queries)
+    truth_path = folder / "filtered-truth.json"
+    truth = json.loads(truth_path.read_text()) if truth_path.exists() else {}
+    if set(truth) != {name for name, _ in FILTERS} or \
+            any(len(t["truth"]) != args.queries for t in truth.values()):
+        truth = _in_child(exact_truth, str(folder), args.queries)
+        truth_path.write_text(json.dumps(truth))
     rows = _in_child(measure, str(folder), args.queries, truth, None)
     rows += _in_child(measure, str(folder), args.queries, truth, 0)
     from importlib.metadata import version
