@@ -173,9 +173,14 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "indices": {name: {"vectors": len(ix), "dim": ix.dim,
-                                                   "model": ix.manifest.get("model")}
-                                            for name, ix in indices.items()}}
+        return {"status": "ok", "strict_options": settings.strict_options,
+                "indices": {name: {"vectors": len(ix), "dim": ix.dim,
+                                   "model": ix.manifest.get("model"),
+                                   "filter_columns": ix.columns.names,
+                                   "heads": sorted(k for k, v in vars(settings.heads[name])
+                                                   .items() if k != "source" and v is not None)
+                                   if name in settings.heads else []}
+                            for name, ix in indices.items()}}
 
     @app.get("/thumbnail/{indice_name}/{i}")
     def thumbnail(indice_name: str, i: int) -> Any:

@@ -143,6 +143,9 @@ def test_laion_heads_are_applied_as_clip_retrieval_does(
                                  json={**body, "use_violence_detector": False}).json()
         assert [r["id"] for r in no_violence] == expected[:5]  # aesthetic shift alone
         assert 7 in expected[:5]
+        health = httpx.get(f"{server.url}/health").json()["indices"]["openai"]
+        assert health["heads"] == ["aesthetic", "violence"]
+        assert health["filter_columns"] == ["width"]
     finally:
         server.stop()
 
