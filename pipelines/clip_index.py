@@ -47,6 +47,7 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
         id_column: str = "uid",
         url_column: str = "url",
         caption_column: str = "text",
+        extra_columns: str = "auto",
         limit: int = 0,
         shard_size: int = 10000,
         image_size: int = 256,
@@ -87,6 +88,7 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
             dataset=dataset, id_column=id_column, url_column=url_column,
             caption_column=caption_column, limit=limit, shard_size=shard_size,
             fingerprint=dataset_fingerprint,  # the cache key follows the content
+            extra_columns=extra_columns,
         ).set_display_name("Load dataset")
         load.set_caching_options(True)
         urls = load.outputs["urls"]

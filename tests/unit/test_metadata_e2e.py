@@ -1,7 +1,6 @@
-"""DataComp-schema rows end to end through the steps that carry metadata: load (extra
-columns) → download over HTTP (real sizes, hashes, the changed flag) → data/ as the write step
-publishes it (every column of the download shard but image/status/error, plus embeddings) →
-index (column store) → ClipIndex filtered on every new column."""
+"""DataComp-schema rows end to end through the real steps: load (extra columns) → download over
+HTTP (real sizes, hashes, the changed flag) → embed (carries every download column through) →
+write (data/ with them) → index (column store) → ClipIndex filtered on every new column."""
 
 from __future__ import annotations
 
@@ -11,10 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clip_index import io, schema
-from clip_index.config import DownloadConfig, IndexConfig, LoadConfig
+from clip_index import schema
+from clip_index.config import DownloadConfig, EmbedConfig, IndexConfig, LoadConfig
 from clip_index.download.step import run_download
+from clip_index.embed.step import run_embed
 from clip_index.index.build import run_index
+from clip_index.index.write import run_write
 from clip_index.load.step import plan_shards, run_load
 from clip_index.search.searcher import ClipIndex
 from tests.support import routes
@@ -26,25 +27,6 @@ ROWS = [(640, 480, 0.31, 0.28, 0, True), (300, 900, 0.35, 0.33, 2, True),
         (800, 800, 0.22, 0.19, None, True), (1000, 250, 0.40, 0.36, 1, False),
         (500, 500, 0.29, 0.31, 0, True), (120, 90, 0.33, 0.30, 0, True),
         (720, 540, 0.26, 0.34, 3, True), (900, 600, 0.37, 0.22, 0, False)]
-
-
-def _published(images_dir: Path, out: Path) -> None:
-    """data/ as the write step publishes it (successful rows; the lead's write step carries
-    the download shard's columns): here with random embeddings instead of the embed step."""
-    tables = [pq.read_table(p) for p in sorted(images_dir.glob("part-*.parquet"))]
-    table = pa.concat_tables(tables)
-    table = table.filter(pa.compute.equal(table.column(schema.STATUS), "success"))
-    keep = [c for c in table.column_names if c not in (schema.IMAGE, schema.STATUS,
-                                                         schema.ERROR)]
-    table = table.select(keep)
-    dim = 16
-    vectors = random_unit(table.num_rows, dim, seed=2)
-    table = table.append_column(schema.EMBEDDING, pa.FixedSizeListArray.from_arrays(
-        pa.array(vectors.reshape(-1), pa.float32()), dim))
-    io.write_parquet_atomic(str(out / schema.DATA_DIR / io.shard_name(0)), table)
-    io.write_json(str(out / schema.MANIFEST), {
-        "model": "tiny-clip", "pretrained": "none", "dim": dim, "dtype": "float32",
-        "normalised": True, "seed": 0, "shards": [0]})
 
 
 def test_datacomp_rows_filtered_on_every_new_column(tmp_path: Path,
@@ -71,14 +53,20 @@ def test_datacomp_rows_filtered_on_every_new_column(tmp_path: Path,
                  str(tmp_path / "images"),
                  DownloadConfig(allow_private_networks=True, retries=0, timeout_s=2.0,
                                 max_failure_rate=0.5))
+    run_embed([str(tmp_path / "images")], None, str(tmp_path / "emb"),
+              EmbedConfig(model="tiny-clip", pretrained="none", device="cpu", num_workers=0))
     out = tmp_path / "out"
-    _published(tmp_path / "images", out)
+    run_write([str(tmp_path / "emb")], str(out))
+    data = pq.read_table(next((out / schema.DATA_DIR).glob("part-*.parquet")))
+    assert {"width", "height", "original_width", "source_sha256", "image_changed",
+            "face_count", "clip_b32_similarity_score"} <= set(data.column_names)
+    assert schema.THUMBNAIL not in data.column_names  # it goes to thumbnails/
     run_index(str(out), IndexConfig(index_key="Flat", recall_queries=0))
     ix = ClipIndex(out)
     assert len(ix) == len(ROWS)
     assert ix.columns.names == ["clip_b32_similarity_score", "clip_l14_similarity_score",
                                 "face_count", "height", "image_changed", "width"]
-    q = random_unit(1, 16, seed=9)
+    q = random_unit(1, ix.dim, seed=9)
 
     def kept(**filters: object) -> list[int]:
         return sorted(int(r.uid, 16) for r in ix.search_embedding(q, k=20, filters=filters)[0])
