@@ -171,7 +171,8 @@ def embed_shards(jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipMod
     height, width = (size, size) if isinstance(size, int) else size
     row_bytes = stored_image_bytes(jobs) if decode == "device" else 3 * height * width
     loader = make_loader(UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size,
-                         workers, clip.device.startswith("cuda"), row_bytes or 3 * height * width)
+                         workers, clip.device.startswith("cuda"), row_bytes or 3 * height * width,
+                         sharers=processes)  # one loader per GPU process, one /dev/shm
     prepare = DevicePrepare(clip.device, resize, transform)
     encoder = BatchEncoder(clip, precision)
     with _BackgroundWriter() as writer:
