@@ -21,22 +21,21 @@ from typing import Any
 
 from clip_index.flags import (
     add_config_flags,
-    add_settings_flags,
     add_typed_flags,
     config_from_args,
     flag,
     pipeline_docs,
     pipeline_params,
-    settings_from_args,
     step_help,
 )
+from clip_index.launch.settings_flags import add_settings_flags, settings_from_args
 
 log = logging.getLogger("clip_index")
 
 # name → (module with add_arguments/command, help)
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("clip_index.launch.submit", "submit the pipeline to Vertex AI Pipelines"),
-    "doctor": ("clip_index.launch.preflight", "check a Vertex AI project before a submit: "
+    "doctor": ("clip_index.launch.doctor", "check a Vertex AI project before a submit: "
                "credentials, APIs, bucket, images, GPU quota, roles (what submit runs first)"),
     "plan": ("clip_index.launch.plan", "estimate wall time, GPU hours and cost of a run"),
     "publish": ("clip_index.publish.step", "upload an output folder to the Hugging Face Hub"),

@@ -355,7 +355,7 @@ class PublishConfig(_Config):
     commit_message: str = ""
 
     def validate(self) -> None:
-        from clip_index.publish.hub import check_repo_id
+        from clip_index.hub import check_repo_id
 
         check_repo_id(self.repo_id)
         _check(self.revision == self.revision.strip() and " " not in self.revision, "revision",

@@ -29,7 +29,7 @@ def publish_to_hub(
             (projects/P/secrets/S/versions/latest); "" = HF_TOKEN in the task's environment.
     """
     from clip_index.config import PublishConfig
-    from clip_index.publish.hub import secret_token
+    from clip_index.hub import secret_token
     from clip_index.publish.step import run_publish
 
     config = PublishConfig(repo_id=repo_id, private=private, revision=revision, source=source)

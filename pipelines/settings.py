@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clip_index.embed.gpus import check_gpu
+from clip_index.gpus import check_gpu
 from clip_index.limits import MAX_LOOP_WIDTH
 
 DEFAULT_IMAGE_REPO = "us-docker.pkg.dev/PROJECT/clip-index"

@@ -49,10 +49,10 @@ def rss_anon_mb() -> float:
 
 
 def main() -> None:
-    from clip_index.embed.models import normalise
     from clip_index.index.layout import IdMapping, read_mapping
     from clip_index.index.rerank import rerank, widen_float16
     from clip_index.search.searcher import ClipIndex
+    from clip_index.vectors import normalise
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="a built two-stage bench.index.twostage folder")

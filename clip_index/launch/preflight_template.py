@@ -183,7 +183,7 @@ def compiled_settings(spec: dict[str, Any]) -> dict[str, Any]:
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The compile flags (`add_settings_flags`) given on the command line with a value other
     than their default: what the user expects the template to have been compiled with."""
-    from clip_index.flags import add_settings_flags
+    from clip_index.launch.settings_flags import add_settings_flags
 
     defaults = argparse.ArgumentParser(add_help=False)
     add_settings_flags(defaults)

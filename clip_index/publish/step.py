@@ -18,9 +18,9 @@ from typing import Any
 
 from clip_index import io, schema
 from clip_index.config import PublishConfig
+from clip_index.hub import REPO_TYPE
 from clip_index.index.layout import CLIP_INDEX, detect_layout
 from clip_index.publish.card import dataset_card
-from clip_index.publish.hub import REPO_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-    from clip_index.download.fetch import fetch_url_async
+    from clip_index.fetch import fetch_url_async
     from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
     from clip_index.schema import RowError, Status
     from clip_index.search.page import PAGE_HTML

@@ -17,9 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clip_index import schema
+from clip_index import guard, schema
 from clip_index.config import DownloadConfig
-from clip_index.download import guard
 from clip_index.download import step as download
 from clip_index.download.decoder import MAX_DEATHS_BEFORE_ANY_IMAGE, DecodePool, DecoderUnavailable
 from clip_index.download.step import download_shard, run_download

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clip_index.embed import device as dev
-from clip_index.embed.gpus import BUILD_ARCHES, GPUS, check_gpu, has_kernels
+from clip_index.gpus import BUILD_ARCHES, GPUS, check_gpu, has_kernels
 
 
 def test_vertex_gpu_pairs_are_exactly_the_accepted_ones() -> None:

@@ -16,7 +16,6 @@ import pytest
 from clip_index import schema
 from clip_index.cli import main
 from clip_index.config import ConfigError, IndexConfig
-from clip_index.embed.models import normalise
 from clip_index.index.build import run_index
 from clip_index.index.rerank import RERANK_FILE, RerankStore
 from clip_index.search.export import (
@@ -32,6 +31,7 @@ from clip_index.search.export import (
 )
 from clip_index.search.export_config import ExportConfig
 from clip_index.search.searcher import ClipIndex
+from clip_index.vectors import normalise
 from tests.conftest import jpeg_bytes
 from tests.support.index_builder import write_output_dir
 from tests.support.tiny_index import TINY_DIM, build_tiny_index

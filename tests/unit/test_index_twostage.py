@@ -16,11 +16,11 @@ import pytest
 
 from clip_index import schema
 from clip_index.config import ConfigError, IndexConfig
+from clip_index.hub import QUERY_FILES
 from clip_index.index.build import run_index
 from clip_index.index.rerank import LEGACY_RERANK_FILE, RERANK_FILE, RerankStore, RerankWriter
 from clip_index.index.twostage import first_stage_key, stream_and_sample
 from clip_index.publish.card import dataset_card
-from clip_index.publish.hub import QUERY_FILES
 from clip_index.search.searcher import ClipIndex
 from tests.support.index_builder import write_output_dir
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from clip_index.config import PublishConfig
-from clip_index.publish.hub import parse_hub_uri
+from clip_index.hub import parse_hub_uri
 from clip_index.publish.step import run_publish
 from clip_index.search.searcher import ClipIndex
 from tests.support.hub_server import HubStandIn

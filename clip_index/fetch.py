@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from clip_index.config import DownloadConfig
-from clip_index.download.guard import (
+from clip_index.guard import (
     BlockedURL,
     GuardedResolver,
     blocked_reason,
