@@ -5,7 +5,7 @@ figures behind the query path's choices, on a folder built by `bench.index.twost
 
 Prints (all single-threaded, p50 over 300 held-out queries, after one warm-up pass):
 - inside full queries: first stage alone, both stages (faiss `IndexRefine`, what queries run),
-  the Python re-rank of the same candidates (legacy ``.npy`` stores), result rows, and
+  the Python re-rank of the same candidates (what `IndexRefine` replaced), result rows, and
   `search_embedding` whole;
 - each part back to back (the same call repeated, so its data stay in the CPU caches);
 - float16 widening of a 48 × 512 block: numpy's cast against faiss's fp16 decoder, and the

@@ -180,9 +180,9 @@ def _remove_stale(output_dir: str) -> None:
     """Companion files of an earlier build must not outlive it: a re-rank file beside a new
     single-stage index (readers would take the folder for a two-stage index), an Arrow id
     mapping beside new id_mapping/ shards (readers would take its rows)."""
-    from clip_index.index.rerank import LEGACY_RERANK_FILE, RERANK_FILE
+    from clip_index.index.rerank import RERANK_FILE
 
-    for name in (RERANK_FILE, LEGACY_RERANK_FILE, schema.MAPPING_FILE):
+    for name in (RERANK_FILE, schema.MAPPING_FILE):
         path = io.join(output_dir, schema.FAISS_DIR, name)
         if io.exists(path):
             fs, fs_path = io.filesystem(path)
