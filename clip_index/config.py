@@ -248,16 +248,21 @@ class EmbedConfig(_Config):
 
 @dataclass(frozen=True)
 class IndexConfig(_Config):
-    """Index step: an autofaiss index over the normalised embeddings (inner product = cosine).
+    """Index step: a faiss index over the normalised embeddings (inner product = cosine), chosen
+    by autofaiss below `two_stage_min_vectors` vectors, two stages from there on.
 
-    max_index_memory_usage / current_memory_available: autofaiss's budgets ("4G", "512M").
-    max_index_query_time_ms: autofaiss's target per query.
-    index_key: a faiss factory string that overrides autofaiss's choice ("" = let it choose).
+    max_index_memory_usage / current_memory_available: autofaiss's budgets ("4G", "512M"); a
+        two-stage index ignores them (its memory is set by first_stage_key and rerank_dtype).
+    max_index_query_time_ms: the target per query, for autofaiss and for the tuning of either
+        kind of index.
+    index_key: a faiss factory string that overrides the choice ("" = autofaiss chooses below
+        two_stage_min_vectors, two stages from there on); it always builds one stage.
     target_recall: the search parameter (nprobe / efSearch) is set to the cheapest value whose
         recall@10 against exact search reaches this, instead of autofaiss's time-budget choice.
     recall_queries: held-out (leave-one-out) queries for tuning and for recall@1/@10 (0 = skip
         tuning and measuring).
-    should_be_memory_mappable: only index types that can be memory-mapped (`--mmap` queries).
+    should_be_memory_mappable: only index types that can be memory-mapped (`--mmap` queries);
+        autofaiss's choice only (a two-stage index's re-rank vectors are always mapped).
     two_stage_min_vectors: from this many vectors on (and with no index_key), the index is two
         stages: a compressed faiss first stage (IVF + fast-scan PQ) proposes candidates and an
         exact re-rank from memory-mapped stored vectors orders them; smaller sets keep

@@ -1,10 +1,12 @@
-"""Index step: an autofaiss index over ``output_dir/data/`` (inner product on L2-normalised
-vectors = cosine), the id mapping aligned with the faiss ids, its search parameter tuned to a
-target recall and its quality measured (index_infos.json, KFP Metrics).
+"""Index step: a faiss index over ``output_dir/data/`` (inner product on L2-normalised vectors
+= cosine), the id mapping aligned with the faiss ids, its search parameter tuned to a target
+recall and its quality measured (index_infos.json, KFP Metrics). Below `two_stage_min_vectors`
+vectors (or with an `index_key`) autofaiss builds it, within its memory budgets; from there on the
+index has two stages (`clip_index.index.twostage`), which autofaiss and its budgets play no part in.
 
 Alignment is by construction: one pass over the data shards, in shard order, writes both the
-vectors autofaiss reads (``NNNNNNNNN.npy``, which it reads in name order) and the id mapping
-rows; faiss id i is row i of that pass. `verify_alignment` re-checks it after the build.
+vectors the build reads (for autofaiss ``NNNNNNNNN.npy``, which it reads in name order) and the id
+mapping rows; faiss id i is row i of that pass. `verify_alignment` re-checks it after the build.
 """
 
 from __future__ import annotations
