@@ -148,7 +148,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from clip_index.config import LoadConfig
     from clip_index.load.step import run_load
 
-    _print_json(run_load(config_from_args(LoadConfig, args), args.output).as_metadata())
+    _print_json(run_load(config_from_args(LoadConfig, args), args.output_dir).as_metadata())
     return 0
 
 
@@ -160,11 +160,11 @@ def cmd_download(args: argparse.Namespace) -> int:
     if args.input:  # one URL parquet file, e.g. for benchmarks
         config.validate()
         urls = urls_file(args.input, args.id_column, args.url_column, args.caption_column,
-                         args.output)
-        stats = download_shard(urls, str(Path(args.output) / "part-00000.parquet"), config)
+                         args.output_dir)
+        stats = download_shard(urls, str(Path(args.output_dir) / "part-00000.parquet"), config)
         _print_json(stats.as_dict())
     elif args.urls:
-        _print_json(run_download(args.urls, args.shards, args.output, config).as_metadata())
+        _print_json(run_download(args.urls, args.shards, args.output_dir, config).as_metadata())
     else:
         raise ValueError("download: give --urls DIR (with --shards) or --input FILE")
     return 0
@@ -219,7 +219,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clip_index.embed.step import run_embed
 
     config = config_from_args(EmbedConfig, args)
-    _print_json(run_embed(args.images, args.shards, args.output, config).as_metadata())
+    _print_json(run_embed(args.images, args.shards, args.output_dir, config).as_metadata())
     return 0
 
 
@@ -316,7 +316,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if wanted("load"):
         load = command("load", cmd_load, "step: dataset → URL shards")
-        load.add_argument("--output", required=True, help=step_help("load_dataset", "urls"))
+        load.add_argument("--output-dir", required=True, help=step_help("load_dataset", "urls"))
         add_config_flags(load, cfg.LoadConfig)
 
     if wanted("download"):
@@ -326,7 +326,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                               help="with --urls: " + SHARDS_HELP + " (default: 0)")
         download.add_argument("--input", help="or: one parquet file of URLs (see the "
                               "--*-column flags for its column names)")
-        download.add_argument("--output", required=True,
+        download.add_argument("--output-dir", required=True,
                               help=step_help("download_images", "images"))
         for name, default in (("id_column", "uid"), ("url_column", "url")):
             download.add_argument(flag(name), default=default, help=step_help(
@@ -343,7 +343,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         embed.add_argument("--shards", type=shard_list, default=None,
                            help=SHARDS_HELP + " (default: those the download steps behind "
                            "--images were given, from their unit.json)")
-        embed.add_argument("--output", required=True,
+        embed.add_argument("--output-dir", required=True,
                            help=step_help("embed_images", "embeddings"))
         add_config_flags(embed, cfg.EmbedConfig)
 

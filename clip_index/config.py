@@ -78,8 +78,8 @@ class DownloadConfig(_Config):
     timeout_s: total deadline per request attempt (connect + headers + body), seconds (the
         first attempt has first_timeout_s, and a live slow body may go past it: see
         Attributes).
-    retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets); a retry
-        waits its backoff holding no slot, and queues behind the fresh rows of its host.
+    download_retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets); a
+        retry waits its backoff holding no slot, and queues behind the fresh rows of its host.
     concurrency: requests in flight per process (the web is latency-bound: an event loop
         holds hundreds cheaply); per_host_concurrency caps one host, and rows waiting for a
         busy host hold no global slot.
@@ -124,7 +124,7 @@ class DownloadConfig(_Config):
     first_timeout_s: float = 5.0
     drip_bytes_per_s: int = 4096
     max_drip_s: float = 120.0
-    retries: int = 2
+    download_retries: int = 2
     concurrency: int = 512
     per_host_concurrency: int = 16
     shards_in_flight: int = 64
@@ -158,7 +158,8 @@ class DownloadConfig(_Config):
                "an integer >= 1")
         _check(self.max_buffered_bytes >= 1, "max_buffered_bytes", self.max_buffered_bytes,
                "bytes >= 1")
-        _check(self.retries >= 0, "retries", self.retries, "an integer >= 0")
+        _check(self.download_retries >= 0, "download_retries", self.download_retries,
+               "an integer >= 0")
         _check(self.concurrency >= 1, "concurrency", self.concurrency, "an integer >= 1")
         _check(
             self.per_host_concurrency >= 1,
@@ -344,24 +345,24 @@ class RetrieveConfig(_Config):
 class PublishConfig(_Config):
     """Publish step: upload an output folder to the Hugging Face Hub as a dataset, with a card.
 
-    repo_id: the dataset, ``ORG/NAME`` (created when missing).
-    private: create the dataset private (an existing dataset keeps its visibility).
-    revision: the branch to commit to ("" = main; created from main when missing).
+    hub_repo_id: the dataset, ``ORG/NAME`` (created when missing).
+    hub_private: create the dataset private (an existing dataset keeps its visibility).
+    hub_revision: the branch to commit to ("" = main; created from main when missing).
     source: what was indexed, for the card ("" = what manifest.json records, if anything).
 
     Attributes:
         commit_message: The commit's title ("" = one that names the model and row count).
     """
 
-    repo_id: str
-    private: bool = False
-    revision: str = ""
+    hub_repo_id: str
+    hub_private: bool = False
+    hub_revision: str = ""
     source: str = ""
     commit_message: str = ""
 
     def validate(self) -> None:
         from clip_index.hub import check_repo_id
 
-        check_repo_id(self.repo_id)
-        _check(self.revision == self.revision.strip() and " " not in self.revision, "revision",
-               self.revision, "a branch name without spaces, or '' for main")
+        check_repo_id(self.hub_repo_id, "hub_repo_id")
+        _check(self.hub_revision == self.hub_revision.strip() and " " not in self.hub_revision,
+               "hub_revision", self.hub_revision, "a branch name without spaces, or '' for main")

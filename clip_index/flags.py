@@ -23,15 +23,9 @@ CONFIG_COMPONENTS: dict[str, tuple[str, ...]] = {
     "RetrieveConfig": ("load_queries", "retrieve_matches"), "PublishConfig": ("publish_to_hub",),
 }
 # The index pipeline's components in pipeline order: a pipeline parameter takes the help of
-# the first one with a parameter of its name (or of the name in PIPELINE_RENAMES).
+# the first one with a parameter of its name (each setting has one name everywhere).
 PIPELINE_COMPONENTS = ("load_dataset", "download_images", "embed_images", "write_embeddings",
                        "build_index", "report", "publish_to_hub")
-PIPELINE_RENAMES = {"download_retries": ("download_images", "retries"),
-                    "dataset_fingerprint": ("load_dataset", "fingerprint"),
-                    "hub_repo_id": ("publish_to_hub", "repo_id"),
-                    "hub_private": ("publish_to_hub", "private"),
-                    "hub_revision": ("publish_to_hub", "revision"),
-                    "hub_token_secret": ("publish_to_hub", "token_secret")}
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,10 +64,9 @@ def pipeline_docs(names: typing.Iterable[str]) -> dict[str, str]:
     comps = component_docs()
     docs = {}
     for name in names:
-        component, param = PIPELINE_RENAMES.get(name, (None, name))
-        for c in (component,) if component else PIPELINE_COMPONENTS:
-            if param in comps.get(c, {}):
-                docs[name] = comps[c][param]
+        for c in PIPELINE_COMPONENTS:
+            if name in comps.get(c, {}):
+                docs[name] = comps[c][name]
                 break
     return docs
 

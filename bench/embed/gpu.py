@@ -213,7 +213,7 @@ def end_to_end(unit: Path, shards: int, ckpt: Path, model: str, device: str, dec
     out_dir = WORK / f"out-{device}-{decode}"
     shutil.rmtree(out_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "clip_index.cli", "embed", "--images", str(unit), "--shards",
-           f"0-{shards - 1}" if shards > 1 else "0", "--output", str(out_dir), "--model", model,
+           f"0-{shards - 1}" if shards > 1 else "0", "--output-dir", str(out_dir), "--model", model,
            "--pretrained", str(ckpt), "--device", device, "--decode", decode, *extra]
     with GpuSampler() as sampler:
         m = measured(cmd, WORK / f"embed-{device}-{decode}.log",

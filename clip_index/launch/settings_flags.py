@@ -41,8 +41,8 @@ def add_settings_flags(parser: argparse.ArgumentParser,
             parser.add_argument(flag(name), dest=name, default=getattr(d, name),
                                 help=f"{kind} limit of each {step} task "
                                      f"(default: {getattr(d, name)})")
-    parser.add_argument("--retries", type=int, default=d.retries,
-                        help=f"retries of a failed download/embed task (default: {d.retries})")
+    parser.add_argument("--task-retries", type=int, default=d.task_retries,
+                        help=f"retries of a failed download/embed task (default: {d.task_retries})")
     parser.add_argument("--backoff-s", type=int, default=d.backoff_s,
                         help=f"seconds before the first retry, doubling (default: {d.backoff_s})")
 
@@ -59,5 +59,5 @@ def settings_from_args(args: argparse.Namespace) -> PipelineSettings:
         gpu_type=args.gpu_type, gpu_count=args.gpu_count,
         download_parallelism=args.download_parallelism,
         embed_parallelism=args.embed_parallelism,
-        retries=args.retries, backoff_s=args.backoff_s, **sized,
+        task_retries=args.task_retries, backoff_s=args.backoff_s, **sized,
     )

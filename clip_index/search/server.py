@@ -44,7 +44,7 @@ class ServeSettings:
     max_request_bytes: int = 16 * 1024 * 1024
     max_image_bytes: int = 8 * 1024 * 1024
     fetch: DownloadConfig = field(default_factory=lambda: DownloadConfig(
-        timeout_s=10.0, retries=0, max_image_bytes=8 * 1024 * 1024))
+        timeout_s=10.0, download_retries=0, max_image_bytes=8 * 1024 * 1024))
     cors_origins: tuple[str, ...] = ()
     max_drain_bytes: int = 64 * 1024 * 1024
 
@@ -279,7 +279,7 @@ def command(args: argparse.Namespace) -> int:
         _ = indices[name].model  # load the query model now: fail at start, not per request
     if args.max_num_images < 1:
         raise ValueError(f"--max-num-images={args.max_num_images}: expected an integer >= 1")
-    fetch = DownloadConfig(timeout_s=10.0, retries=0,
+    fetch = DownloadConfig(timeout_s=10.0, download_retries=0,
                            max_image_bytes=ServeSettings.max_image_bytes,
                            allow_private_networks=args.allow_private_networks)
     settings = ServeSettings(max_num_images=args.max_num_images,

@@ -108,13 +108,13 @@ def test_download_input_takes_datacomps_columns(tmp_path, http_server, capsys) -
     pq.write_table(pa.table({"uid": ["u1"], "url": [url], "text": ["a red thing"],
                              "original_width": [64]}), path)
     out = tmp_path / "out"
-    assert main(["download", "--input", str(path), "--output", str(out),
-                 "--allow-private-networks", "--retries", "0"]) == 0
+    assert main(["download", "--input", str(path), "--output-dir", str(out),
+                 "--allow-private-networks", "--download-retries", "0"]) == 0
     rows = pq.read_table(out / "part-00000.parquet").to_pylist()
     assert [(r["uid"], r["url"], r["caption"], r["status"]) for r in rows] == [
         ("u1", url, "a red thing", "success")]
     capsys.readouterr()
-    assert main(["download", "--input", str(path), "--output", str(out),
+    assert main(["download", "--input", str(path), "--output-dir", str(out),
                  "--url-column", "image_url"]) == 2
     err = capsys.readouterr().err
     assert "--url-column='image_url' is not a column of" in err

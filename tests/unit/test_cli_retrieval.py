@@ -51,7 +51,7 @@ def test_retrieve_command(tiny: tuple[Path, np.ndarray], tmp_path: Path,
                           capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = tiny
     (tmp_path / "p.jsonl").write_text('{"text": "a red circle"}\n{"text": "a blue square"}\n')
-    assert main(["retrieve", str(tmp_path / "p.jsonl"), str(out), "--output",
+    assert main(["retrieve", str(tmp_path / "p.jsonl"), str(out), "--output-dir",
                  str(tmp_path / "r"), "--num-images", "5", "--deduplicate"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["queries"] == 2 and summary["matches"] == 10
@@ -108,7 +108,7 @@ def test_retrieve_download_takes_the_stored_thumbnail_and_fetches_the_rest(
     vectors = build_tiny_index(out, n=30, urls=urls)
     add_thumbnails(out, {f"img-{i:03d}": bodies[i] for i in range(15)})
     np.save(tmp_path / "q.npy", vectors[[3, 20]])
-    assert main(["retrieve", str(tmp_path / "q.npy"), str(out), "--output", str(tmp_path / "r"),
+    assert main(["retrieve", str(tmp_path / "q.npy"), str(out), "--output-dir", str(tmp_path / "r"),
                  "--num-images", "4", "--download", "--allow-private-networks"]) == 0
     summary = json.loads(capsys.readouterr().out)
     files = {p.name for p in (tmp_path / "r" / "images").iterdir()}

@@ -38,8 +38,8 @@ def _write_urls(path: Path, urls: list[tuple[str, str | None]]) -> Path:
 
 def _run(tmp_path: Path, urls: list[tuple[str, str | None]], **overrides: Any
          ) -> tuple[dict[str, dict[str, Any]], Any]:
-    config = DownloadConfig(**{"allow_private_networks": True, "timeout_s": 2.0, "retries": 1,
-                               "image_size": 32, **overrides})
+    config = DownloadConfig(**{"allow_private_networks": True, "timeout_s": 2.0,
+                               "download_retries": 1, "image_size": 32, **overrides})
     src = _write_urls(tmp_path / "urls.parquet", urls)
     out = tmp_path / "out" / "part-00000.parquet"
     stats = download_shard(str(src), str(out), config)
@@ -231,7 +231,7 @@ def test_retry_after_is_honoured(tmp_path: Path, http_server: TestServer) -> Non
 
 def test_429_then_gives_up_after_retries(tmp_path: Path, http_server: TestServer) -> None:
     url = http_server.add("/limit", routes.status(429, {"Retry-After": "0"}))
-    rows, stats = _run(tmp_path, [("a", url)], retries=2)
+    rows, stats = _run(tmp_path, [("a", url)], download_retries=2)
     assert rows["a"]["status"] == "failed_to_download"
     assert rows["a"]["error"].startswith("http_429")
     assert http_server.hits["/limit"] == 3
@@ -305,5 +305,5 @@ def test_waiting_for_a_busy_host_is_not_a_timeout(tmp_path: Path,
     # longer than timeout_s, yet none of them timed out on the server
     url = http_server.add("/slow.jpg", routes.slow_image(JPEG, 0.4))
     rows, stats = _run(tmp_path, [(str(i), f"{url}?i={i}") for i in range(12)],
-                       per_host_concurrency=2, timeout_s=1.0, retries=0)
+                       per_host_concurrency=2, timeout_s=1.0, download_retries=0)
     assert stats.successes == 12, stats.errors

@@ -35,7 +35,7 @@ def _shard(tmp_path: Path, urls: list[str], **overrides: Any) -> dict[str, dict[
         [{"uid": str(i), "url": u, "caption": None} for i, u in enumerate(urls)],
         schema=schema.URLS_SCHEMA), src)
     out = tmp_path / "out" / "part-00000.parquet"
-    download_shard(str(src), str(out), DownloadConfig(**{"timeout_s": 3.0, "retries": 0,
+    download_shard(str(src), str(out), DownloadConfig(**{"timeout_s": 3.0, "download_retries": 0,
                                                          **overrides}))
     return {r["url"]: r for r in pq.read_table(out).to_pylist()}
 

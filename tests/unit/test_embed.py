@@ -169,7 +169,7 @@ def test_cli_names_the_closest_models_and_how_to_pass_a_checkpoint(tmp_path, cap
     from clip_index.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    base = ["embed", "--images", str(tmp_path / "none"), "--shards", "0", "--output",
+    base = ["embed", "--images", str(tmp_path / "none"), "--shards", "0", "--output-dir",
             str(tmp_path / "out"), "--device", "cpu"]
     assert main([*base, "--model", "ViT-B-31", "--pretrained", "none"]) == 2
     err = capsys.readouterr().err

@@ -231,7 +231,7 @@ def test_text_and_image_prompts_use_the_index_model(tmp_path: Path) -> None:
     index = ClipIndex(out)
     top = index.search_text("a red circle", k=10) + index.search_image(image, k=10)
     threshold = float(sorted(r.score for r in top)[len(top) // 2])
-    assert main(["export", str(out), "--output", str(tmp_path / "out"), "--threshold",
+    assert main(["export", str(out), "--output-dir", str(tmp_path / "out"), "--threshold",
                  str(threshold), "--text", "a red circle", "--image", str(image)]) == 0
     rows = pq.read_table(tmp_path / "out" / MATCHES_FILE).to_pylist()
     for prompt, results in (("a red circle", top[:10]), (str(image), top[10:])):
@@ -278,7 +278,7 @@ def test_bad_inputs_fail_before_any_work(fp16: tuple[Path, np.ndarray], tmp_path
     with pytest.raises(ConfigError, match="max_per_prompt=-1"):
         ExportConfig(0.5, max_per_prompt=-1).validate()
     assert not target.exists()
-    assert main(["export", str(out), "--output", str(target), "--threshold", "2"]) == 2
+    assert main(["export", str(out), "--output-dir", str(target), "--threshold", "2"]) == 2
 
 
 def test_prompt_files(tmp_path: Path) -> None:

@@ -270,7 +270,7 @@ def test_cli_query_and_retrieve_read_a_two_stage_folder(
     assert [r[0]["uid"] for r in rows] == [uids[4], uids[9]] and len(rows[0]) == 3
     (tmp_path / "q.jsonl").write_text("".join(json.dumps({"embedding": v.tolist()}) + "\n"
                                               for v in vectors[:3]))
-    assert main(["retrieve", str(tmp_path / "q.jsonl"), str(out), "--output",
+    assert main(["retrieve", str(tmp_path / "q.jsonl"), str(out), "--output-dir",
                  str(tmp_path / "r"), "--num-images", "4"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["queries"] == 3 and summary["matches"] == 12
@@ -291,7 +291,7 @@ def test_a_published_two_stage_index_opens_from_the_hub(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     hub = HubStandIn().start()
     try:
-        run_publish(str(out), PublishConfig(repo_id="org/two"), token=hub.token,
+        run_publish(str(out), PublishConfig(hub_repo_id="org/two"), token=hub.token,
                     endpoint=hub.endpoint)
         index = ClipIndex.from_hub("org/two", endpoint=hub.endpoint, token=hub.token,
                                    cache_dir=str(tmp_path / "cache"))

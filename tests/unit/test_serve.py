@@ -41,7 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory,
     vectors = build_tiny_index(out, n=60, urls=urls)
     settings = ServeSettings(max_num_images=50, max_request_bytes=200_000,
                              max_image_bytes=100_000,
-                             fetch=DownloadConfig(allow_private_networks=True, retries=0,
+                             fetch=DownloadConfig(allow_private_networks=True, download_retries=0,
                                                   max_image_bytes=100_000))
     server = LiveServer(create_app({"tiny": ClipIndex(out, threads=1)}, settings)).start()
     yield server, vectors
@@ -161,7 +161,7 @@ def test_image_url_is_fetched_through_the_guard(tmp_path: Path, images: TestServ
         assert "access-control-allow-origin" not in pre.headers
     finally:
         strict.stop()
-    small = ServeSettings(fetch=DownloadConfig(allow_private_networks=True, retries=0,
+    small = ServeSettings(fetch=DownloadConfig(allow_private_networks=True, download_retries=0,
                                                max_image_bytes=2000),
                           cors_origins=("https://ok.example",))
     opened = LiveServer(create_app({"ix": ClipIndex(out)}, small)).start()
