@@ -101,9 +101,9 @@ def test_query_needs_exactly_one_input(output_dir, capsys) -> None:
 def test_download_input_takes_datacomps_columns(tmp_path, http_server, capsys) -> None:
     """`download --input` on DataComp's columns (uid, url, text): the caption comes from
     `text`; a missing column is named with the columns there are, before any download."""
-    from tests.conftest import jpeg_bytes
+    from tests.support.images import image_bytes
 
-    url = http_server.add_bytes("/a.jpg", jpeg_bytes())
+    url = http_server.add_bytes("/a.jpg", image_bytes())
     path = tmp_path / "datacomp.parquet"
     pq.write_table(pa.table({"uid": ["u1"], "url": [url], "text": ["a red thing"],
                              "original_width": [64]}), path)

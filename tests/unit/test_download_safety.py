@@ -22,11 +22,11 @@ from clip_index.config import DownloadConfig
 from clip_index.download import step as download
 from clip_index.download.decoder import MAX_DEATHS_BEFORE_ANY_IMAGE, DecodePool, DecoderUnavailable
 from clip_index.download.step import download_shard, run_download
-from tests.support import routes
+from tests.support import images, routes
 from tests.support.crashing import crash_on_marker
 from tests.support.http_server import TestServer
 
-JPEG = routes.image_bytes(64, 48)
+JPEG = images.image_bytes(64, 48)
 
 
 def _shard(tmp_path: Path, urls: list[str], **overrides: Any) -> dict[str, dict[str, Any]]:

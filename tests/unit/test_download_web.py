@@ -18,10 +18,10 @@ from aiohttp import web
 from clip_index import io, schema
 from clip_index.config import DownloadConfig
 from clip_index.download.step import download_shard, run_download
-from tests.support import routes
+from tests.support import images, routes
 from tests.support.http_server import TestServer
 
-JPEG = routes.noisy_jpeg(200, 150)
+JPEG = images.noisy_jpeg(200, 150)
 
 
 def _config(**overrides: Any) -> DownloadConfig:

@@ -32,7 +32,7 @@ from clip_index.search.export import (
 from clip_index.search.export_config import ExportConfig
 from clip_index.search.searcher import ClipIndex
 from clip_index.vectors import normalise
-from tests.conftest import jpeg_bytes
+from tests.support.images import image_bytes
 from tests.support.index_builder import write_output_dir
 from tests.support.tiny_index import TINY_DIM, build_tiny_index
 
@@ -227,7 +227,7 @@ def test_text_and_image_prompts_use_the_index_model(tmp_path: Path) -> None:
     out = tmp_path / "index"
     build_tiny_index(out, n=200)  # Flat: its search is exact, so it must agree
     image = tmp_path / "q.jpg"
-    image.write_bytes(jpeg_bytes(80, 60))
+    image.write_bytes(image_bytes(80, 60))
     index = ClipIndex(out)
     top = index.search_text("a red circle", k=10) + index.search_image(image, k=10)
     threshold = float(sorted(r.score for r in top)[len(top) // 2])
