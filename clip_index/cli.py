@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -244,75 +245,42 @@ COMMANDS = ("run", "query", "compile", "demo", "load", "download", "embed", "wri
             *EXTERNAL_COMMANDS)
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The CLI's parser; with `only`, just that command's (the others' imports, kfp's above
-    all, cost half a second at every start of a step)."""
+def _add_run(run: argparse.ArgumentParser) -> None:
+    """`run`: the pipeline's parameters, kfp.local's options and the compile settings."""
+    from clip_index.launch.runner import default_local_settings
+    from clip_index.pipelines import make_index_pipeline
+
+    params = pipeline_params(make_index_pipeline().pipeline_func)
+    add_typed_flags(run, params, pipeline_docs(params))
+    run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
+                     "artifacts (default: OUTPUT_DIR/.pipeline)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="redo every task; by default a repeated run (same parameters and "
+                          "pipeline root) reuses the tasks that finished, so a killed run "
+                          "resumes")
+    add_settings_flags(run, default_local_settings())
+
+
+def _add_compile(comp: argparse.ArgumentParser) -> None:
+    """`compile`: where the YAML goes, and the compile settings."""
+    comp.add_argument("--output-dir", default="compiled", help="folder for the compiled "
+                      "pipeline and component YAML files (default: compiled)")
+    add_settings_flags(comp)
+
+
+def _add_demo(demo: argparse.ArgumentParser) -> None:
+    """`demo`: its work folder and shard count."""
+    demo.add_argument("--work-dir", default=".demo", help="folder for the sample images, "
+                      "the output index and the run's logs (default: .demo)")
+    demo.add_argument("--shards", type=int, default=2,
+                      help="URL shards the sample is cut into (default: 2)")
+
+
+def _add_steps(command: Callable[[str, Any, str], argparse.ArgumentParser],
+               wanted: Callable[[str], bool]) -> None:
+    """The step commands (load, download, embed, write, index): each its input and output
+    folders and its step config's flags."""
     from clip_index import config as cfg
-
-    parser = argparse.ArgumentParser(
-        prog="clip-index",
-        description="Turn an image-URL dataset into a CLIP search index (a KFP pipeline that runs "
-        "locally, on Vertex AI and on Kubeflow), then query, serve and publish it.")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show every log line (for run/demo: kfp.local's full task logs)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:  # noqa: A002
-        p = sub.add_parser(name, help=help)
-        p.set_defaults(func=func)
-        return p
-
-    def wanted(name: str) -> bool:
-        return only is None or only == name
-
-    if wanted("run"):
-        from clip_index.pipelines import make_index_pipeline
-
-        run = command("run", cmd_run, "run the whole pipeline locally (kfp.local)")
-        params = pipeline_params(make_index_pipeline().pipeline_func)
-        add_typed_flags(run, params, pipeline_docs(params))
-        run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
-                         "artifacts (default: OUTPUT_DIR/.pipeline)")
-        run.add_argument("--no-cache", action="store_true",
-                         help="redo every task; by default a repeated run (same parameters and "
-                              "pipeline root) reuses the tasks that finished, so a killed run "
-                              "resumes")
-        from clip_index.launch.runner import default_local_settings
-
-        add_settings_flags(run, default_local_settings())
-
-    if wanted("query"):
-        query = command("query", cmd_query, "search a published output folder")
-        query.add_argument("output_dir", help="an output folder (local or gs://), hf://ORG/NAME"
-                           "[@REVISION] on the Hugging Face Hub, or the reference's layout")
-        query.add_argument("--text", action="append", help="a prompt (repeat for a batch)")
-        query.add_argument("--image", action="append", help="an image file (repeat for a batch)")
-        query.add_argument("--image-url", help="an image URL, fetched like the download step does")
-        query.add_argument("--allow-private-networks", action="store_true",
-                           help="let --image-url reach private/loopback addresses")
-        query.add_argument("--embedding",
-                           help="JSON file: one embedding (a list of floats) or a list of them")
-        query.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
-        query.add_argument("--deduplicate", action="store_true",
-                           help="drop near-identical results (cosine >= 0.94)")
-        query.add_argument("--json", action="store_true", help="print a JSON list, best first")
-        query.add_argument("--mmap", action="store_true", help="memory-map the index")
-        query.add_argument("--pretrained", default=None,
-                           help="a local checkpoint of the index's model (when its tag can't be "
-                           "downloaded)")
-
-    if wanted("compile"):
-        comp = command("compile", cmd_compile, "compile every pipeline to YAML")
-        comp.add_argument("--output-dir", default="compiled", help="folder for the compiled "
-                          "pipeline and component YAML files (default: compiled)")
-        add_settings_flags(comp)
-
-    if wanted("demo"):
-        demo = command("demo", cmd_demo, "the bundled sample, end to end, with the tiny CLIP")
-        demo.add_argument("--work-dir", default=".demo", help="folder for the sample images, "
-                          "the output index and the run's logs (default: .demo)")
-        demo.add_argument("--shards", type=int, default=2,
-                          help="URL shards the sample is cut into (default: 2)")
 
     if wanted("load"):
         load = command("load", cmd_load, "step: dataset → URL shards")
@@ -363,6 +331,55 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         index.add_argument("--output-dir", required=True,
                            help=step_help("build_index", "output_dir"))
         add_config_flags(index, cfg.IndexConfig)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with `only`, just that command's (the others' imports, kfp's above
+    all, cost half a second at every start of a step)."""
+    parser = argparse.ArgumentParser(
+        prog="clip-index",
+        description="Turn an image-URL dataset into a CLIP search index (a KFP pipeline that runs "
+        "locally, on Vertex AI and on Kubeflow), then query, serve and publish it.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every log line (for run/demo: kfp.local's full task logs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:  # noqa: A002
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        return p
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    if wanted("run"):
+        _add_run(command("run", cmd_run, "run the whole pipeline locally (kfp.local)"))
+
+    if wanted("query"):
+        query = command("query", cmd_query, "search a published output folder")
+        query.add_argument("output_dir", help="an output folder (local or gs://), hf://ORG/NAME"
+                           "[@REVISION] on the Hugging Face Hub, or the reference's layout")
+        query.add_argument("--text", action="append", help="a prompt (repeat for a batch)")
+        query.add_argument("--image", action="append", help="an image file (repeat for a batch)")
+        query.add_argument("--image-url", help="an image URL, fetched like the download step does")
+        query.add_argument("--allow-private-networks", action="store_true",
+                           help="let --image-url reach private/loopback addresses")
+        query.add_argument("--embedding",
+                           help="JSON file: one embedding (a list of floats) or a list of them")
+        query.add_argument("-k", type=int, default=10, help="results per query (default: 10)")
+        query.add_argument("--deduplicate", action="store_true",
+                           help="drop near-identical results (cosine >= 0.94)")
+        query.add_argument("--json", action="store_true", help="print a JSON list, best first")
+        query.add_argument("--mmap", action="store_true", help="memory-map the index")
+        query.add_argument("--pretrained", default=None,
+                           help="a local checkpoint of the index's model (when its tag can't be "
+                           "downloaded)")
+
+    if wanted("compile"):
+        _add_compile(command("compile", cmd_compile, "compile every pipeline to YAML"))
+    if wanted("demo"):
+        _add_demo(command("demo", cmd_demo, "the bundled sample, end to end, with the tiny CLIP"))
+    _add_steps(command, wanted)
 
     for name, (module, text) in EXTERNAL_COMMANDS.items():
         if not wanted(name):

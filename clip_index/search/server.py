@@ -49,29 +49,11 @@ class ServeSettings:
     max_drain_bytes: int = 64 * 1024 * 1024
 
 
-def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -> Any:
-    """The FastAPI application serving `indices` (name → ClipIndex)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-    from clip_index.fetch import fetch_url_async
-    from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
-    from clip_index.schema import RowError, Status
-    from clip_index.search.page import PAGE_HTML
-
-    if not indices:
-        raise ValueError("serve: expected at least one index")
-    settings = settings or ServeSettings()
-    limit = settings.max_num_images
-    thumbnails = {name: Thumbnails(ix.output_dir, len(ix)) for name, ix in indices.items()}
-    app = FastAPI(title="clip-index", description=__doc__.split("\n")[0], docs_url="/docs")
-    if settings.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
+def _limit_body(app: Any, settings: ServeSettings) -> None:
+    """Answer 413 to a body over `max_request_bytes` (drained first, up to `max_drain_bytes`,
+    so that the client reads the answer) and 411 to a POST without a Content-Length."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
 
     @app.middleware("http")
     async def bound_body(request: Request, call_next: Any) -> Any:
@@ -92,6 +74,81 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
             return JSONResponse({"detail": "a POST needs a Content-Length header"},
                                 status_code=411)
         return await call_next(request)
+
+
+def _log_unexpected(app: Any) -> None:
+    """A 500 that names the error, logged with its traceback."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Any:
+        log.exception("serve: %s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"[:500]},
+                            status_code=500)
+
+
+async def _parse(request: Any, model: Any) -> Any:
+    """The body as JSON whatever its Content-Type (clip-retrieval's ClipClient sends none,
+    and its Flask back end parsed with force=True), validated by `model`."""
+    from fastapi import HTTPException
+    from pydantic import ValidationError
+
+    raw = await request.body()
+    try:
+        return model.model_validate(json.loads(raw or b"null"))
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"request body is not JSON ({exc}): expected a JSON "
+                            "object") from exc
+    except ValidationError as exc:
+        raise HTTPException(422, json.loads(exc.json(include_url=False,
+                                                     include_input=False))) from exc
+
+
+def _decode_image(data: str, max_image_bytes: int) -> bytes:
+    """Base64 image bytes (or a data: URL's), at most `max_image_bytes` of them."""
+    from fastapi import HTTPException
+
+    if len(data) > max_image_bytes * 4 // 3 + 4:
+        raise HTTPException(413, f"image: expected at most {max_image_bytes} bytes")
+    if data.startswith("data:") and "," in data:  # a data URL from a browser
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(400, f"image: expected base64-encoded image bytes ({exc})") \
+            from exc
+
+
+def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -> Any:
+    """The FastAPI application serving `indices` (name → ClipIndex)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from clip_index.fetch import fetch_url_async
+    from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
+    from clip_index.schema import RowError, Status
+    from clip_index.search.page import PAGE_HTML
+
+    if not indices:
+        raise ValueError("serve: expected at least one index")
+    settings = settings or ServeSettings()
+    limit = settings.max_num_images
+    thumbnails = {name: Thumbnails(ix.output_dir, len(ix)) for name, ix in indices.items()}
+    app = FastAPI(title="clip-index", description=__doc__.split("\n")[0], docs_url="/docs")
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
+    _limit_body(app, settings)
+    _log_unexpected(app)
+    parse = _parse
+
+    def decode_image(data: str) -> bytes:
+        return _decode_image(data, settings.max_image_bytes)
 
     class KnnQuery(BaseModel):
         """clip-retrieval's /knn-service body; the filters it has and we do not are accepted
@@ -118,42 +175,12 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         ids: list[int] = Field(..., max_length=limit)
         indice_name: str | None = None
 
-    async def parse(request: Request, model: Any) -> Any:
-        """The body as JSON whatever its Content-Type (clip-retrieval's ClipClient sends none,
-        and its Flask back end parsed with force=True), validated by `model`."""
-        raw = await request.body()
-        try:
-            return model.model_validate(json.loads(raw or b"null"))
-        except json.JSONDecodeError as exc:
-            raise HTTPException(422, f"request body is not JSON ({exc}): expected a JSON "
-                                "object") from exc
-        except ValidationError as exc:
-            raise HTTPException(422, json.loads(exc.json(include_url=False,
-                                                         include_input=False))) from exc
-
     def pick(name: str | None) -> tuple[str, Any]:
         if name is None or name == "":
             name = next(iter(indices))
         if name not in indices:
             raise HTTPException(404, f"indice_name={name!r}: expected one of {sorted(indices)}")
         return name, indices[name]
-
-    def decode_image(data: str) -> bytes:
-        if len(data) > settings.max_image_bytes * 4 // 3 + 4:
-            raise HTTPException(413, f"image: expected at most {settings.max_image_bytes} bytes")
-        if data.startswith("data:") and "," in data:  # a data URL from a browser
-            data = data.split(",", 1)[1]
-        try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise HTTPException(400, f"image: expected base64-encoded image bytes ({exc})") \
-                from exc
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Any:
-        log.exception("serve: %s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"[:500]},
-                            status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
