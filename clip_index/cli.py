@@ -160,6 +160,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     config = config_from_args(DownloadConfig, args)
     if args.input:  # one URL parquet file, e.g. for benchmarks
         config.validate()
+        from clip_index.load.file import urls_file
+
         urls = urls_file(args.input, args.id_column, args.url_column, args.caption_column,
                          args.output_dir)
         stats = download_shard(urls, str(Path(args.output_dir) / "part-00000.parquet"), config)
@@ -169,50 +171,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     else:
         raise ValueError("download: give --urls DIR (with --shards) or --input FILE")
     return 0
-
-
-CAPTION_CANDIDATES = ("caption", "text")
-
-
-def urls_file(path: str, id_column: str, url_column: str, caption_column: str | None,
-              work_dir: str) -> str:
-    """A parquet file of the download step's input columns (uid, url, caption) from `path`:
-    `path` itself when its columns already are those, else a renamed copy in `work_dir`.
-    Refuses a missing column before any download, naming it and the columns there are.
-    caption_column None: the first of `CAPTION_CANDIDATES` present, or none."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from clip_index import io, schema
-
-    if not io.exists(path):
-        raise FileNotFoundError(f"--input {path!r} does not exist: expected a parquet file "
-                                "of image URLs")
-    fs, fs_path = io.filesystem(path)
-    with fs.open(fs_path, "rb") as f:
-        names = pq.read_schema(f).names
-    if caption_column is None:
-        caption_column = next((c for c in CAPTION_CANDIDATES if c in names), "")
-    for flag_name, column in (("--id-column", id_column), ("--url-column", url_column),
-                              ("--caption-column", caption_column)):
-        if column and column not in names:
-            raise ValueError(f"{flag_name}={column!r} is not a column of {path!r}: its columns "
-                             f"are {names}; pass {flag_name} with one of them"
-                             + ("" if flag_name == "--url-column" else " (or '' for none)"))
-    if (id_column, url_column, caption_column) == (schema.UID, schema.URL, schema.CAPTION):
-        return path
-    table = io.read_parquet(path, [c for c in (id_column, url_column, caption_column) if c])
-    n = table.num_rows
-    uids = (pc.cast(table.column(id_column), pa.string()) if id_column else
-            pa.array([f"{i:09d}" for i in range(n)], pa.string()))  # the row number, as load
-    captions = (pc.cast(table.column(caption_column), pa.string()) if caption_column else
-                pa.nulls(n, pa.string()))
-    out = io.join(work_dir, "input-urls.parquet")
-    io.write_parquet_atomic(out, pa.table(
-        [uids, pc.cast(table.column(url_column), pa.string()), captions],
-        schema=schema.URLS_SCHEMA))
-    return out
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -117,8 +117,8 @@ def test_download_input_takes_datacomps_columns(tmp_path, http_server, capsys) -
     assert main(["download", "--input", str(path), "--output-dir", str(out),
                  "--url-column", "image_url"]) == 2
     err = capsys.readouterr().err
-    assert "--url-column='image_url' is not a column of" in err
-    assert "['uid', 'url', 'text', 'original_width']" in err
+    assert "url_column='image_url' is not a column of" in err  # as the load step says it
+    assert "['original_width', 'text', 'uid', 'url']" in err
 
 
 
