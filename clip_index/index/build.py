@@ -105,7 +105,7 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
     config.validate()
     manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
     data_dir = io.join(output_dir, schema.DATA_DIR)
-    io.require_shards([io.shard_index(p) for p in io.list_shards(data_dir)], manifest["shards"],
+    io.require_shards([io.shard_number(p) for p in io.list_shards(data_dir)], manifest["shards"],
                       f"index: {data_dir}")
     start = time.monotonic()
     n_rows = count_rows(output_dir)

@@ -38,7 +38,7 @@ def _stage(output_dir: str, sink: Callable[[np.ndarray], None],
            arrow_mapping: pa.ipc.RecordBatchFileWriter) -> tuple[int, int]:
     offset, dim = 0, 0
     for path in io.list_shards(io.join(output_dir, schema.DATA_DIR)):
-        shard = io.shard_index(path)
+        shard = io.shard_number(path)
         table = io.read_parquet(path)
         if table.num_rows == 0:
             continue
