@@ -88,19 +88,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from clip_index.search.filters import filters_from_args
     from clip_index.search.searcher import ClipIndex
 
     given = [x for x in (args.text, args.image, args.image_url, args.embedding) if x]
     if len(given) != 1:
         raise ValueError("query: give exactly one of --text (repeatable), --image (repeatable), "
                          "--image-url or --embedding")
+    filters = filters_from_args(args)  # a bad filter fails before the index is opened
     index = ClipIndex(args.output_dir, mmap=args.mmap, pretrained=args.pretrained)
     dedup = args.deduplicate
     if args.text:
-        batches = index.search_text(args.text, args.k, dedup)
+        batches = index.search_text(args.text, args.k, dedup, filters)
         labels = args.text
     elif args.image:
-        batches = index.search_image(list(args.image), args.k, dedup)
+        batches = index.search_image(list(args.image), args.k, dedup, filters)
         labels = args.image
     elif args.image_url:
         from clip_index.config import DownloadConfig
@@ -108,7 +110,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
         fetch = DownloadConfig(allow_private_networks=args.allow_private_networks)
         try:
-            batches = [index.search_image_url(args.image_url, args.k, dedup, fetch)]
+            batches = [index.search_image_url(args.image_url, args.k, dedup, fetch, filters)]
         except RowError as exc:  # blocked, too large, http_404, ...: say why, no traceback
             raise ValueError(f"--image-url {args.image_url}: {exc}") from exc
         labels = [args.image_url]
@@ -116,7 +118,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         import numpy as np
 
         vectors = np.asarray(json.loads(Path(args.embedding).read_text()), dtype=np.float32)
-        batches = index.search_embedding(vectors, args.k, dedup)
+        batches = index.search_embedding(vectors, args.k, dedup, filters)
         labels = [f"embedding {i}" for i in range(len(batches))]
     if args.json:
         rows = [[r.as_dict() for r in results] for results in batches]
@@ -332,6 +334,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         query.add_argument("--pretrained", default=None,
                            help="a local checkpoint of the index's model (when its tag can't be "
                            "downloaded)")
+        from clip_index.search.filters import add_filter_arguments
+
+        add_filter_arguments(query)
 
     if wanted("compile"):
         _add_compile(command("compile", cmd_compile, "compile every pipeline to YAML"))

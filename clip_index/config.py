@@ -7,6 +7,7 @@ The library never reads environment variables: everything comes in through these
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +33,16 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
 class _Config:
     """Shared helpers: dict round trip (for KFP metadata and the CLI) and validation hook."""
 
+    def __post_init__(self) -> None:
+        # A whole number can arrive as a float from a pipeline backend's JSON (kfp.local does
+        # this; a backend's encoder is not ours to know): an `int` field takes it as an int, so
+        # `range(retries + 1)` and friends never see 2.0. A fractional value stays as given and
+        # fails `validate()` where a check applies.
+        for name, kind in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name, None)
+            if kind is int and isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+
     def validate(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -54,6 +65,11 @@ class LoadConfig(_Config):
 
     Attributes:
         split: The split of a Hugging Face dataset to read (files have none).
+        extra_columns: Source columns kept beside uid/url/caption, comma-separated ("auto" =
+            DataComp's metadata columns that the source has: original_width, original_height,
+            clip_b32_similarity_score, clip_l14_similarity_score, face_bboxes, sha256; "" =
+            none). face_bboxes is kept as face_count (boxes per row); a name a later step
+            writes itself (original_width, sha256, ...) takes the prefix source_.
     """
 
     dataset: str
@@ -63,9 +79,17 @@ class LoadConfig(_Config):
     limit: int = 0
     shard_size: int = 10_000
     split: str = "train"
+    extra_columns: str = "auto"
 
     def validate(self) -> None:
         _check(bool(self.dataset.strip()), "dataset", self.dataset, "a hub id, file or folder")
+        named = [c.strip() for c in self.extra_columns.split(",")]
+        _check(self.extra_columns.strip() in ("", "auto") or all(named), "extra_columns",
+               self.extra_columns, "'auto', '' or comma-separated column names")
+        clash = [c for c in named if c and c in (self.id_column, self.url_column,
+                                                  self.caption_column)]
+        _check(not clash, "extra_columns", self.extra_columns,
+               "columns other than the id, url and caption columns (kept already)")
         _check(bool(self.url_column), "url_column", self.url_column, "a column name")
         _check(self.limit >= 0, "limit", self.limit, "an integer >= 0 (0 = all rows)")
         _check(self.shard_size >= 1, "shard_size", self.shard_size, "an integer >= 1")
@@ -324,6 +348,12 @@ class RetrieveConfig(_Config):
     embedding_column: the column holding query embeddings (lists of floats), when present.
     batch_size: queries per model call and per index search. mmap: memory-map the index.
     shard_size: rows per URL shard of the matched images (for the download step).
+
+    Attributes:
+        filters: Only matches that pass these filters, as JSON or name=value,... (min_width,
+            min_height, max_aspect_ratio, min_clip_b32_score, min_clip_l14_score, max_faces,
+            exclude_changed, uids; see clip_index.search.filters); "" = none. Applied inside
+            the index scan, so num_images matches come back whenever that many rows pass.
     """
 
     num_images: int = 10
@@ -333,6 +363,7 @@ class RetrieveConfig(_Config):
     batch_size: int = 256
     mmap: bool = False
     shard_size: int = 10_000
+    filters: str = ""
 
     def validate(self) -> None:
         _check(1 <= self.num_images <= 10_000, "num_images", self.num_images, "1..10000")

@@ -28,6 +28,37 @@ FAISS_ID = "i"
 QUERY = "query"
 RANK = "rank"
 SCORE = "score"
+# Metadata carried from the source (load) and the download step, for filtered search
+IMAGE_CHANGED = "image_changed"  # bool: the downloaded bytes' sha256 differs from the source's
+FACE_BBOXES = "face_bboxes"  # DataComp: a list of face boxes per row ...
+FACE_COUNT = "face_count"  # ... which the load step reduces to their count (int32)
+# a source column whose name a later step writes itself is kept with this prefix
+# (DataComp's crawl-time original_width / original_height / sha256 → source_original_width, ...)
+SOURCE_PREFIX = "source_"
+SOURCE_SHA256 = SOURCE_PREFIX + SHA256
+# the load step's default extra columns: DataComp's metadata, each kept when the source has it
+DATACOMP_COLUMNS = ("original_width", "original_height", "clip_b32_similarity_score",
+                    "clip_l14_similarity_score", FACE_BBOXES, SHA256)
+
+
+def extra_column_name(source: str) -> str:
+    """The name a source column kept by the load step takes in the URL shards and after:
+    `face_bboxes` becomes `face_count`; a name a later step writes itself (IMAGES_SCHEMA's,
+    embedding, thumbnail, image_changed) takes the `source_` prefix; others stay."""
+    if source == FACE_BBOXES:
+        return FACE_COUNT
+    if source in IMAGES_SCHEMA.names or source in (EMBEDDING, THUMBNAIL, IMAGE_CHANGED,
+                                                      FACE_COUNT):
+        return SOURCE_PREFIX + source
+    return source
+
+
+# the types the load step gives known extra columns (others keep the source's type)
+EXTRA_TYPES: dict[str, pa.DataType] = {
+    SOURCE_PREFIX + ORIGINAL_WIDTH: pa.int32(), SOURCE_PREFIX + ORIGINAL_HEIGHT: pa.int32(),
+    "clip_b32_similarity_score": pa.float32(), "clip_l14_similarity_score": pa.float32(),
+    FACE_COUNT: pa.int32(), SOURCE_SHA256: pa.string(),
+}
 
 
 # load → download: one row per input row.
@@ -38,6 +69,16 @@ URLS_SCHEMA = pa.schema(
         pa.field(CAPTION, pa.string()),
     ]
 )
+
+def urls_schema(extras: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
+    """URLS_SCHEMA followed by the load step's extra (passthrough) columns."""
+    return pa.schema(list(URLS_SCHEMA) + list(extras))
+
+
+def extra_fields(urls: pa.Schema) -> list[pa.Field]:
+    """The passthrough columns of a load shard's schema (those after uid, url, caption)."""
+    return [f for f in urls if f.name not in URLS_SCHEMA.names]
+
 
 # download → embed: every input row, with its status; image bytes only on success.
 IMAGES_SCHEMA = pa.schema(
@@ -57,6 +98,15 @@ IMAGES_SCHEMA = pa.schema(
         pa.field(THUMBNAIL, pa.binary()),
     ]
 )
+
+
+def images_schema(extras: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
+    """IMAGES_SCHEMA followed by the load step's extra columns and, when the source gave a
+    sha256 (`source_sha256`), the `image_changed` flag (null when either hash is missing)."""
+    fields = list(IMAGES_SCHEMA) + list(extras)
+    if any(f.name == SOURCE_SHA256 for f in extras):
+        fields.append(pa.field(IMAGE_CHANGED, pa.bool_()))
+    return pa.schema(fields)
 
 
 def passthrough_fields(images: pa.Schema) -> list[pa.Field]:

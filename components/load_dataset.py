@@ -14,6 +14,7 @@ def load_dataset(
     limit: int = 0,
     shard_size: int = 10000,
     dataset_fingerprint: str = "",
+    extra_columns: str = "auto",
 ) -> None:
     """Read an image-URL dataset and write it as URL shards.
 
@@ -28,10 +29,14 @@ def load_dataset(
         dataset_fingerprint: What identifies the dataset's content (hub revision, hash of the file
             listing; set by clip-index run/submit): only read by the cache, so that a changed
             dataset is loaded again instead of reusing the old shards.
+        extra_columns: Source columns kept beside uid/url/caption for filtering, comma-separated
+            ("auto" = DataComp's metadata columns the source has, face_bboxes as a face count;
+            "" = none).
     """
     from clip_index.config import LoadConfig
     from clip_index.load.step import run_load
 
     config = LoadConfig(dataset=dataset, id_column=id_column, url_column=url_column,
-                        caption_column=caption_column, limit=limit, shard_size=shard_size)
+                        caption_column=caption_column, limit=limit, shard_size=shard_size,
+                        extra_columns=extra_columns)
     urls.metadata.update(run_load(config, urls.path).as_metadata())

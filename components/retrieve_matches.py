@@ -15,6 +15,7 @@ def retrieve_matches(
     batch_size: int = 256,
     mmap: bool = False,
     shard_size: int = 10000,
+    filters: str = "",
 ) -> None:
     """Search a published clip-index folder with every query; the index is loaded once.
 
@@ -29,12 +30,16 @@ def retrieve_matches(
         batch_size: Queries per model call and index search.
         mmap: Memory-map the index instead of reading it into RAM.
         shard_size: Rows per URL shard of the matched images.
+        filters: Only matches that pass these filters, as JSON or name=value,... (min_width,
+            min_height, max_aspect_ratio, min_clip_b32_score, min_clip_l14_score, max_faces,
+            exclude_changed, uids); "" = none. Applied inside the index search.
     """
     from clip_index.config import RetrieveConfig
     from clip_index.search.retrieve import run_retrieve
 
     config = RetrieveConfig(num_images=num_images, deduplicate=deduplicate,
-                            batch_size=batch_size, mmap=mmap, shard_size=shard_size)
+                            batch_size=batch_size, mmap=mmap, shard_size=shard_size,
+                            filters=filters)
     result = run_retrieve(queries.path, index_dir, matches.path, urls.path, config)
     matches.metadata.update(result.as_metadata())
     urls.metadata["rows"] = result.unique_images

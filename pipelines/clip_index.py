@@ -47,6 +47,7 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
         id_column: str = "uid",
         url_column: str = "url",
         caption_column: str = "text",
+        extra_columns: str = "auto",
         limit: int = 0,
         shard_size: int = 10000,
         image_size: int = 256,
@@ -87,6 +88,7 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
             dataset=dataset, id_column=id_column, url_column=url_column,
             caption_column=caption_column, limit=limit, shard_size=shard_size,
             dataset_fingerprint=dataset_fingerprint,  # the cache key follows the content
+            extra_columns=extra_columns,
         ).set_display_name("Load dataset")
         load.set_caching_options(True)
         urls = load.outputs["urls"]
@@ -95,10 +97,12 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
         # its own shards from the load manifest (clip_index.units), so each embed task's input
         # is its own group's P artifacts, its cache key only theirs, and its GPU starts when
         # its group's downloads are done while other groups may still be downloading.
+        # no `name=` on the loops: KFP backends before 2.16 look a loop up by its display name
+        # where its outputs are collected and fail with "cannot find producer task"
+        # (kubeflow/pipelines#13239; spec_check's rule loop-name)
         with dsl.ParallelFor(list(range(settings.embed_parallelism)),
-                             parallelism=settings.embed_parallelism, name="embed-groups") as group:
-            with dsl.ParallelFor(list(range(settings.parts)), parallelism=settings.parts,
-                                 name="download-units") as part:
+                             parallelism=settings.embed_parallelism) as group:
+            with dsl.ParallelFor(list(range(settings.parts)), parallelism=settings.parts) as part:
                 download = c.download_images(
                     urls=urls, group=group, part=part, groups=settings.embed_parallelism,
                     parts=settings.parts, image_size=image_size, resize_mode=resize_mode,

@@ -33,6 +33,7 @@ def make_retrieve_pipeline(settings: Any = None) -> Any:
         batch_size: int = 256,
         mmap: bool = False,
         shard_size: int = 10000,
+        filters: str = "",
         download_matches: bool = False,
         image_size: int = 256,
         resize_mode: str = "keep_ratio",
@@ -47,14 +48,14 @@ def make_retrieve_pipeline(settings: Any = None) -> Any:
         retrieve = c.retrieve_matches(
             queries=load.outputs["queries"], index_dir=index_dir, num_images=num_images,
             deduplicate=deduplicate, batch_size=batch_size, mmap=mmap, shard_size=shard_size,
+            filters=filters,
         ).set_display_name("Retrieve matches")
         retrieve.set_cpu_limit(settings.index_cpu).set_memory_limit(settings.index_memory)
         for task in (load, retrieve):  # the index folder may change under the same path
             task.set_caching_options(False)
         matched = download_matches == True  # noqa: E712 (a pipeline channel, not a bool)
         with dsl.If(matched, name="download-matches"), \
-                dsl.ParallelFor(list(range(width)), parallelism=width,
-                                name="download-units") as part:
+                dsl.ParallelFor(list(range(width)), parallelism=width) as part:
             download = c.download_images(
                 urls=retrieve.outputs["urls"], group=0, part=part, groups=1, parts=width,
                 image_size=image_size, resize_mode=resize_mode, timeout_s=timeout_s,

@@ -329,3 +329,11 @@ def process_batch(bodies: list[bytes]) -> list[ProcessedImage | tuple[str, str]]
                             f"decode_error: {type(exc).__name__}: {exc}"[:300]))
     trim_if_above()  # decoded originals are tens of MB: bound what the worker's heap keeps
     return results
+
+
+def image_changed(sha256: str | None, source_sha256: str | None) -> bool | None:
+    """True when the downloaded bytes' hash differs from the one the source recorded (the
+    image changed since the crawl); None when either is missing (failed row, no hash)."""
+    if not sha256 or not source_sha256:
+        return None
+    return sha256.lower() != source_sha256.strip().lower()

@@ -32,7 +32,7 @@ from clip_index.download import vips
 from clip_index.download.checkpoint import ROW, ShardCheckpoint
 from clip_index.download.decoder import DecodePool, DecoderUnavailable
 from clip_index.download.memory import reuse_freed_memory, trim_if_above
-from clip_index.download.resize import ProcessedImage
+from clip_index.download.resize import ProcessedImage, image_changed
 from clip_index.fetch import Fetcher
 from clip_index.guard import GuardedResolver
 from clip_index.schema import RowError, Status
@@ -263,14 +263,22 @@ class _ShardRun:
         self.config = config
         self.unit = unit
         self.started = time.monotonic()
-        urls = io.read_parquet(job.input_path, columns=[schema.UID, schema.URL, schema.CAPTION])
+        urls = io.read_parquet(job.input_path)
         # Python lists once per shard: indexing an Arrow column and calling as_py() per field
         # per row cost the event loop more than the row's own bookkeeping
         self.uids: list[str] = urls.column(schema.UID).to_pylist()
         self.urls: list[str | None] = urls.column(schema.URL).to_pylist()
         self.captions: list[str | None] = urls.column(schema.CAPTION).to_pylist()
+        # the load step's extra columns pass through (each row in flight holds its values)
+        extras = schema.extra_fields(urls.schema)
+        self.extra_names = [f.name for f in extras]
+        self.extras: list[tuple[Any, ...]] = list(zip(
+            *(urls.column(n).to_pylist() for n in self.extra_names))) if extras else []
         del urls
-        self.checkpoint = ShardCheckpoint(job.output_path, schema.IMAGES_SCHEMA, _COMPRESSION)
+        out_schema = schema.images_schema(extras)
+        self.checkpoint = ShardCheckpoint(job.output_path, out_schema,
+                                          {n: _COMPRESSION.get(n, "zstd") for n in
+                                           out_schema.names})
         done = self.checkpoint.done_rows(self.uids)
         if done:
             log.info("download: shard %d resumes: %d of %d rows already done", job.shard,
@@ -297,11 +305,12 @@ class _ShardRun:
             await self.unit.writes_caught_up()
             await room.acquire()
             task = asyncio.create_task(self._one(index, self.uids[index], self.urls[index],
-                                                 self.captions[index], fetcher, pool))
+                                                 self.captions[index], fetcher, pool,
+                                                 self.extras[index] if self.extras else ()))
             self.in_flight.add(task)
             task.add_done_callback(self._row_done)
         self.all_started = True
-        self.todo, self.uids, self.urls, self.captions = [], [], [], []
+        self.todo, self.uids, self.urls, self.captions, self.extras = [], [], [], [], []
         if not self.in_flight:
             self.idle.set()
 
@@ -311,7 +320,7 @@ class _ShardRun:
             self.idle.set()
 
     async def _one(self, index: int, uid: str, url: str | None, caption: str | None,
-                   fetcher: Fetcher, pool: DecodePool) -> None:
+                   fetcher: Fetcher, pool: DecodePool, extras: tuple[Any, ...] = ()) -> None:
         try:
             record = await _process_row(url, fetcher, pool)
         except DecoderUnavailable as exc:  # not this row's fault: the shard stops (finish)
@@ -321,6 +330,11 @@ class _ShardRun:
             self.unit.rows_room.release()
         record[schema.UID] = uid
         record[schema.CAPTION] = caption
+        if extras:
+            record.update(zip(self.extra_names, extras))
+            if schema.SOURCE_SHA256 in record:
+                record[schema.IMAGE_CHANGED] = image_changed(record.get(schema.SHA256),
+                                                             record[schema.SOURCE_SHA256])
         record[ROW] = index
         size = (_RECORD_BYTES + len(record.get(schema.IMAGE) or b"")
                 + len(record.get(schema.THUMBNAIL) or b""))

@@ -22,6 +22,7 @@ import numpy as np
 
 from clip_index import io, schema
 from clip_index.config import IndexConfig
+from clip_index.index.columns import remove_column_store, write_column_store
 from clip_index.index.staging import npy_folder_sink, publish_query_files, stage_vectors
 from clip_index.index.tune import VectorParts, tune_and_measure
 
@@ -110,10 +111,13 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
     start = time.monotonic()
     n_rows = count_rows(output_dir)
     _remove_stale(output_dir)
+    # the metadata filters read (clip_index.index.columns): written before the index, whose
+    # knn.index marks the folder complete
+    columns = write_column_store(output_dir)
     if use_two_stage(n_rows, config):
         from clip_index.index.twostage import build_two_stage
 
-        result = {**build_two_stage(output_dir, config),
+        result = {**build_two_stage(output_dir, config), "columns": columns,
                   "seconds": round(time.monotonic() - start, 2),
                   "model": manifest["model"], "pretrained": manifest["pretrained"]}
         io.write_json(io.join(output_dir, schema.INDEX_INFOS), result)
@@ -148,7 +152,7 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
         "index_key": infos.get("index_key"),
         "index_param": quality.get("index_param", infos.get("index_param")),
         "autofaiss_index_param": infos.get("index_param"),
-        "two_stage": False,
+        "two_stage": False, "columns": columns,
         "metric": "inner_product", "vectors": n, "dim": dim, "size_bytes": size,
         "build_seconds": round(build_s, 2),
         "seconds": round(time.monotonic() - start, 2),  # the whole step: build, tune, measure
@@ -189,6 +193,7 @@ def _remove_stale(output_dir: str) -> None:
         if io.exists(path):
             fs, fs_path = io.filesystem(path)
             fs.rm(fs_path)
+    remove_column_store(output_dir)
 
 
 def verify_alignment(index: Any, vectors: VectorParts, samples: int = 50) -> None:

@@ -29,6 +29,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from clip_index.index.filtered import (
+    EXACT_SELECTION,
+    exact_search,
+    filtered_nprobe,
+    first_stage_params,
+    keep_selected,
+)
+
 log = logging.getLogger(__name__)
 
 RERANK_FILE = "rerank_vectors.index"  # in output_dir/faiss/, beside knn.index
@@ -297,9 +305,7 @@ class TwoStageIndex:
         except RuntimeError:
             self.ivf = None
         # IndexRefine holds plain pointers to both indexes: self keeps them alive
-        self.refine: Any = None
-        if store.index is not None:
-            self.refine = faiss.IndexRefine(first_stage, store.index)
+        self.refine: Any = faiss.IndexRefine(first_stage, store.index)
         self._params: dict[tuple[int, int], Any] = {}
 
     @staticmethod
@@ -312,35 +318,44 @@ class TwoStageIndex:
         return faiss.IndexRefineSearchParameters(k_factor=(fetch + 0.5) / k,
                                                  base_index_params=base)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int,
+               selection: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for (n, dim) normalised float32 queries: the first stage's
         max(depth, k) candidates, re-ranked exactly. A query whose probed lists hold fewer
         than k vectors (a large k) is searched again with more lists, so k results come back
-        whenever the index holds k vectors."""
+        whenever the index holds k vectors.
+
+        selection: the rows allowed (`clip_index.search.filters.Selection`: `selector`, a
+        faiss IDSelector; `count`; `contains(ids)`; `ids()`), applied inside the first stage's
+        scan and checked again after the re-rank; k results come back whenever `count` >= k.
+        A selection of at most EXACT_SELECTION rows is searched exactly over those rows."""
+        if selection is not None and selection.count <= EXACT_SELECTION:
+            return exact_search(self.store, queries, k, selection)
         fetch = min(max(self.depth, k), self.ntotal)
-        scores, ids = self._search(queries, k, fetch, None)
-        need = min(k, self.ntotal)
+        nprobe = None
+        if selection is not None and self.ivf is not None:
+            nprobe = filtered_nprobe(int(self.ivf.nprobe), int(self.ivf.nlist),
+                                     selection.count / self.ntotal)
+        scores, ids = self._search(queries, k, fetch, nprobe, selection)
+        need = min(k, self.ntotal if selection is None else selection.count)
+        if need == 0:
+            return scores, ids
         # results come best first, faiss's -1 padding last: a query is short of `need`
         # results exactly when its need-th is padding
         padded = ids[:, need - 1] < 0
         short = np.flatnonzero(padded) if padded.any() else np.empty(0, dtype=np.int64)
-        nprobe = int(self.ivf.nprobe) if self.ivf is not None else 0
+        nprobe = nprobe or (int(self.ivf.nprobe) if self.ivf is not None else 0)
         while len(short) and self.ivf is not None and nprobe < self.ivf.nlist:
             nprobe = min(4 * nprobe, int(self.ivf.nlist))
-            more_scores, more = self._search(queries[short], k, fetch, nprobe)
+            more_scores, more = self._search(queries[short], k, fetch, nprobe, selection)
             scores[short], ids[short] = more_scores, more
             short = short[(more >= 0).sum(axis=1) < need]
         return scores, ids
 
-    def _search(self, queries: np.ndarray, k: int, fetch: int,
-                nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, fetch: int, nprobe: int | None,
+                selection: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """`fetch` candidates per query (with `nprobe` lists when given), re-ranked to k."""
-        import faiss
-
-        base = None if nprobe is None else faiss.SearchParametersIVF(nprobe=nprobe)
-        if self.refine is None:  # a legacy .npy store: candidates from faiss, re-rank here
-            _, candidates = self.first_stage.search(queries, fetch, params=base)
-            return rerank(self.store, queries, candidates, k)
+        base = first_stage_params(self.first_stage, self.ivf, nprobe, selection)
         if base is None:  # the usual call: its parameters made once (~10 µs a query saved)
             params = self._params.get((k, fetch))
             if params is None:
@@ -349,4 +364,6 @@ class TwoStageIndex:
             params = self._refine_params(k, fetch, base)
         scores, ids = self.refine.search(queries, k, params=params)
         scores[ids < 0] = -np.inf  # faiss pads with -FLT_MAX
+        if selection is not None:  # the re-rank's own check: never return a filtered-out row
+            scores, ids = keep_selected(scores, ids, selection)
         return scores, ids

@@ -23,23 +23,27 @@ from typing import Any
 from clip_index.launch.preflight_template import at_once, gpu_demand, images, task_shapes
 from clip_index.launch.preflight_types import FAIL, PASS, UNKNOWN, Check, Context
 
-# APIs a run needs (README setup block); Cloud Build only builds the images, IAM makes the
-# service account: both are part of the first run.
+# APIs a run needs: Vertex AI runs it, Cloud Storage holds the pipeline root, Artifact Registry
+# serves the images. (Cloud Build and IAM are for building the images and making the account,
+# which a run does not need.)
 RUN_APIS = ("aiplatform.googleapis.com", "storage.googleapis.com",
-            "artifactregistry.googleapis.com", "compute.googleapis.com",
-            "cloudbuild.googleapis.com", "iam.googleapis.com")
-# roles of the run's service account on the project (README "IAM roles"), each with the
-# roles that include it
+            "artifactregistry.googleapis.com")
+# roles of the run's service account on the project, each with the roles that include it.
+# Only aiplatform.user: Vertex AI pulls the images with its own service agent, not with a
+# custom service account (cloud.google.com/vertex-ai/docs/general/custom-service-account).
 SA_ROLES: dict[str, tuple[str, ...]] = {
     "roles/aiplatform.user": ("roles/aiplatform.admin",),
-    "roles/artifactregistry.reader": ("roles/artifactregistry.writer",
-                                      "roles/artifactregistry.repoAdmin",
-                                      "roles/artifactregistry.admin"),
-    "roles/logging.logWriter": ("roles/logging.admin",),
 }
 BASIC_ROLES = ("roles/owner", "roles/editor")
+# what lets an account write objects: aiplatform grants objectCreator + objectViewer itself when
+# it creates a pipeline root bucket (gcs_utils.create_gcs_bucket_for_pipeline_artifacts_...)
 BUCKET_WRITE_ROLES = ("roles/storage.objectAdmin", "roles/storage.objectUser",
+                      "roles/storage.objectCreator", "roles/storage.legacyBucketWriter",
                       "roles/storage.admin", *BASIC_ROLES)
+# a 403 that says nothing about the project: an API off on the credentials' quota project, a
+# quota project the user may not use, a token without the scope
+_NOT_ABOUT_THE_PROJECT = ("SERVICE_DISABLED", "USER_PROJECT_DENIED",
+                          "ACCESS_TOKEN_SCOPE_INSUFFICIENT")
 # Vertex AI accelerator type → custom training quota metric (Google's vertex-ai-samples map
 # for T4/L4/V100/A100/A100_80GB/H100; the others follow the same pattern)
 GPU_QUOTA_METRICS = {
@@ -99,6 +103,12 @@ def check_project(ctx: Context) -> Check:
         project = resourcemanager_v3.ProjectsClient(**_options(ctx)).get_project(
             name=f"projects/{ctx.project}")
     except (exceptions.Forbidden, exceptions.NotFound) as e:  # REST: 403 is Forbidden
+        if getattr(e, "reason", None) in _NOT_ABOUT_THE_PROJECT:
+            service = (getattr(e, "metadata", None) or {}).get("service", "")
+            return Check("project", UNKNOWN, f"cannot look up project {ctx.project!r} "
+                         f"({_reason(e)})", f"gcloud services enable {service}" if service
+                         else "gcloud auth application-default set-quota-project "
+                         f"{ctx.project}")
         return Check("project", FAIL, f"project {ctx.project!r} does not exist or you cannot "
                      f"see it ({_reason(e)})", fix)
     if project.state != resourcemanager_v3.Project.State.ACTIVE:
@@ -152,7 +162,8 @@ def check_bucket(ctx: Context) -> Check:
         return Check("bucket", UNKNOWN, f"cannot read gs://{bucket_name}'s settings "
                      f"({_reason(e)}; needs storage.buckets.get)")
     if not _location_ok(bucket.location or "", list(bucket.data_locations or []), ctx.region):
-        return Check("bucket", FAIL, f"gs://{bucket_name} is in {bucket.location}, not in "
+        # allowed, but slower and billed as egress: said, not refused
+        return Check("bucket", UNKNOWN, f"gs://{bucket_name} is in {bucket.location}, not in "
                      f"{ctx.region}: every task would read and write across regions (slower, "
                      "and billed as network egress)",
                      f"{create.replace(bucket_name, bucket_name + '-' + ctx.region)} and "
@@ -175,7 +186,13 @@ def check_bucket(ctx: Context) -> Check:
     if bucket_error or ctx.project_policy is None:
         return Check("bucket", UNKNOWN, f"{where}; cannot read who may write to it "
                      f"({bucket_error or ctx.project_policy_error})")
-    return Check("bucket", FAIL, f"{where}: {ctx.run_account} may not write to it", grant)
+    # no direct grant: one through a group, a folder or a custom role is not visible here, so
+    # this cannot refuse the run; the troubleshooter answers for the account itself
+    return Check("bucket", UNKNOWN, f"{where}: no direct grant lets {ctx.run_account} write "
+                 "to it (one through a group, folder or custom role would not show here)",
+                 f"{grant}, or check: gcloud policy-intelligence troubleshoot-policy iam "
+                 f"//storage.googleapis.com/projects/_/buckets/{bucket_name} "
+                 f"--principal-email={ctx.run_account} --permission=storage.objects.create")
 
 
 def check_images(ctx: Context) -> Check:
@@ -288,10 +305,10 @@ def check_roles(ctx: Context) -> Check:
     member = f"serviceAccount:{ctx.run_account}"
     missing = [role for role, wider in SA_ROLES.items()
                if not _has(policy, member, (role, *wider, *BASIC_ROLES))]
-    if missing:
+    if missing:  # not refused: a grant through a group or folder does not show here
         fix = " && ".join(f"gcloud projects add-iam-policy-binding {ctx.project} "
                           f"--member={member} --role={role}" for role in missing)
-        return Check("roles", FAIL, f"{ctx.run_account} lacks {', '.join(missing)} on "
-                     f"{ctx.project} (grants through groups or folders are not visible here)",
-                     fix)
+        return Check("roles", UNKNOWN, f"no direct grant of {', '.join(missing)} to "
+                     f"{ctx.run_account} on {ctx.project} (one through a group or folder would "
+                     "not show here)", fix)
     return Check("roles", PASS, f"{ctx.run_account}: {', '.join(SA_ROLES)}")

@@ -74,9 +74,8 @@ def task_shapes(spec: dict[str, Any]) -> list[TaskShape]:
                 static = _static_width(items.get("raw"))
                 bound = int(limit) if limit else static
                 inner = None if width is None or bound is None else width * bound
-            if "dag" in component:  # a loop shows by its display name (`name=` in the DSL)
-                shown = task.get("taskInfo", {}).get("name", name) if inner != width else name
-                walk(component["dag"], (*path, shown), inner, in_loop)
+            if "dag" in component:
+                walk(component["dag"], (*path, name), inner, in_loop)
                 continue
             container = executors.get(component.get("executorLabel", ""), {}).get(
                 "container", {})

@@ -37,16 +37,23 @@ RULES: dict[str, str] = {
                          "per input name, so a list of artifacts passed into a nested pipeline "
                          "reaches its tasks as a list of one, silently",
     "max-artifacts": f"Vertex AI: 'Maximum number of artifacts exceeded. Maximum allowed: "
-                     f"{MAX_LOOP_WIDTH}' (kubeflow/kubeflow#7513; whether per input or per "
-                     "task is not documented, so counted per task), at the loop widths "
-                     "compiled in",
+                     f"{MAX_LOOP_WIDTH}' (kubeflow/kubeflow#7513; whether per input, per task "
+                     "or with outputs is not documented, so a task's inputs and outputs are "
+                     "counted together), at the loop widths compiled in",
+    "loop-name": "kubeflow/pipelines#13239: before backend 2.16.0 (#12808) a loop is recorded "
+                 "under its display name but its collected outputs are looked up by its task "
+                 "key ('cannot find producer task'): a loop whose outputs are used keeps "
+                 "`taskInfo.name` equal to its key (no `name=` on the ParallelFor)",
     "unbounded-collect": "kubeflow/kubeflow#7513: a collected input's size must be fixed at "
                          "compile time (a loop over a task's output has a data-dependent "
                          "width) to be held under the platform's limit",
     "gpu-only-embed": "clip-index rule: GPU requests on the embedding step only (a GPU on "
                       "another task is billed idle)",
     "retry": "clip-index rule: the download and embed tasks retry (preemptible nodes, flaky "
-             "hosts); a retried task skips the shards it finished",
+             "hosts); on Vertex AI a retried task skips the shards it finished (its output "
+             "folder is mounted storage); on Kubeflow a retry starts from an empty folder "
+             "(outputs are uploaded only when the task ends), and resuming comes from "
+             "re-submitting with the cache",
     "no-cache-publish": "clip-index rule: a task that writes the published output_dir is not "
                         "cached (a cache hit would skip writing the folder it names)",
 }
@@ -127,8 +134,24 @@ class _Checker:
         """The tasks of DAG `component`; `input_counts`: how many artifacts each of its
         artifact inputs holds (from the task that calls it)."""
         tasks = component.get("dag", {}).get("tasks", {})
+        consumed = {ref["producerTask"] for task in tasks.values()
+                    for kind in ("artifacts", "parameters")
+                    for source in task.get("inputs", {}).get(kind, {}).values()
+                    for ref in (source.get("taskOutputArtifact"),
+                                source.get("taskOutputParameter")) if ref}
+        outputs = component.get("dag", {}).get("outputs", {})
+        consumed |= {sel["producerSubtask"] for out in outputs.get("artifacts", {}).values()
+                     for sel in out.get("artifactSelectors", [])}
+        consumed |= {out["valueFromParameter"]["producerSubtask"]
+                     for out in outputs.get("parameters", {}).values()
+                     if "valueFromParameter" in out}
         for name, task in tasks.items():
             where = f"{path}/{name}"
+            shown = task.get("taskInfo", {}).get("name", name)
+            is_loop = "parameterIterator" in task or "artifactIterator" in task
+            if is_loop and name in consumed and shown != name:
+                yield Violation("loop-name", where, "", f"is displayed as {shown!r} and its "
+                                "outputs are collected")
             callee_name = task["componentRef"]["name"]
             callee = self.components.get(callee_name, {})
             yield from self._types(where, component, tasks, task, callee)
@@ -152,10 +175,12 @@ class _Checker:
         for key in unbounded:
             yield Violation("unbounded-collect", where, key, "collects the outputs of a loop "
                             "whose width is not fixed at compile time")
-        total = sum(n for n in counts.values() if n is not None)
+        outputs = len(callee.get("outputDefinitions", {}).get("artifacts", {}))
+        total = sum(n for n in counts.values() if n is not None) + outputs
         if total > self.max_artifacts:
-            detail = ", ".join(f"{k}: {n}" for k, n in counts.items())
-            yield Violation("max-artifacts", where, "", f"receives {total} artifacts ({detail})"
+            detail = ", ".join([*(f"{k}: {n}" for k, n in counts.items()),
+                                f"{outputs} output(s)"])
+            yield Violation("max-artifacts", where, "", f"handles {total} artifacts ({detail})"
                             f", more than {self.max_artifacts}")
         short = callee_name.removeprefix("comp-")
         executor = self.executors.get(callee.get("executorLabel", ""), {})

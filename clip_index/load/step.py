@@ -59,20 +59,25 @@ def run_load(config: LoadConfig, output_dir: str) -> LoadResult:
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     first = True
+    out_schema = schema.URLS_SCHEMA
     for batch in _limit(batches, config.limit):
         if batch.num_rows == 0:
             continue
         table = _to_urls(batch, config, row_offset=rows)
         if first:
             _check_urls(table, config.url_column)
+            out_schema = table.schema  # the extra columns' types: those of the first rows
             first = False
+        elif not table.schema.equals(out_schema):
+            table = table.cast(out_schema)
         rows += table.num_rows
         pending.extend(table.to_batches())
         pending_rows += table.num_rows
         while pending_rows >= config.shard_size:
-            pending, pending_rows = _flush(output_dir, shards, pending, config.shard_size)
+            pending, pending_rows = _flush(output_dir, shards, pending, config.shard_size,
+                                           out_schema)
     if pending_rows:
-        _flush(output_dir, shards, pending, pending_rows)
+        _flush(output_dir, shards, pending, pending_rows, out_schema)
     if rows == 0:
         raise ValueError(f"dataset {config.dataset!r} has no rows: expected at least one URL")
     io.write_json(
@@ -80,8 +85,9 @@ def run_load(config: LoadConfig, output_dir: str) -> LoadResult:
         {"source": config.dataset, "rows": rows, "shards": shards, "config": config.as_dict()},
     )
     seconds = time.monotonic() - start
-    log.info("load: %d rows in %d shards from %s (%.1fs)", rows, len(shards), config.dataset,
-             seconds)
+    log.info("load: %d rows in %d shards from %s (%.1fs); extra columns %s", rows, len(shards),
+             config.dataset, seconds, schema.extra_fields(out_schema) and
+             [f.name for f in schema.extra_fields(out_schema)])
     return LoadResult(output_dir, rows, [s["index"] for s in shards], config.dataset, seconds)
 
 
@@ -92,9 +98,10 @@ def plan_shards(urls_dir: str) -> list[int]:
 
 
 def _flush(
-    output_dir: str, shards: list[dict[str, Any]], pending: list[pa.RecordBatch], n: int
+    output_dir: str, shards: list[dict[str, Any]], pending: list[pa.RecordBatch], n: int,
+    out_schema: pa.Schema,
 ) -> tuple[list[pa.RecordBatch], int]:
-    table = pa.Table.from_batches(pending, schema=schema.URLS_SCHEMA)
+    table = pa.Table.from_batches(pending, schema=out_schema)
     index = len(shards)
     io.write_parquet_atomic(io.join(output_dir, io.shard_name(index)), table.slice(0, n))
     shards.append({"index": index, "rows": n, "file": io.shard_name(index)})
@@ -112,8 +119,18 @@ def _limit(batches: Iterator[pa.RecordBatch], limit: int) -> Iterator[pa.RecordB
         yield batch
 
 
-def _wanted_columns(config: LoadConfig) -> list[str]:
-    return [c for c in (config.id_column, config.url_column, config.caption_column) if c]
+def extra_sources(config: LoadConfig, available: list[str]) -> list[str]:
+    """The source columns kept beside uid/url/caption: `extra_columns` named, or for "auto"
+    DataComp's metadata columns that `available` holds."""
+    spec = config.extra_columns.strip()
+    if spec == "auto":
+        return [c for c in schema.DATACOMP_COLUMNS if c in available]
+    return [c.strip() for c in spec.split(",") if c.strip()]
+
+
+def _wanted_columns(config: LoadConfig, available: list[str]) -> list[str]:
+    base = [c for c in (config.id_column, config.url_column, config.caption_column) if c]
+    return base + [c for c in extra_sources(config, available) if c not in base]
 
 
 def _check_columns(available: list[str], config: LoadConfig) -> None:
@@ -125,6 +142,11 @@ def _check_columns(available: list[str], config: LoadConfig) -> None:
                 f"{flag}={column!r} is not a column of {config.dataset!r}: expected one of "
                 f"{sorted(available)}{hint}"
             )
+    missing = [c for c in extra_sources(config, available) if c not in available]
+    if missing:
+        raise ValueError(f"extra_columns={config.extra_columns!r} names {missing}, not columns "
+                         f"of {config.dataset!r}: expected some of {sorted(available)} (or "
+                         "'auto' for the DataComp columns present, '' for none)")
 
 
 def _source_batches(config: LoadConfig) -> Iterator[pa.RecordBatch]:
@@ -168,7 +190,8 @@ def _file_dataset(config: LoadConfig) -> pads.Dataset:
 
 def _file_batches(config: LoadConfig) -> Iterator[pa.RecordBatch]:
     ds = _file_dataset(config)
-    return iter(ds.to_batches(columns=_wanted_columns(config), batch_size=_BATCH_ROWS))
+    return iter(ds.to_batches(columns=_wanted_columns(config, ds.schema.names),
+                              batch_size=_BATCH_ROWS))
 
 
 def _hub_batches(config: LoadConfig) -> Iterator[pa.RecordBatch]:
@@ -179,12 +202,12 @@ def _hub_batches(config: LoadConfig) -> Iterator[pa.RecordBatch]:
     names = list(stream.features) if stream.features else None
     if names is not None:
         _check_columns(names, config)
-    stream = stream.select_columns(_wanted_columns(config))
+        stream = stream.select_columns(_wanted_columns(config, names))
     for rows in stream.iter(batch_size=_BATCH_ROWS):
         if names is None:
             _check_columns(list(rows), config)
             names = list(rows)
-        yield pa.RecordBatch.from_pydict(rows)
+        yield pa.RecordBatch.from_pydict({c: rows[c] for c in _wanted_columns(config, names)})
 
 
 def _to_urls(batch: pa.RecordBatch, config: LoadConfig, row_offset: int) -> pa.Table:
@@ -206,8 +229,32 @@ def _to_urls(batch: pa.RecordBatch, config: LoadConfig, row_offset: int) -> pa.T
     if uids.null_count:
         raise ValueError(f"id_column={config.id_column!r} has {uids.null_count} empty ids "
                          f"near row {row_offset}: expected an id on every row")
-    return pa.table([uids, pc.cast(url, pa.string()), caption],
-                    schema=schema.URLS_SCHEMA)
+    extras = [_extra_column(batch, source) for source in
+              extra_sources(config, batch.schema.names)]
+    return pa.table([uids, pc.cast(url, pa.string()), caption, *(a for _, a in extras)],
+                    schema=schema.urls_schema([pa.field(n, a.type) for n, a in extras]))
+
+
+def _extra_column(batch: pa.RecordBatch, source: str) -> tuple[str, pa.Array]:
+    """(name, values) of a kept source column: face boxes reduced to their count, the known
+    DataComp columns cast to compact types, others as the source has them."""
+    name = schema.extra_column_name(source)
+    values = batch.column(source)
+    if source == schema.FACE_BBOXES:
+        if pa.types.is_null(values.type):
+            return name, pa.nulls(len(values), pa.int32())
+        if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
+            raise ValueError(f"extra column {source!r} has type {values.type}: expected a list "
+                             "of face boxes per row (DataComp's face_bboxes)")
+        return name, pc.cast(pc.list_value_length(values), pa.int32())
+    wanted = schema.EXTRA_TYPES.get(name)
+    if wanted is not None and values.type != wanted:
+        try:
+            values = pc.cast(values, wanted)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"extra column {source!r} has type {values.type}: expected values "
+                             f"that convert to {wanted} ({exc})") from exc
+    return name, values
 
 
 def _check_urls(table: pa.Table, url_column: str) -> None:

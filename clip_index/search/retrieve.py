@@ -103,22 +103,28 @@ def run_retrieve(queries_dir: str, index_dir: str, matches_dir: str, urls_dir: s
     ``matches_dir/matches.parquet`` and the distinct matched images as URL shards + manifest in
     `urls_dir` (the load step's layout, so the download step reads them as they are)."""
     from clip_index.index.staging import embeddings_array
+    from clip_index.search.filters import Filters
     from clip_index.search.searcher import ClipIndex
 
     config.validate()
+    filters = Filters.parse(config.filters)  # an unknown filter fails before any work
     start = time.monotonic()
     queries = io.read_parquet(io.join(queries_dir, QUERIES_FILE))
     index = ClipIndex(index_dir, mmap=config.mmap)
+    selection = index.selection(filters)  # a column the index lacks fails before the model
+    if selection is not None:
+        log.info("retrieve: filters %s keep %d of %d images", filters.as_dict(),
+                 selection.count, len(index))
     labels = queries.column(schema.QUERY).to_pylist()
     vectors = embeddings_array(queries) if schema.EMBEDDING in queries.column_names else None
     rows: list[dict[str, Any]] = []
     for lo in range(0, len(labels), config.batch_size):
         batch = labels[lo:lo + config.batch_size]
         if vectors is None:
-            results = index.search_text(batch, config.num_images, config.deduplicate)
+            results = index.search_text(batch, config.num_images, config.deduplicate, filters)
         else:
             results = index.search_embedding(vectors[lo:lo + config.batch_size],
-                                             config.num_images, config.deduplicate)
+                                             config.num_images, config.deduplicate, filters)
         for query, matches in zip(batch, results):
             rows += [{schema.QUERY: query, schema.RANK: rank, schema.UID: r.uid,
                       schema.URL: r.url, schema.CAPTION: r.caption, schema.SCORE: r.score}

@@ -17,13 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from clip_index import io
+from clip_index import io, schema
 from clip_index.config import DownloadConfig
 from clip_index.embed.models import ClipModel, load_model
 from clip_index.hub import download_index, is_hub_uri, parse_hub_uri
+from clip_index.index.columns import ColumnStore
+from clip_index.index.filtered import search_single
 from clip_index.index.layout import IdMapping, detect_layout, read_mapping
 from clip_index.index.rerank import RerankStore, TwoStageIndex
+from clip_index.search.filters import FilterEngine, Filters, Selection
 from clip_index.vectors import normalise
+
+FilterSpec = Filters | dict[str, Any] | str | None
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +104,10 @@ class ClipIndex:
                                f"{self.index.ntotal} vectors: the folder is inconsistent")
         # stored vectors that keep their norm (the reference): rescore candidates by that norm
         self.rescore = not self.layout.normalised and _enable_reconstruct(self.index)
+        # the metadata filters read (faiss/columns.json + column-*.npy; empty when absent)
+        self.columns = ColumnStore(io.join(self.output_dir, schema.FAISS_DIR), len(self))
+        self.filter_engine = FilterEngine(self.columns,
+                                          lambda: self.mapping.table.column(schema.UID))
         self.device = device
         self._model: ClipModel | None = None
 
@@ -134,14 +143,23 @@ class ClipIndex:
                                    f"holds dim {self.dim}")
         return self._model
 
+    def selection(self, filters: FilterSpec) -> Selection | None:
+        """The rows `filters` keep (a dict, JSON, ``name=value,...`` or Filters; see
+        `clip_index.search.filters.Filters`), cached per distinct filter; None for none. Raises
+        ValueError on an unknown filter, a bad value or a column this index lacks."""
+        return self.filter_engine.selection(Filters.parse(filters))
+
     def search_embedding(self, embeddings: np.ndarray, k: int = 10,
-                         deduplicate: bool | float = False) -> list[list[SearchResult]]:
+                         deduplicate: bool | float = False,
+                         filters: FilterSpec = None) -> list[list[SearchResult]]:
         """Top-k matches for each row of `embeddings` (shape (n, dim) or (dim,)); the rows are
         L2-normalised first, so scores are cosine similarities.
 
         deduplicate: drop results whose embedding has cosine >= threshold (True = 0.94, as
         clip-retrieval) with a better-ranked result of the same query; the search widens (up
         to max(20·k, 200) candidates) until k distinct results remain.
+        filters: only rows that pass them (see `selection`), applied inside the first stage's
+        scan: k results whenever k rows pass.
         """
         q = np.asarray(embeddings, dtype=np.float32)
         if q.ndim == 1:
@@ -153,14 +171,16 @@ class ClipIndex:
         if k < 1:
             raise ValueError(f"k={k}: expected an integer >= 1")
         threshold = DEDUP_THRESHOLD if deduplicate is True else float(deduplicate or 0)
+        selection = self.selection(filters)
+        rows = len(self) if selection is None else selection.count
         q = normalise(q)
-        if not threshold:
-            scores, ids = self._search(q, min(k, len(self)))
+        if not threshold or not rows:
+            scores, ids = self._search(q, max(1, min(k, rows)), selection)
             return [self._results(s, i) for s, i in zip(scores, ids)]
         # widen the search until k distinct results remain (or the cap / the index runs out)
-        fetch, cap = min(max(3 * k, k + 10), len(self)), min(len(self), max(20 * k, 200))
+        fetch, cap = min(max(3 * k, k + 10), rows), min(rows, max(20 * k, 200))
         while True:
-            scores, ids = self._search(q, fetch)
+            scores, ids = self._search(q, fetch, selection)
             keeps = [self._unique(row, threshold)[:k] for row in ids]
             if fetch >= cap or all(len(keep) >= k for keep in keeps):
                 break
@@ -168,34 +188,41 @@ class ClipIndex:
         return [self._results(s[keep], i[keep]) for s, i, keep in zip(scores, ids, keeps)]
 
     def search_text(self, text: str | list[str], k: int = 10,
-                    deduplicate: bool | float = False) -> Any:
+                    deduplicate: bool | float = False, filters: FilterSpec = None) -> Any:
         """Top-k matches for a text (a list of results) or for each of a list of texts (a list
-        of lists: one model call for the whole batch)."""
+        of lists: one model call for the whole batch); filters: see `search_embedding`."""
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise ValueError("text: expected a non-empty string (or a list of them)")
-        results = self.search_embedding(self.model.encode_text(texts), k, deduplicate)
+        self.selection(filters)  # bad filters fail before the model runs
+        results = self.search_embedding(self.model.encode_text(texts), k, deduplicate, filters)
         return results[0] if isinstance(text, str) else results
 
-    def search_image(self, image: Any, k: int = 10, deduplicate: bool | float = False) -> Any:
+    def search_image(self, image: Any, k: int = 10, deduplicate: bool | float = False,
+                     filters: FilterSpec = None) -> Any:
         """Top-k matches for an image (a path, bytes or a PIL image: a list of results), or for
-        each of a list of images (a list of lists, one model call)."""
+        each of a list of images (a list of lists, one model call); filters: see
+        `search_embedding`."""
         images = image if isinstance(image, list) else [image]
+        self.selection(filters)
         opened = [_open_image(img) for img in images]  # bad input fails before the model loads
         pixels = [self.model.preprocess(img) for img in opened]
         import torch
 
         results = self.search_embedding(self.model.encode_images(torch.stack(pixels)), k,
-                                        deduplicate)
+                                        deduplicate, filters)
         return results if isinstance(image, list) else results[0]
 
     def search_image_url(self, url: str, k: int = 10, deduplicate: bool | float = False,
-                         fetch: DownloadConfig | None = None) -> list[SearchResult]:
+                         fetch: DownloadConfig | None = None,
+                         filters: FilterSpec = None) -> list[SearchResult]:
         """Top-k matches for the image at `url`, fetched like the download step fetches (the
         address guard, redirects checked hop by hop, the size cap; see DownloadConfig)."""
         from clip_index.fetch import fetch_url
 
-        return self.search_image(fetch_url(url, fetch or DownloadConfig()), k, deduplicate)
+        self.selection(filters)
+        return self.search_image(fetch_url(url, fetch or DownloadConfig()), k, deduplicate,
+                                 filters)
 
     def metadata(self, i: int) -> dict[str, Any]:
         """uid, url and caption of faiss id `i`."""
@@ -216,13 +243,18 @@ class ClipIndex:
             ivf.make_direct_map()
             return np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32)
 
-    def _search(self, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """faiss search of normalised queries; for stored vectors that keep their norm (the
-        reference layout), inner products favour long vectors, so take more candidates, divide
-        by each stored vector's norm (cosine) and keep the best n (padded with id -1)."""
+    def _search(self, q: np.ndarray, n: int,
+                selection: Selection | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """faiss search of normalised queries (only the selection's rows, when given); for
+        stored vectors that keep their norm (the reference layout), inner products favour long
+        vectors, so take more candidates, divide by each stored vector's norm (cosine) and keep
+        the best n (padded with id -1)."""
         if not self.rescore:
-            return self.searcher.search(q, n)
-        scores, ids = self.index.search(q, min(max(n * RESCORE_FACTOR, 100), len(self)))
+            if isinstance(self.searcher, TwoStageIndex):
+                return self.searcher.search(q, n, selection)
+            return search_single(self.index, q, n, selection)
+        scores, ids = search_single(self.index, q, min(max(n * RESCORE_FACTOR, 100), len(self)),
+                                    selection)
         out_scores = np.full((len(q), n), -np.inf, dtype=np.float32)
         out_ids = np.full((len(q), n), -1, dtype=np.int64)
         for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):
@@ -251,6 +283,15 @@ class ClipIndex:
         rows = self.mapping.rows(found)
         return [SearchResult(id=i, score=score, **row)  # tolist: Python ints and floats
                 for score, i, row in zip(scores[keep].tolist(), found.tolist(), rows)]
+
+
+def encode_image_bytes(index: ClipIndex, body: bytes) -> np.ndarray:
+    """The (1, dim) normalised embedding of an encoded image, by the index's model."""
+    import torch
+
+    pixels = index.model.preprocess(_open_image(body))
+    return normalise(np.asarray(index.model.encode_images(torch.stack([pixels])),
+                                dtype=np.float32))
 
 
 def _open_image(image: Any) -> Any:

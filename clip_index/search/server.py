@@ -38,6 +38,11 @@ class ServeSettings:
         413 is sent, so that the client, still sending, reads the 413 instead of a connection
         reset (closing a socket with unread data makes the kernel answer with RST); past this
         bound the connection is closed.
+    strict_options: answer 400 to a clip-retrieval option this server cannot honour (safety
+        model, violence detector, aesthetic score) instead of answering without it and naming
+        it in the IGNORED_HEADER response header.
+    heads: index name → `clip_index.search.heads.LaionHeads` (LAION's aesthetic embeddings and
+        violence prompts), only for indexes built with an OpenAI CLIP model.
     """
 
     max_num_images: int = 1000
@@ -47,6 +52,8 @@ class ServeSettings:
         timeout_s=10.0, download_retries=0, max_image_bytes=8 * 1024 * 1024))
     cors_origins: tuple[str, ...] = ()
     max_drain_bytes: int = 64 * 1024 * 1024
+    strict_options: bool = False
+    heads: dict[str, Any] = field(default_factory=dict)
 
 
 def _limit_body(app: Any, settings: ServeSettings) -> None:
@@ -130,6 +137,8 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
     from clip_index.fetch import fetch_url_async
     from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
     from clip_index.schema import RowError, Status
+    from clip_index.search.filters import Filters
+    from clip_index.search.heads import IGNORED_HEADER, apply_heads, requested_options
     from clip_index.search.page import PAGE_HTML
 
     if not indices:
@@ -151,8 +160,10 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         return _decode_image(data, settings.max_image_bytes)
 
     class KnnQuery(BaseModel):
-        """clip-retrieval's /knn-service body; the filters it has and we do not are accepted
-        and ignored (ClipClient sends them by default), except use_mclip."""
+        """clip-retrieval's /knn-service body, plus `filters` (clip_index.search.filters; a
+        field clip-retrieval does not have). Its options that this index cannot honour are
+        accepted and named in the IGNORED_HEADER response header (400 with strict_options);
+        use_mclip is refused."""
 
         model_config = ConfigDict(extra="ignore")
         text: str | None = Field(None, max_length=10_000)
@@ -169,6 +180,7 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         use_violence_detector: bool = False
         aesthetic_score: Any = None
         aesthetic_weight: Any = None
+        filters: dict[str, Any] | None = None
 
     class MetadataQuery(BaseModel):
         model_config = ConfigDict(extra="ignore")
@@ -188,9 +200,14 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "indices": {name: {"vectors": len(ix), "dim": ix.dim,
-                                                   "model": ix.manifest.get("model")}
-                                            for name, ix in indices.items()}}
+        return {"status": "ok", "strict_options": settings.strict_options,
+                "indices": {name: {"vectors": len(ix), "dim": ix.dim,
+                                   "model": ix.manifest.get("model"),
+                                   "filter_columns": ix.columns.names,
+                                   "heads": sorted(k for k, v in vars(settings.heads[name])
+                                                   .items() if k != "source" and v is not None)
+                                   if name in settings.heads else []}
+                            for name, ix in indices.items()}}
 
     @app.get("/thumbnail/{indice_name}/{i}")
     def thumbnail(indice_name: str, i: int) -> Any:
@@ -209,7 +226,7 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         return list(indices)
 
     @app.post("/knn-service")
-    async def knn_service(request: Request) -> list[dict[str, Any]]:
+    async def knn_service(request: Request, response: Response) -> list[dict[str, Any]]:
         q = await parse(request, KnnQuery)
         given = [n for n in ("text", "image", "image_url", "embedding_input")
                  if getattr(q, n) not in (None, "", [])]
@@ -223,23 +240,37 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
             raise HTTPException(400, "use_mclip=true: multilingual CLIP is not served here")
         name, index = pick(q.indice_name)
         wanted = max(q.num_images, q.num_result_ids or q.num_images)
+        heads = settings.heads.get(name)
         try:
-            if q.text:
+            options = requested_options(q.model_dump(), heads, "{model}/{pretrained}".format(
+                **{"model": "?", "pretrained": "?", **index.manifest}))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        if options.ignored:
+            if settings.strict_options:
+                raise HTTPException(400, options.refusal())
+            response.headers[IGNORED_HEADER] = ", ".join(options.ignored)
+        if q.filters and "uids" in q.filters:
+            raise HTTPException(400, "filters.uids names a file on the server: not accepted "
+                                "over HTTP (use `clip-index query --uids` or ClipIndex)")
+        try:
+            filters = Filters.parse(q.filters)
+            await run_in_threadpool(index.selection, filters)  # bad filters: 400 before work
+            if options.applied:  # a query embedding the heads change (clip-retrieval's order)
+                query = await query_embedding(q, index)
+                results = await run_in_threadpool(apply_heads, index, heads, options, query,
+                                                  wanted, q.deduplicate, filters)
+            elif q.text:
                 results = await run_in_threadpool(index.search_text, q.text, wanted,
-                                                  q.deduplicate)
+                                                  q.deduplicate, filters)
             elif q.embedding_input:
-                if len(q.embedding_input) != index.dim:
-                    raise HTTPException(400, f"embedding_input has {len(q.embedding_input)} "
-                                        f"values: expected {index.dim}")
+                check_dim(q.embedding_input, index)
                 results = (await run_in_threadpool(index.search_embedding, q.embedding_input,
-                                                   wanted, q.deduplicate))[0]
+                                                   wanted, q.deduplicate, filters))[0]
             else:
-                if q.image:
-                    body = decode_image(q.image)
-                else:
-                    body = await fetch_url_async(str(q.image_url), settings.fetch)
+                body = await image_body(q)
                 results = await run_in_threadpool(index.search_image, body, wanted,
-                                                  q.deduplicate)
+                                                  q.deduplicate, filters)
         except RowError as exc:  # the image_url fetch, as the download step words it
             code = 400 if exc.status is Status.BLOCKED else (
                 413 if str(exc).startswith("too_large") else 422)
@@ -254,6 +285,29 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
                            **thumbnail_path(name, r.id))
             out.append(row)
         return out
+
+    def check_dim(values: list[float], index: Any) -> None:
+        if len(values) != index.dim:
+            raise HTTPException(400, f"embedding_input has {len(values)} values: expected "
+                                f"{index.dim}")
+
+    async def image_body(q: Any) -> bytes:
+        if q.image:
+            return decode_image(q.image)
+        return await fetch_url_async(str(q.image_url), settings.fetch)
+
+    async def query_embedding(q: Any, index: Any) -> Any:
+        """The request's query as one normalised embedding (text, image or embedding_input)."""
+        import numpy as np
+
+        if q.text:
+            return await run_in_threadpool(index.model.encode_text, [q.text])
+        if q.embedding_input:
+            check_dim(q.embedding_input, index)
+            return np.asarray([q.embedding_input], dtype=np.float32)
+        from clip_index.search.searcher import encode_image_bytes
+
+        return await run_in_threadpool(encode_image_bytes, index, await image_body(q))
 
     @app.post("/metadata")
     async def metadata(request: Request) -> list[dict[str, Any]]:
@@ -289,6 +343,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let image_url reach private/loopback addresses (tests, LANs)")
     parser.add_argument("--faiss-threads", type=int, default=1,
                         help="threads per search (requests already run side by side)")
+    parser.add_argument("--strict-options", action="store_true",
+                        help="answer 400 to clip-retrieval options this index cannot honour "
+                        "(use_safety_model, use_violence_detector, aesthetic_score) instead "
+                        "of answering without them and naming them in the "
+                        "X-Clip-Index-Ignored-Options header")
+    parser.add_argument("--aesthetic-embeddings", default=None, metavar="DIR_OR_URL",
+                        help="LAION's aesthetic rating embeddings (rating0.npy .. rating9.npy, "
+                        "e.g. LAION-AI/aesthetic-predictor's vit_b_32_embeddings/), for "
+                        "indexes built with an OpenAI CLIP model only")
+    parser.add_argument("--violence-prompts", default=None, metavar="FILE_OR_URL",
+                        help="LAION's violence prompt embeddings (e.g. CLIP-based-NSFW-"
+                        "Detector's violence_detection_vit_b_32.npy), OpenAI CLIP indexes only")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -309,9 +375,15 @@ def command(args: argparse.Namespace) -> int:
     fetch = DownloadConfig(timeout_s=10.0, download_retries=0,
                            max_image_bytes=ServeSettings.max_image_bytes,
                            allow_private_networks=args.allow_private_networks)
+    from clip_index.search.heads import load_heads
+
+    heads = {name: load_heads(ix, args.aesthetic_embeddings, args.violence_prompts)
+             for name, ix in indices.items()
+             if args.aesthetic_embeddings or args.violence_prompts}
     settings = ServeSettings(max_num_images=args.max_num_images,
                              max_request_bytes=args.max_request_bytes, fetch=fetch,
-                             cors_origins=tuple(args.cors_origin))
+                             cors_origins=tuple(args.cors_origin),
+                             strict_options=args.strict_options, heads=heads)
     app = create_app(indices, settings)
     log.info("serving %s on http://%s:%d", sorted(indices), args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -52,20 +52,23 @@ def _all_tasks(spec: dict) -> dict:
     return tasks
 
 
-def _loops(spec: dict) -> dict:
-    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
-    return {t["taskInfo"]["name"]: t for dag in dags for t in dag["tasks"].values()
-            if "parameterIterator" in t}
+def _loops(spec: dict) -> tuple[dict, dict]:
+    """(the outer loop task, in the root DAG; the inner loop task, inside the outer's DAG)."""
+    root = spec["root"]["dag"]["tasks"]
+    (outer,) = [t for t in root.values() if "parameterIterator" in t]
+    body = spec["components"][outer["componentRef"]["name"]]["dag"]["tasks"]
+    (inner,) = [t for t in body.values() if "parameterIterator" in t]
+    return outer, inner
 
 
 def test_two_static_loops_whose_widths_come_from_the_settings(spec) -> None:
     """Embed groups outside, download units inside, each over a list fixed at compile time
     (6 downloads in 5 groups: 2 per group, 10 tasks), whatever the dataset; no planning task."""
-    loops = _loops(spec)
-    assert {name: t["iteratorPolicy"]["parallelismLimit"] for name, t in loops.items()} == {
-        "embed-groups": 5, "download-units": 2}
-    assert loops["embed-groups"]["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3, 4]"
-    assert loops["download-units"]["parameterIterator"]["items"]["raw"] == "[0, 1]"
+    outer, inner = _loops(spec)
+    assert outer["iteratorPolicy"]["parallelismLimit"] == 5
+    assert inner["iteratorPolicy"]["parallelismLimit"] == 2
+    assert outer["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3, 4]"
+    assert inner["parameterIterator"]["items"]["raw"] == "[0, 1]"
     assert not any(c.startswith("comp-plan") for c in spec["components"])
 
 
@@ -93,12 +96,12 @@ def test_each_embed_task_receives_only_its_own_groups_downloads(spec) -> None:
     group_dag = next(c["dag"] for c in comps.values()
                      if "embed-images" in c.get("dag", {}).get("tasks", {}))
     inner = group_dag["tasks"][embed_images["producerTask"]]
-    assert inner["taskInfo"]["name"] == "download-units"
+    assert inner == _loops(spec)[1]  # the download loop of the same group
     assert set(every["embed-images"]["inputs"]["artifacts"]) == {"images"}
     embeddings = every["write-embeddings"]["inputs"]["artifacts"]
     assert set(embeddings) == {"embeddings"}
-    assert every[embeddings["embeddings"]["taskOutputArtifact"]["producerTask"]][
-        "taskInfo"]["name"] == "embed-groups"
+    assert every[embeddings["embeddings"]["taskOutputArtifact"]["producerTask"]] == \
+        _loops(spec)[0]
     for name in ("write-embeddings", "report", "build-index"):  # no image artifacts
         for key, source in every[name]["inputs"].get("artifacts", {}).items():
             producer = source.get("taskOutputArtifact", {}).get("producerTask", "")

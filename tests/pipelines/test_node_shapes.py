@@ -22,11 +22,11 @@ from clip_index.pipelines import PipelineSettings
 
 # machine type → (vCPU, memory GiB), Compute Engine's published shapes
 SHAPES = {"g2-standard-8": (8, 32), "n1-standard-8": (8, 30), "e2-standard-8": (8, 32),
-          "n2-standard-8": (8, 32), "n2-standard-16": (16, 64)}
+          "n2-standard-8": (8, 32), "n2-standard-16": (16, 64), "e2-standard-4": (4, 16)}
 # the task → the node shapes its default limits must fit (README "Node shapes")
 FITS = {"exec-embed-images": ["g2-standard-8", "n1-standard-8"],
         "exec-download-images": ["e2-standard-8", "n2-standard-8"],
-        "exec-write-embeddings": ["n2-standard-16"],
+        "exec-write-embeddings": ["e2-standard-4"],
         "exec-build-index": ["n2-standard-16"]}
 DAEMON_CPU, DAEMON_GIB = 0.5, 1.5
 

@@ -143,7 +143,8 @@ def test_a_list_of_artifacts_into_a_nested_pipeline_is_refused(tmp_path: Path) -
     assert "kubeflow/pipelines#13900" in str(violations[0])
 
 
-@pytest.mark.parametrize("widths, total", [((101,), 101), ((60, 41), 101), ((40, 40), 80)])
+@pytest.mark.parametrize("widths, total", [((99,), 100), ((100,), 101), ((60, 41), 101),
+                                            ((40, 40), 80)])
 def test_artifacts_collected_into_one_task_are_counted_against_100(
         tmp_path: Path, widths: tuple[int, ...], total: int) -> None:
     @component
@@ -165,7 +166,7 @@ def test_artifacts_collected_into_one_task_are_counted_against_100(
     if total <= 100:
         assert violations == []
     else:
-        assert len(violations) == 1 and f"receives {total} artifacts" in violations[0].message
+        assert len(violations) == 1 and f"handles {total} artifacts" in violations[0].message
         assert "Maximum allowed: 100" in str(violations[0])
 
 
@@ -183,7 +184,7 @@ def test_nested_collected_loops_multiply(tmp_path: Path) -> None:
     except Exception as exc:  # kfp refuses a Collected of a doubly nested loop: also fine
         pytest.skip(f"kfp {exc}")
     violations = [v for v in _rules(spec) if v.rule == "max-artifacts"]
-    assert violations and "receives 110 artifacts" in violations[0].message
+    assert violations and "handles 111 artifacts" in violations[0].message  # + its output
 
 
 def test_a_collected_loop_over_a_task_output_cannot_be_bounded(tmp_path: Path) -> None:
@@ -216,7 +217,7 @@ def test_gpu_retry_and_cache_rules(tmp_path: Path) -> None:
                      ("no-cache-publish", "write-embeddings")}
 
 
-WIDEST = [(100, 100), (100, 1), (1, 1), (100, 7), (99, 10), (1, 100)]
+WIDEST = [(99, 99), (99, 1), (1, 1), (100, 7), (100, 2), (1, 99)]
 
 
 @pytest.mark.parametrize("downloads, groups", WIDEST)
@@ -228,13 +229,34 @@ def test_every_template_passes_at_the_widest_accepted_settings(
     for path in compile_all(str(tmp_path), settings):  # compile runs the checker itself
         assert spec_check.check_file(path) == [], path
     spec = yaml.safe_load((tmp_path / "clip-index.yaml").read_text())
-    loops = {t["taskInfo"]["name"]: t["iteratorPolicy"]["parallelismLimit"]
-             for c in spec["components"].values() for t in c.get("dag", {}).get(
-                 "tasks", {}).values() if "iteratorPolicy" in t}
-    loops.update({t["taskInfo"]["name"]: t["iteratorPolicy"]["parallelismLimit"]
-                  for t in spec["root"]["dag"]["tasks"].values() if "iteratorPolicy" in t})
-    assert loops == {"embed-groups": groups, "download-units": settings.parts}
-    assert settings.download_tasks >= downloads and settings.parts <= 100
+    widths = sorted(t["iteratorPolicy"]["parallelismLimit"] for c in [
+        spec["root"], *spec["components"].values()] for t in c.get("dag", {}).get(
+            "tasks", {}).values() if "iteratorPolicy" in t)
+    assert widths == sorted([groups, settings.parts])
+    assert settings.download_tasks >= downloads and settings.parts < 100
+
+
+@pytest.mark.parametrize("downloads, groups", [(100, 1), (100, 100), (1, 100)])
+def test_widths_whose_task_would_handle_101_artifacts_are_refused(downloads: int,
+                                                                  groups: int) -> None:
+    with pytest.raises(ValueError, match="more than the 100 Vertex AI accepts in one task"):
+        PipelineSettings(download_parallelism=downloads, embed_parallelism=groups).validate()
+
+
+def test_a_named_loop_whose_outputs_are_collected_is_refused(tmp_path: Path) -> None:
+    """kubeflow/pipelines#13239: a loop given `name=` is recorded under that name by backends
+    before 2.16 but looked up by its key where its outputs are collected."""
+
+    @dsl.pipeline(name="p")
+    def p() -> None:
+        with dsl.ParallelFor([0, 1], name="units") as part:
+            download = download_part(part=part)
+        embed_all(images=dsl.Collected(download.outputs["images"])).set_retry(1)
+
+    violations = _rules(_compile(p, tmp_path))
+    assert [v.rule for v in violations] == ["loop-name"]
+    assert violations[0].task.split("/")[-1].startswith("for-loop-")
+    assert "#13239" in str(violations[0]) and "'units'" in violations[0].message
 
 
 def test_compile_writes_no_template_that_breaks_a_rule(tmp_path: Path, monkeypatch) -> None:

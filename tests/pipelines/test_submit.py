@@ -6,6 +6,7 @@ Google's real clients to tests/support/google_cloud.py (the tests that are not a
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +140,11 @@ def test_submit_sends_template_parameters_account_labels_network(
     assert "custom_model_training_nvidia_t4_gpus: no value for us-central1" in preflight
     assert "rows:           100 (--param limit)" in summary
     # limit 100, shard_size 5000: one shard, so one task of each loop runs
-    assert ("loop embed-groups/download-units: up to 32 tasks at once; 1 for 1 shard(s) "
-            "(download-images)") in summary
-    assert "loop embed-groups: up to 8 tasks at once; 1 for 1 shard(s) (embed-images)" in \
-        summary
+    # the loops by their keys (the groups' loop holds the download loop and the embed task)
+    assert re.search(r"loop for-loop-\d+/for-loop-\d+: up to 32 tasks at once; 1 for 1 "
+                     r"shard\(s\) \(download-images\)", summary), summary
+    assert re.search(r"loop for-loop-\d+: up to 8 tasks at once; 1 for 1 shard\(s\) "
+                     r"\(embed-images\)", summary), summary
     assert "embed task:     6 vCPU, 24G, 1x NVIDIA_TESLA_T4" in summary
     assert "estimate:       " in summary and " h wall, " in summary
     assert f"pipeline root:  gs://{BUCKET}/root" in summary

@@ -17,8 +17,10 @@ def write_output_dir(output_dir: Path, embeddings: np.ndarray, uids: list[str],
                      shards: list[list[int]] | None = None, model: str = "tiny-clip",
                      pretrained: str = "none", urls: list[str] | None = None,
                      captions: list[str] | None = None, shard_numbers: list[int] | None = None,
-                     ) -> None:
-    """data/part-NNNNN.parquet (rows `shards[j]` in shard `shard_numbers[j]`) + manifest.json."""
+                     extra: dict[str, pa.Array] | None = None) -> None:
+    """data/part-NNNNN.parquet (rows `shards[j]` in shard `shard_numbers[j]`) + manifest.json;
+    `extra`: metadata columns (one value per row of `embeddings`) after the data schema's, as
+    the write step carries them from the download step (width, original_width, ...)."""
     n, dim = embeddings.shape
     shards = shards or [list(range(n))]
     shard_numbers = shard_numbers or list(range(len(shards)))
@@ -32,6 +34,8 @@ def write_output_dir(output_dir: Path, embeddings: np.ndarray, uids: list[str],
             schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(
                 pa.array(embeddings[rows].reshape(-1), pa.float32()), dim),
         }, schema=data_schema)
+        for name, values in (extra or {}).items():
+            table = table.append_column(name, values.take(pa.array(rows, pa.int64())))
         io.write_parquet_atomic(str(output_dir / schema.DATA_DIR / io.shard_name(number)), table)
     manifest: dict[str, Any] = {
         "model": model, "pretrained": pretrained, "dim": dim, "dtype": "float32",

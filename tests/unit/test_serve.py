@@ -93,7 +93,8 @@ def test_clip_retrieval_clip_client_works_unchanged(served: tuple[LiveServer, np
     assert meta.json()[0] == {"id": 7, "metadata": {
         "uid": "img-007", "url": by_vec[0]["url"], "caption": "picture number 7"}}
     health = httpx.get(f"{server.url}/health").json()
-    assert health["indices"]["tiny"] == {"vectors": 60, "dim": TINY_DIM, "model": "tiny-clip"}
+    assert health["indices"]["tiny"] == {"vectors": 60, "dim": TINY_DIM, "model": "tiny-clip",
+                                         "filter_columns": [], "heads": []}
 
 
 def test_num_result_ids_beyond_num_images_come_without_metadata(
