@@ -15,6 +15,7 @@ closed unless origins are named.
 import argparse
 import base64
 import binascii
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -127,6 +128,38 @@ def _decode_image(data: str, max_image_bytes: int) -> bytes:
             from exc
 
 
+def _check_dim(values: list[float], index: Any) -> None:
+    from fastapi import HTTPException
+
+    if len(values) != index.dim:
+        raise HTTPException(400, f"embedding_input has {len(values)} values: expected "
+                            f"{index.dim}")
+
+
+async def _image_body(q: Any, settings: ServeSettings) -> bytes:
+    """The request's image: its base64 `image`, else the body fetched from `image_url`."""
+    from clip_index.fetch import fetch_url_async
+
+    if q.image:
+        return _decode_image(q.image, settings.max_image_bytes)
+    return await fetch_url_async(str(q.image_url), settings.fetch)
+
+
+async def _query_embedding(q: Any, index: Any, settings: ServeSettings) -> Any:
+    """The request's query as one normalised embedding (text, image or embedding_input)."""
+    import numpy as np
+    from fastapi.concurrency import run_in_threadpool
+
+    if q.text:
+        return await run_in_threadpool(index.model.encode_text, [q.text])
+    if q.embedding_input:
+        _check_dim(q.embedding_input, index)
+        return np.asarray([q.embedding_input], dtype=np.float32)
+    from clip_index.search.searcher import encode_image_bytes
+
+    return await run_in_threadpool(encode_image_bytes, index, await _image_body(q, settings))
+
+
 def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -> Any:
     """The FastAPI application serving `indices` (name → ClipIndex)."""
     from fastapi import FastAPI, HTTPException, Request
@@ -134,7 +167,6 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
     from fastapi.responses import HTMLResponse, Response
     from pydantic import BaseModel, ConfigDict, Field
 
-    from clip_index.fetch import fetch_url_async
     from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
     from clip_index.schema import RowError, Status
     from clip_index.search.filters import Filters
@@ -156,8 +188,9 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
     _log_unexpected(app)
     parse = _parse
 
-    def decode_image(data: str) -> bytes:
-        return _decode_image(data, settings.max_image_bytes)
+    check_dim = _check_dim
+    image_body = functools.partial(_image_body, settings=settings)
+    query_embedding = functools.partial(_query_embedding, settings=settings)
 
     class KnnQuery(BaseModel):
         """clip-retrieval's /knn-service body, plus `filters` (clip_index.search.filters; a
@@ -285,29 +318,6 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
                            **thumbnail_path(name, r.id))
             out.append(row)
         return out
-
-    def check_dim(values: list[float], index: Any) -> None:
-        if len(values) != index.dim:
-            raise HTTPException(400, f"embedding_input has {len(values)} values: expected "
-                                f"{index.dim}")
-
-    async def image_body(q: Any) -> bytes:
-        if q.image:
-            return decode_image(q.image)
-        return await fetch_url_async(str(q.image_url), settings.fetch)
-
-    async def query_embedding(q: Any, index: Any) -> Any:
-        """The request's query as one normalised embedding (text, image or embedding_input)."""
-        import numpy as np
-
-        if q.text:
-            return await run_in_threadpool(index.model.encode_text, [q.text])
-        if q.embedding_input:
-            check_dim(q.embedding_input, index)
-            return np.asarray([q.embedding_input], dtype=np.float32)
-        from clip_index.search.searcher import encode_image_bytes
-
-        return await run_in_threadpool(encode_image_bytes, index, await image_body(q))
 
     @app.post("/metadata")
     async def metadata(request: Request) -> list[dict[str, Any]]:
