@@ -13,7 +13,7 @@ from clip_index.launch.compiler import compile_pipeline
 from clip_index.pipelines import PIPELINES, PipelineSettings
 from tests.support.http_server import TestServer
 from tests.support.images import image_bytes
-from tests.support.tiny_index import build_tiny_index
+from tests.support.outputs import build_tiny_index
 
 SETTINGS = PipelineSettings(cpu_image="reg.example/clip-index-cpu:abc123",
                             gpu_image="reg.example/clip-index-gpu:abc123",

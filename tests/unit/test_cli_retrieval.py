@@ -18,7 +18,7 @@ import pytest
 
 from clip_index.cli import main
 from tests.support.images import image_bytes
-from tests.support.tiny_index import build_tiny_index
+from tests.support.outputs import build_tiny_index
 
 REPO = Path(__file__).resolve().parents[2]
 

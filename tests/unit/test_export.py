@@ -33,8 +33,7 @@ from clip_index.search.export_config import ExportConfig
 from clip_index.search.searcher import ClipIndex
 from clip_index.vectors import normalise
 from tests.support.images import image_bytes
-from tests.support.index_builder import write_output_dir
-from tests.support.tiny_index import TINY_DIM, build_tiny_index
+from tests.support.outputs import TINY_DIM, build_tiny_index, write_output_dir
 
 N = 3000
 

@@ -22,7 +22,7 @@ from clip_index.index.rerank import RERANK_FILE, RerankStore, RerankWriter
 from clip_index.index.twostage import first_stage_key, stream_and_sample
 from clip_index.publish.card import dataset_card
 from clip_index.search.searcher import ClipIndex
-from tests.support.index_builder import write_output_dir
+from tests.support.outputs import write_output_dir
 
 DIM = 32
 N = 4000

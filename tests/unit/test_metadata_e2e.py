@@ -20,7 +20,7 @@ from clip_index.load.step import plan_shards, run_load
 from clip_index.search.searcher import ClipIndex
 from tests.support import images
 from tests.support.http_server import TestServer
-from tests.support.index_builder import random_unit
+from tests.support.outputs import random_unit
 
 # (width, height, b32, l14, faces, source hash matches)
 ROWS = [(640, 480, 0.31, 0.28, 0, True), (300, 900, 0.35, 0.33, 2, True),

@@ -16,7 +16,7 @@ from clip_index.search.retrieve import run_load_queries, run_retrieve
 from clip_index.search.searcher import ClipIndex
 from tests.support.http_server import TestServer
 from tests.support.images import image_bytes
-from tests.support.tiny_index import TINY_DIM, build_tiny_index
+from tests.support.outputs import TINY_DIM, build_tiny_index
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from clip_index.search.server import ServeSettings, create_app
 from tests.support.http_server import TestServer
 from tests.support.images import image_bytes
 from tests.support.live_server import LiveServer
-from tests.support.tiny_index import TINY_DIM, build_tiny_index
+from tests.support.outputs import TINY_DIM, build_tiny_index
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_VENV = REPO / "bench" / ".venvs" / "clip-retrieval" / "bin" / "python"

@@ -21,8 +21,8 @@ from clip_index.search.heads import IGNORED_HEADER, load_heads
 from clip_index.search.searcher import ClipIndex
 from clip_index.search.server import ServeSettings, create_app
 from clip_index.vectors import normalise
-from tests.support.index_builder import random_unit, write_output_dir
 from tests.support.live_server import LiveServer
+from tests.support.outputs import random_unit, write_output_dir
 
 DIM = 512  # OpenAI ViT-B/32, whose heads LAION published
 N = 300

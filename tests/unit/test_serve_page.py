@@ -16,7 +16,7 @@ from clip_index.search.server import ServeSettings, create_app
 from tests.support.http_server import TestServer
 from tests.support.images import image_bytes
 from tests.support.live_server import LiveServer
-from tests.support.tiny_index import build_tiny_index
+from tests.support.outputs import build_tiny_index
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
