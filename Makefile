@@ -48,6 +48,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check clip_index components pipelines tests bench compile.py scripts
 	$(VENV)/bin/mypy clip_index components pipelines
+	$(PY) scripts/gpu_constraints.py --check
 
 compile: install
 	$(PY) compile.py --output-dir compiled --image-tag $${IMAGE_TAG:-dev}

@@ -71,14 +71,18 @@ def decode_jpegs(datas: list[Any], device: str) -> list[Any]:
 
     if not datas:
         return []
-    if str(device).startswith("cuda"):
+    on_cuda = str(device).startswith("cuda")
+    if on_cuda:
         wait_for_current_stream()
     try:
         return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
     except RuntimeError as exc:
-        log.debug("batch JPEG decode failed (%s); decoding one by one", exc)
+        log.warning("batch JPEG decode failed (%s); decoding its %d images one by one", exc,
+                    len(datas))
     out: list[Any] = []
     for data in datas:
+        if on_cuda:  # every decode after the stream's queued work, not only the batch's
+            wait_for_current_stream()
         try:
             out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:

@@ -157,20 +157,22 @@ class ShmPlan:
                 f"workers x prefetch {self.prefetch or 0}")
 
 
-def shm_plan(workers: int, batch_bytes: int, prefetch: int = 4, path: str = SHM) -> ShmPlan:
+def shm_plan(workers: int, batch_bytes: int, prefetch: int = 4, path: str = SHM,
+             sharers: int = 1) -> ShmPlan:
     """Workers and prefetch whose batches in flight fit in `SHM_SHARE` of /dev/shm's free
     space. Every batch a worker returns lives in shared memory until the main process drops it:
     `workers * prefetch` batches queued plus about two being taken apart. A pod's /dev/shm is
     64 MB unless a memory-backed volume is mounted there (Kubeflow: `shm_size`; Vertex AI's
     template mounts none), and a worker writing past it dies with "Bus error"
     (pytorch/pytorch#2244, kubeflow/pipelines#9893). Less prefetch first, then fewer workers,
-    then none (the main process reads: slower, never a crash)."""
+    then none (the main process reads: slower, never a crash). `sharers`: processes planning
+    for the same /dev/shm at once (one per GPU), each taking its share of the budget."""
     try:
         stat = os.statvfs(path)
         total, free = stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
     except OSError:  # no /dev/shm (not Linux): torch shares memory by other means
         return ShmPlan(workers, prefetch if workers else None, 0, 0, batch_bytes)
-    budget = free * SHM_SHARE
+    budget = free * SHM_SHARE / max(1, sharers)
     for n in range(workers, 0, -1):
         for depth in range(prefetch, 0, -1):
             if (n * depth + 2) * batch_bytes <= budget:
@@ -196,10 +198,11 @@ def stored_image_bytes(shard_paths: Sequence[tuple[int, str]]) -> int:
 
 
 def make_loader(rows: UnitRows, batch_size: int, workers: int, pin_memory: bool,
-                row_bytes: int) -> torch.utils.data.DataLoader[Any]:
+                row_bytes: int, sharers: int = 1) -> torch.utils.data.DataLoader[Any]:
     """The unit's DataLoader (`collate`), with workers and prefetch cut to what /dev/shm holds
-    for batches of `batch_size` rows of about `row_bytes` each; logs the plan."""
-    plan = shm_plan(workers, batch_size * row_bytes) if workers else None
+    for batches of `batch_size` rows of about `row_bytes` each, shared with `sharers` loaders
+    of other processes (one per GPU); logs the plan."""
+    plan = shm_plan(workers, batch_size * row_bytes, sharers=sharers) if workers else None
     if plan is not None:
         log.info("embed loader: %s", plan.describe())
         if (plan.workers, plan.prefetch) != (workers, 4):

@@ -172,7 +172,8 @@ def embed_shards(shard_paths: Sequence[tuple[int, str]], output_dir: str, clip: 
     row_bytes = stored_image_bytes(shard_paths) if decode == "device" else 3 * height * width
     loader = make_loader(UnitRows(shard_paths, transform, jpeg_bytes=decode == "device"),
                          batch_size, workers, clip.device.startswith("cuda"),
-                         row_bytes or 3 * height * width)
+                         row_bytes or 3 * height * width,
+                         sharers=processes)  # one loader per GPU process, one /dev/shm
     prepare = DevicePrepare(clip.device, resize, transform)
     encoder = BatchEncoder(clip, precision)
     with _BackgroundWriter() as writer:

@@ -35,11 +35,30 @@ def main(argv: list[str]) -> None:
         loader = torch.utils.data.DataLoader(rows, batch_size=batch, num_workers=workers,
                                              collate_fn=collate, prefetch_factor=4)
     seen = 0
-    for out in loader:
+    batches = iter(loader)  # the workers start filling their prefetch queues now
+    _wait_for_the_queues(loader.num_workers)
+    for out in batches:
         time.sleep(0.3)  # the forward pass
         seen += len(out["good"]) + len(out["bad"])
     print(json.dumps({"rows": seen, "workers": loader.num_workers,
                       "prefetch": loader.prefetch_factor}))
+
+
+def _wait_for_the_queues(workers: int, limit_s: float = 60.0) -> None:
+    """Before the first batch is taken, let the workers fill what they prefetch (until
+    /dev/shm stops growing for 3 s): on a busy machine a slow worker would otherwise never be
+    ahead of the consumer, and whether the queues fit would depend on the machine's load."""
+    import shutil
+
+    if not workers:
+        return
+    start = last_change = time.monotonic()
+    used = shutil.disk_usage("/dev/shm").used
+    while time.monotonic() - start < limit_s and time.monotonic() - last_change < 3.0:
+        time.sleep(0.25)
+        now = shutil.disk_usage("/dev/shm").used
+        if now != used:
+            used, last_change = now, time.monotonic()
 
 
 if __name__ == "__main__":

@@ -87,6 +87,21 @@ def test_every_row_comes_through_a_small_shm(shard, decode) -> None:
         assert out["workers"] == 0
 
 
+def test_processes_on_one_shm_share_its_budget(monkeypatch) -> None:
+    """Eight GPU processes plan for the same 64 MB at once: each gets an eighth."""
+    class Stat:
+        f_frsize = 4096
+        f_blocks = f_bavail = 64 * 2**20 // 4096
+
+    monkeypatch.setattr(loader.os, "statvfs", lambda path: Stat())
+    batch = 4 * 2**20
+    alone, shared = loader.shm_plan(4, batch), loader.shm_plan(4, batch, sharers=8)
+    assert (alone.workers, alone.prefetch) == (4, 1)  # (4 x 1 + 2) x 4 MiB <= 32 MiB
+    assert shared.workers == 0  # 4 MiB: less than 2 batches in flight fit
+    assert (loader.shm_plan(4, 2**19, sharers=8).workers, loader.shm_plan(
+        4, 2**19, sharers=8).prefetch) == (4, 1)  # (4 + 2) x 0.5 MiB <= 4 MiB
+
+
 def test_shm_plan_cuts_prefetch_then_workers(monkeypatch) -> None:
     class Stat:
         f_frsize = 4096
