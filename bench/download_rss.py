@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             urls = write_shard(corpus, server.base_url, rows, out_root / f"urls-{rows}.parquet")
             out = out_root / f"out-{rows}"
             cmd = [sys.executable, "-m", "clip_index.cli", "download", "--input", str(urls),
-                   "--output", str(out), "--image-size", str(args.image_size),
+                   "--output-dir", str(out), "--image-size", str(args.image_size),
                    "--resize-mode", "keep_ratio", "--allow-private-networks"]
             logger.info("clip-index download: %d rows", rows)
             m = run_measured(cmd, timeout_s=args.timeout_s, log_path=out_root / f"{rows}.log",

@@ -16,27 +16,27 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clip_index.flags import (
     add_config_flags,
-    add_settings_flags,
     add_typed_flags,
     config_from_args,
     flag,
     pipeline_docs,
     pipeline_params,
-    settings_from_args,
     step_help,
 )
+from clip_index.launch.settings_flags import add_settings_flags, settings_from_args
 
 log = logging.getLogger("clip_index")
 
 # name → (module with add_arguments/command, help)
 EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("clip_index.launch.submit", "submit the pipeline to Vertex AI Pipelines"),
-    "doctor": ("clip_index.launch.preflight", "check a Vertex AI project before a submit: "
+    "doctor": ("clip_index.launch.doctor", "check a Vertex AI project before a submit: "
                "credentials, APIs, bucket, images, GPU quota, roles (what submit runs first)"),
     "plan": ("clip_index.launch.plan", "estimate wall time, GPU hours and cost of a run"),
     "publish": ("clip_index.publish.step", "upload an output folder to the Hugging Face Hub"),
@@ -151,7 +151,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from clip_index.config import LoadConfig
     from clip_index.load.step import run_load
 
-    _print_json(run_load(config_from_args(LoadConfig, args), args.output).as_metadata())
+    _print_json(run_load(config_from_args(LoadConfig, args), args.output_dir).as_metadata())
     return 0
 
 
@@ -162,59 +162,17 @@ def cmd_download(args: argparse.Namespace) -> int:
     config = config_from_args(DownloadConfig, args)
     if args.input:  # one URL parquet file, e.g. for benchmarks
         config.validate()
+        from clip_index.load.file import urls_file
+
         urls = urls_file(args.input, args.id_column, args.url_column, args.caption_column,
-                         args.output)
-        stats = download_shard(urls, str(Path(args.output) / "part-00000.parquet"), config)
+                         args.output_dir)
+        stats = download_shard(urls, str(Path(args.output_dir) / "part-00000.parquet"), config)
         _print_json(stats.as_dict())
     elif args.urls:
-        _print_json(run_download(args.urls, args.shards, args.output, config).as_metadata())
+        _print_json(run_download(args.urls, args.shards, args.output_dir, config).as_metadata())
     else:
         raise ValueError("download: give --urls DIR (with --shards) or --input FILE")
     return 0
-
-
-CAPTION_CANDIDATES = ("caption", "text")
-
-
-def urls_file(path: str, id_column: str, url_column: str, caption_column: str | None,
-              work_dir: str) -> str:
-    """A parquet file of the download step's input columns (uid, url, caption) from `path`:
-    `path` itself when its columns already are those, else a renamed copy in `work_dir`.
-    Refuses a missing column before any download, naming it and the columns there are.
-    caption_column None: the first of `CAPTION_CANDIDATES` present, or none."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from clip_index import io, schema
-
-    if not io.exists(path):
-        raise FileNotFoundError(f"--input {path!r} does not exist: expected a parquet file "
-                                "of image URLs")
-    fs, fs_path = io.filesystem(path)
-    with fs.open(fs_path, "rb") as f:
-        names = pq.read_schema(f).names
-    if caption_column is None:
-        caption_column = next((c for c in CAPTION_CANDIDATES if c in names), "")
-    for flag_name, column in (("--id-column", id_column), ("--url-column", url_column),
-                              ("--caption-column", caption_column)):
-        if column and column not in names:
-            raise ValueError(f"{flag_name}={column!r} is not a column of {path!r}: its columns "
-                             f"are {names}; pass {flag_name} with one of them"
-                             + ("" if flag_name == "--url-column" else " (or '' for none)"))
-    if (id_column, url_column, caption_column) == (schema.UID, schema.URL, schema.CAPTION):
-        return path
-    table = io.read_parquet(path, [c for c in (id_column, url_column, caption_column) if c])
-    n = table.num_rows
-    uids = (pc.cast(table.column(id_column), pa.string()) if id_column else
-            pa.array([f"{i:09d}" for i in range(n)], pa.string()))  # the row number, as load
-    captions = (pc.cast(table.column(caption_column), pa.string()) if caption_column else
-                pa.nulls(n, pa.string()))
-    out = io.join(work_dir, "input-urls.parquet")
-    io.write_parquet_atomic(out, pa.table(
-        [uids, pc.cast(table.column(url_column), pa.string()), captions],
-        schema=schema.URLS_SCHEMA))
-    return out
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -222,7 +180,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from clip_index.embed.step import run_embed
 
     config = config_from_args(EmbedConfig, args)
-    _print_json(run_embed(args.images, args.shards, args.output, config).as_metadata())
+    _print_json(run_embed(args.images, args.shards, args.output_dir, config).as_metadata())
     return 0
 
 
@@ -247,11 +205,97 @@ COMMANDS = ("run", "query", "compile", "demo", "load", "download", "embed", "wri
             *EXTERNAL_COMMANDS)
 
 
+def _add_run(run: argparse.ArgumentParser) -> None:
+    """`run`: the pipeline's parameters, kfp.local's options and the compile settings."""
+    from clip_index.launch.runner import default_local_settings
+    from clip_index.pipelines import make_index_pipeline
+
+    params = pipeline_params(make_index_pipeline().pipeline_func)
+    add_typed_flags(run, params, pipeline_docs(params))
+    run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
+                     "artifacts (default: OUTPUT_DIR/.pipeline)")
+    run.add_argument("--no-cache", action="store_true",
+                     help="redo every task; by default a repeated run (same parameters and "
+                          "pipeline root) reuses the tasks that finished, so a killed run "
+                          "resumes")
+    add_settings_flags(run, default_local_settings())
+
+
+def _add_compile(comp: argparse.ArgumentParser) -> None:
+    """`compile`: where the YAML goes, and the compile settings."""
+    comp.add_argument("--output-dir", default="compiled", help="folder for the compiled "
+                      "pipeline and component YAML files (default: compiled)")
+    add_settings_flags(comp)
+
+
+def _add_demo(demo: argparse.ArgumentParser) -> None:
+    """`demo`: its work folder and shard count."""
+    demo.add_argument("--work-dir", default=".demo", help="folder for the sample images, "
+                      "the output index and the run's logs (default: .demo)")
+    demo.add_argument("--shards", type=int, default=2,
+                      help="URL shards the sample is cut into (default: 2)")
+
+
+def _add_steps(command: Callable[[str, Any, str], argparse.ArgumentParser],
+               wanted: Callable[[str], bool]) -> None:
+    """The step commands (load, download, embed, write, index): each its input and output
+    folders and its step config's flags."""
+    from clip_index import config as cfg
+
+    if wanted("load"):
+        load = command("load", cmd_load, "step: dataset → URL shards")
+        load.add_argument("--output-dir", required=True, help=step_help("load_dataset", "urls"))
+        add_config_flags(load, cfg.LoadConfig)
+
+    if wanted("download"):
+        download = command("download", cmd_download, "step: URL shards → image shards")
+        download.add_argument("--urls", help=step_help("download_images", "urls"))
+        download.add_argument("--shards", type=shard_list, default=[0],
+                              help="with --urls: " + SHARDS_HELP + " (default: 0)")
+        download.add_argument("--input", help="or: one parquet file of URLs (see the "
+                              "--*-column flags for its column names)")
+        download.add_argument("--output-dir", required=True,
+                              help=step_help("download_images", "images"))
+        for name, default in (("id_column", "uid"), ("url_column", "url")):
+            download.add_argument(flag(name), default=default, help=step_help(
+                "load_dataset", name) + f" (with --input; default: {default})")
+        download.add_argument("--caption-column", default=None, help=step_help(
+            "load_dataset", "caption_column") + " (with --input; default: caption, else text, "
+            "else none)")
+        add_config_flags(download, cfg.DownloadConfig)
+
+    if wanted("embed"):
+        embed = command("embed", cmd_embed, "step: image shards → embedding shards")
+        embed.add_argument("--images", nargs="+", required=True,
+                           help=step_help("embed_images", "images"))
+        embed.add_argument("--shards", type=shard_list, default=None,
+                           help=SHARDS_HELP + " (default: those the download steps behind "
+                           "--images were given, from their unit.json)")
+        embed.add_argument("--output-dir", required=True,
+                           help=step_help("embed_images", "embeddings"))
+        add_config_flags(embed, cfg.EmbedConfig)
+
+    if wanted("write"):
+        write = command("write", cmd_write, "step: embedding shards → OUTPUT_DIR/data")
+        write.add_argument("--embeddings", nargs="+", required=True,
+                           help=step_help("write_embeddings", "embeddings"))
+        write.add_argument("--output-dir", required=True,
+                           help=step_help("write_embeddings", "output_dir"))
+        write.add_argument("--urls", default=None,
+                           help="the load step's folder: its manifest lists every shard that "
+                                "must be written (default: the shards the embed steps' "
+                                "unit.json name)")
+
+    if wanted("index"):
+        index = command("index", cmd_index, "step: OUTPUT_DIR/data → faiss index")
+        index.add_argument("--output-dir", required=True,
+                           help=step_help("build_index", "output_dir"))
+        add_config_flags(index, cfg.IndexConfig)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; with `only`, just that command's (the others' imports, kfp's above
     all, cost half a second at every start of a step)."""
-    from clip_index import config as cfg
-
     parser = argparse.ArgumentParser(
         prog="clip-index",
         description="Turn an image-URL dataset into a CLIP search index (a KFP pipeline that runs "
@@ -269,20 +313,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         return only is None or only == name
 
     if wanted("run"):
-        from clip_index.pipelines import make_index_pipeline
-
-        run = command("run", cmd_run, "run the whole pipeline locally (kfp.local)")
-        params = pipeline_params(make_index_pipeline().pipeline_func)
-        add_typed_flags(run, params, pipeline_docs(params))
-        run.add_argument("--pipeline-root", default=None, help="where kfp.local keeps task "
-                         "artifacts (default: OUTPUT_DIR/.pipeline)")
-        run.add_argument("--no-cache", action="store_true",
-                         help="redo every task; by default a repeated run (same parameters and "
-                              "pipeline root) reuses the tasks that finished, so a killed run "
-                              "resumes")
-        from clip_index.launch.runner import default_local_settings
-
-        add_settings_flags(run, default_local_settings())
+        _add_run(command("run", cmd_run, "run the whole pipeline locally (kfp.local)"))
 
     if wanted("query"):
         query = command("query", cmd_query, "search a published output folder")
@@ -308,67 +339,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         add_filter_arguments(query)
 
     if wanted("compile"):
-        comp = command("compile", cmd_compile, "compile every pipeline to YAML")
-        comp.add_argument("--output-dir", default="compiled", help="folder for the compiled "
-                          "pipeline and component YAML files (default: compiled)")
-        add_settings_flags(comp)
-
+        _add_compile(command("compile", cmd_compile, "compile every pipeline to YAML"))
     if wanted("demo"):
-        demo = command("demo", cmd_demo, "the bundled sample, end to end, with the tiny CLIP")
-        demo.add_argument("--work-dir", default=".demo", help="folder for the sample images, "
-                          "the output index and the run's logs (default: .demo)")
-        demo.add_argument("--shards", type=int, default=2,
-                          help="URL shards the sample is cut into (default: 2)")
-
-    if wanted("load"):
-        load = command("load", cmd_load, "step: dataset → URL shards")
-        load.add_argument("--output", required=True, help=step_help("load_dataset", "urls"))
-        add_config_flags(load, cfg.LoadConfig)
-
-    if wanted("download"):
-        download = command("download", cmd_download, "step: URL shards → image shards")
-        download.add_argument("--urls", help=step_help("download_images", "urls"))
-        download.add_argument("--shards", type=shard_list, default=[0],
-                              help="with --urls: " + SHARDS_HELP + " (default: 0)")
-        download.add_argument("--input", help="or: one parquet file of URLs (see the "
-                              "--*-column flags for its column names)")
-        download.add_argument("--output", required=True,
-                              help=step_help("download_images", "images"))
-        for name, default in (("id_column", "uid"), ("url_column", "url")):
-            download.add_argument(flag(name), default=default, help=step_help(
-                "load_dataset", name) + f" (with --input; default: {default})")
-        download.add_argument("--caption-column", default=None, help=step_help(
-            "load_dataset", "caption_column") + " (with --input; default: caption, else text, "
-            "else none)")
-        add_config_flags(download, cfg.DownloadConfig)
-
-    if wanted("embed"):
-        embed = command("embed", cmd_embed, "step: image shards → embedding shards")
-        embed.add_argument("--images", nargs="+", required=True,
-                           help=step_help("embed_images", "images"))
-        embed.add_argument("--shards", type=shard_list, default=None,
-                           help=SHARDS_HELP + " (default: those the download steps behind "
-                           "--images were given, from their unit.json)")
-        embed.add_argument("--output", required=True,
-                           help=step_help("embed_images", "embeddings"))
-        add_config_flags(embed, cfg.EmbedConfig)
-
-    if wanted("write"):
-        write = command("write", cmd_write, "step: embedding shards → OUTPUT_DIR/data")
-        write.add_argument("--embeddings", nargs="+", required=True,
-                           help=step_help("write_embeddings", "embeddings"))
-        write.add_argument("--output-dir", required=True,
-                           help=step_help("write_embeddings", "output_dir"))
-        write.add_argument("--urls", default=None,
-                           help="the load step's folder: its manifest lists every shard that "
-                                "must be written (default: the shards the embed steps' "
-                                "unit.json name)")
-
-    if wanted("index"):
-        index = command("index", cmd_index, "step: OUTPUT_DIR/data → faiss index")
-        index.add_argument("--output-dir", required=True,
-                           help=step_help("build_index", "output_dir"))
-        add_config_flags(index, cfg.IndexConfig)
+        _add_demo(command("demo", cmd_demo, "the bundled sample, end to end, with the tiny CLIP"))
+    _add_steps(command, wanted)
 
     for name, (module, text) in EXTERNAL_COMMANDS.items():
         if not wanted(name):

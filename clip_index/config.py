@@ -102,8 +102,8 @@ class DownloadConfig(_Config):
     timeout_s: total deadline per request attempt (connect + headers + body), seconds (the
         first attempt has first_timeout_s, and a live slow body may go past it: see
         Attributes).
-    retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets); a retry
-        waits its backoff holding no slot, and queues behind the fresh rows of its host.
+    download_retries: extra attempts after a retryable failure (timeouts, 429, 5xx, resets); a
+        retry waits its backoff holding no slot, and queues behind the fresh rows of its host.
     concurrency: requests in flight per process (the web is latency-bound: an event loop
         holds hundreds cheaply); per_host_concurrency caps one host, and rows waiting for a
         busy host hold no global slot.
@@ -148,7 +148,7 @@ class DownloadConfig(_Config):
     first_timeout_s: float = 5.0
     drip_bytes_per_s: int = 4096
     max_drip_s: float = 120.0
-    retries: int = 2
+    download_retries: int = 2
     concurrency: int = 512
     per_host_concurrency: int = 16
     shards_in_flight: int = 64
@@ -182,7 +182,8 @@ class DownloadConfig(_Config):
                "an integer >= 1")
         _check(self.max_buffered_bytes >= 1, "max_buffered_bytes", self.max_buffered_bytes,
                "bytes >= 1")
-        _check(self.retries >= 0, "retries", self.retries, "an integer >= 0")
+        _check(self.download_retries >= 0, "download_retries", self.download_retries,
+               "an integer >= 0")
         _check(self.concurrency >= 1, "concurrency", self.concurrency, "an integer >= 1")
         _check(
             self.per_host_concurrency >= 1,
@@ -272,16 +273,21 @@ class EmbedConfig(_Config):
 
 @dataclass(frozen=True)
 class IndexConfig(_Config):
-    """Index step: an autofaiss index over the normalised embeddings (inner product = cosine).
+    """Index step: a faiss index over the normalised embeddings (inner product = cosine), chosen
+    by autofaiss below `two_stage_min_vectors` vectors, two stages from there on.
 
-    max_index_memory_usage / current_memory_available: autofaiss's budgets ("4G", "512M").
-    max_index_query_time_ms: autofaiss's target per query.
-    index_key: a faiss factory string that overrides autofaiss's choice ("" = let it choose).
+    max_index_memory_usage / current_memory_available: autofaiss's budgets ("4G", "512M"); a
+        two-stage index ignores them (its memory is set by first_stage_key and rerank_dtype).
+    max_index_query_time_ms: the target per query, for autofaiss and for the tuning of either
+        kind of index.
+    index_key: a faiss factory string that overrides the choice ("" = autofaiss chooses below
+        two_stage_min_vectors, two stages from there on); it always builds one stage.
     target_recall: the search parameter (nprobe / efSearch) is set to the cheapest value whose
         recall@10 against exact search reaches this, instead of autofaiss's time-budget choice.
     recall_queries: held-out (leave-one-out) queries for tuning and for recall@1/@10 (0 = skip
         tuning and measuring).
-    should_be_memory_mappable: only index types that can be memory-mapped (`--mmap` queries).
+    should_be_memory_mappable: only index types that can be memory-mapped (`--mmap` queries);
+        autofaiss's choice only (a two-stage index's re-rank vectors are always mapped).
     two_stage_min_vectors: from this many vectors on (and with no index_key), the index is two
         stages: a compressed faiss first stage (IVF + fast-scan PQ) proposes candidates and an
         exact re-rank from memory-mapped stored vectors orders them; smaller sets keep
@@ -370,24 +376,24 @@ class RetrieveConfig(_Config):
 class PublishConfig(_Config):
     """Publish step: upload an output folder to the Hugging Face Hub as a dataset, with a card.
 
-    repo_id: the dataset, ``ORG/NAME`` (created when missing).
-    private: create the dataset private (an existing dataset keeps its visibility).
-    revision: the branch to commit to ("" = main; created from main when missing).
+    hub_repo_id: the dataset, ``ORG/NAME`` (created when missing).
+    hub_private: create the dataset private (an existing dataset keeps its visibility).
+    hub_revision: the branch to commit to ("" = main; created from main when missing).
     source: what was indexed, for the card ("" = what manifest.json records, if anything).
 
     Attributes:
         commit_message: The commit's title ("" = one that names the model and row count).
     """
 
-    repo_id: str
-    private: bool = False
-    revision: str = ""
+    hub_repo_id: str
+    hub_private: bool = False
+    hub_revision: str = ""
     source: str = ""
     commit_message: str = ""
 
     def validate(self) -> None:
-        from clip_index.publish.hub import check_repo_id
+        from clip_index.hub import check_repo_id
 
-        check_repo_id(self.repo_id)
-        _check(self.revision == self.revision.strip() and " " not in self.revision, "revision",
-               self.revision, "a branch name without spaces, or '' for main")
+        check_repo_id(self.hub_repo_id, "hub_repo_id")
+        _check(self.hub_revision == self.hub_revision.strip() and " " not in self.hub_revision,
+               "hub_revision", self.hub_revision, "a branch name without spaces, or '' for main")

@@ -1,5 +1,6 @@
 """Command-line flags generated from the one place each setting is defined: step configs'
-dataclass fields, pipeline parameters and `PipelineSettings`; each flag's help is the text
+dataclass fields and pipeline parameters (`PipelineSettings`' flags live in
+clip_index/launch/settings_flags.py); each flag's help is the text
 written once in the component docstrings' ``Args:`` (what the Vertex AI UI shows), or for a
 config field that no component takes, in its config class's ``Attributes:``."""
 
@@ -22,15 +23,9 @@ CONFIG_COMPONENTS: dict[str, tuple[str, ...]] = {
     "RetrieveConfig": ("load_queries", "retrieve_matches"), "PublishConfig": ("publish_to_hub",),
 }
 # The index pipeline's components in pipeline order: a pipeline parameter takes the help of
-# the first one with a parameter of its name (or of the name in PIPELINE_RENAMES).
+# the first one with a parameter of its name (each setting has one name everywhere).
 PIPELINE_COMPONENTS = ("load_dataset", "download_images", "embed_images", "write_embeddings",
                        "build_index", "report", "publish_to_hub")
-PIPELINE_RENAMES = {"download_retries": ("download_images", "retries"),
-                    "dataset_fingerprint": ("load_dataset", "fingerprint"),
-                    "hub_repo_id": ("publish_to_hub", "repo_id"),
-                    "hub_private": ("publish_to_hub", "private"),
-                    "hub_revision": ("publish_to_hub", "revision"),
-                    "hub_token_secret": ("publish_to_hub", "token_secret")}
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,10 +64,9 @@ def pipeline_docs(names: typing.Iterable[str]) -> dict[str, str]:
     comps = component_docs()
     docs = {}
     for name in names:
-        component, param = PIPELINE_RENAMES.get(name, (None, name))
-        for c in (component,) if component else PIPELINE_COMPONENTS:
-            if param in comps.get(c, {}):
-                docs[name] = comps[c][param]
+        for c in PIPELINE_COMPONENTS:
+            if name in comps.get(c, {}):
+                docs[name] = comps[c][name]
                 break
     return docs
 
@@ -127,53 +121,3 @@ def pipeline_params(func: Any) -> dict[str, tuple[Any, Any]]:
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-
-
-def add_settings_flags(parser: argparse.ArgumentParser, defaults: Any = None) -> None:
-    """Compile-time settings: images, the embed step's GPU, the fan-out limit, per-task CPU and
-    memory, retries (the defaults are `defaults`', else `PipelineSettings`'s)."""
-    from clip_index.pipelines import PipelineSettings
-
-    d = defaults or PipelineSettings()
-    parser.add_argument("--image-tag", default="dev",
-                        help="tag of the clip-index-cpu/-gpu images (never 'latest')")
-    parser.add_argument("--image-repo", default=None,
-                        help="registry path of the images, e.g. us-docker.pkg.dev/P/clip-index")
-    parser.add_argument("--gpu-type", default=d.gpu_type,
-                        help=f"accelerator of the embed step (default: {d.gpu_type})")
-    parser.add_argument("--gpu-count", type=int, default=d.gpu_count,
-                        help=f"GPUs per embed task, 0 = none (default: {d.gpu_count})")
-    parser.add_argument("--download-parallelism", type=int, default=d.download_parallelism,
-                        help="download tasks, each streaming its share of the shards, 1-100, "
-                             "run as embed-parallelism groups of equal size (rounded up); x "
-                             f"download-cpu = vCPUs in use (default: {d.download_parallelism})")
-    parser.add_argument("--embed-parallelism", type=int, default=d.embed_parallelism,
-                        help="embed groups, each one embed task fed by its own download tasks, "
-                             "1-100; x gpu-count = GPUs in use, the GPU-quota knob "
-                             f"(default: {d.embed_parallelism})")
-    for step in ("download", "embed", "write", "index"):
-        for kind in ("cpu", "memory"):
-            name = f"{step}_{kind}"
-            parser.add_argument(flag(name), dest=name, default=getattr(d, name),
-                                help=f"{kind} limit of each {step} task "
-                                     f"(default: {getattr(d, name)})")
-    parser.add_argument("--retries", type=int, default=d.retries,
-                        help=f"retries of a failed download/embed task (default: {d.retries})")
-    parser.add_argument("--backoff-s", type=int, default=d.backoff_s,
-                        help=f"seconds before the first retry, doubling (default: {d.backoff_s})")
-
-
-def settings_from_args(args: argparse.Namespace) -> Any:
-    from clip_index.pipelines import DEFAULT_IMAGE_REPO, PipelineSettings
-
-    repo = (args.image_repo or DEFAULT_IMAGE_REPO).rstrip("/")
-    sized = {f"{step}_{kind}": getattr(args, f"{step}_{kind}")
-             for step in ("download", "embed", "write", "index") for kind in ("cpu", "memory")}
-    return PipelineSettings(
-        cpu_image=f"{repo}/clip-index-cpu:{args.image_tag}",
-        gpu_image=f"{repo}/clip-index-gpu:{args.image_tag}",
-        gpu_type=args.gpu_type, gpu_count=args.gpu_count,
-        download_parallelism=args.download_parallelism,
-        embed_parallelism=args.embed_parallelism,
-        retries=args.retries, backoff_s=args.backoff_s, **sized,
-    )

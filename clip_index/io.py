@@ -32,17 +32,17 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts)
 
 
-def shard_name(index: int) -> str:
+def shard_name(shard: int) -> str:
     """``part-00042.parquet`` for shard 42."""
-    return f"part-{index:05d}.parquet"
+    return f"part-{shard:05d}.parquet"
 
 
-def stats_name(index: int) -> str:
+def stats_name(shard: int) -> str:
     """``part-00042_stats.json``: the shard's stats, written last, so it marks the shard done."""
-    return f"part-{index:05d}_stats.json"
+    return f"part-{shard:05d}_stats.json"
 
 
-def shard_index(name: str) -> int:
+def shard_number(name: str) -> int:
     """The shard number in a ``part-NNNNN.parquet`` file name."""
     match = _SHARD.match(posixpath.basename(name))
     if not match:
@@ -56,7 +56,7 @@ def list_shards(directory: str) -> list[str]:
     if not fs.isdir(fs_dir):
         return []
     names = [posixpath.basename(p) for p in fs.ls(fs_dir, detail=False)]
-    shards = sorted((shard_index(n), n) for n in names if _SHARD.match(n))
+    shards = sorted((shard_number(n), n) for n in names if _SHARD.match(n))
     return [join(directory, n) for _, n in shards]
 
 
@@ -72,9 +72,9 @@ def complete_shards(directories: Sequence[str]) -> dict[int, str]:
             continue
         names = {posixpath.basename(p) for p in fs.ls(fs_dir, detail=False)}
         for name in names:
-            if not _SHARD.match(name) or stats_name(shard_index(name)) not in names:
+            if not _SHARD.match(name) or stats_name(shard_number(name)) not in names:
                 continue
-            shard = shard_index(name)
+            shard = shard_number(name)
             if shard in found:
                 raise RuntimeError(f"shard {shard} is in two folders, {found[shard]} and "
                                    f"{directory}: two tasks wrote it")

@@ -36,10 +36,6 @@ class ShardStats:
         return self.rows - self.successes
 
     @property
-    def failure_rate(self) -> float:
-        return self.failures / self.rows if self.rows else 0.0
-
-    @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 

@@ -31,13 +31,13 @@ def build_index(
             two stages), id_mapping/, index_infos.json.
         index: Records the index (metadata: key, vectors, dim, size, recall).
         metrics: recall@1/@10 and latency, shown by Vertex.
-        max_index_memory_usage: autofaiss memory budget for the index ("4G").
-        current_memory_available: autofaiss memory budget for building ("16G").
-        max_index_query_time_ms: autofaiss target per query, milliseconds.
-        index_key: faiss factory string to force ("" = autofaiss chooses).
+        max_index_memory_usage: autofaiss memory budget for the index ("4G"); one-stage only.
+        current_memory_available: autofaiss memory budget for building ("16G"); one-stage only.
+        max_index_query_time_ms: Target per query, milliseconds (autofaiss and the tuning).
+        index_key: faiss factory string to force, one stage ("" = autofaiss or two stages).
         target_recall: nprobe/efSearch set to the cheapest value reaching this recall@10.
         recall_queries: Held-out (leave-one-out) queries for tuning and recall (0 = skip).
-        should_be_memory_mappable: Only index types that can be memory-mapped at query time.
+        should_be_memory_mappable: Only autofaiss index types that can be memory-mapped.
         two_stage_min_vectors: Vectors from which the index has two stages (0 = never).
         first_stage_key: The first stage's faiss factory string ("" = chosen from the size).
         rerank_dtype: Storage of the re-rank vectors: "float16" or "float32".

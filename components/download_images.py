@@ -15,7 +15,7 @@ def download_images(
     image_size: int = 256,
     resize_mode: str = "keep_ratio",
     timeout_s: float = 20.0,
-    retries: int = 2,
+    download_retries: int = 2,
     concurrency: int = 512,
     per_host_concurrency: int = 16,
     min_image_size: int = 0,
@@ -41,7 +41,7 @@ def download_images(
         image_size: Target size in pixels (shorter side for keep_ratio); never upscaled.
         resize_mode: keep_ratio, center_crop, border or no.
         timeout_s: Total deadline per request attempt, seconds.
-        retries: Extra attempts after a retryable failure (timeouts, 429, 5xx).
+        download_retries: Extra attempts after a retryable failure (timeouts, 429, 5xx).
         concurrency: Requests in flight (the web is latency-bound: hundreds are cheap).
         per_host_concurrency: Requests in flight to one host (politeness).
         min_image_size: Images with a shorter side below this are filtered (pixels).
@@ -58,7 +58,7 @@ def download_images(
     from clip_index.units import download_shards
 
     config = DownloadConfig(image_size=image_size, resize_mode=resize_mode, timeout_s=timeout_s,
-                            retries=retries, concurrency=concurrency,
+                            download_retries=download_retries, concurrency=concurrency,
                             per_host_concurrency=per_host_concurrency,
                             min_image_size=min_image_size, max_aspect_ratio=max_aspect_ratio,
                             max_image_bytes=max_image_bytes,

@@ -13,7 +13,7 @@ def load_dataset(
     caption_column: str = "text",
     limit: int = 0,
     shard_size: int = 10000,
-    fingerprint: str = "",
+    dataset_fingerprint: str = "",
     extra_columns: str = "auto",
 ) -> None:
     """Read an image-URL dataset and write it as URL shards.
@@ -26,7 +26,7 @@ def load_dataset(
         caption_column: Column holding the caption ("" = none).
         limit: Keep the first N rows (0 = all).
         shard_size: Rows per shard, the unit of parallelism and resume.
-        fingerprint: What identifies the dataset's content (hub revision, hash of the file
+        dataset_fingerprint: What identifies the dataset's content (hub revision, hash of the file
             listing; set by clip-index run/submit): only read by the cache, so that a changed
             dataset is loaded again instead of reusing the old shards.
         extra_columns: Source columns kept beside uid/url/caption for filtering, comma-separated

@@ -8,31 +8,32 @@ from kfp.dsl import Artifact, Input, Markdown, Output
 def publish_to_hub(
     output_dir: str,
     report: Input[Markdown],
-    repo_id: str,
+    hub_repo_id: str,
     published: Output[Artifact],
-    private: bool = False,
-    revision: str = "",
+    hub_private: bool = False,
+    hub_revision: str = "",
     source: str = "",
-    token_secret: str = "",
+    hub_token_secret: str = "",
 ) -> None:
     """Upload the output folder to the Hugging Face Hub as a dataset, with a generated card.
 
     Args:
         output_dir: The published folder (local, /gcs/ or gs://).
         report: The report step's output (orders publishing after it).
-        repo_id: The Hub dataset, ORG/NAME (created when missing).
+        hub_repo_id: The Hub dataset, ORG/NAME (created when missing).
         published: Records the dataset URL, branch and commit.
-        private: Create the dataset private.
-        revision: Branch to commit to ("" = main).
+        hub_private: Create the dataset private.
+        hub_revision: Branch to commit to ("" = main).
         source: What was indexed, for the card.
-        token_secret: Secret Manager version holding a Hub write token
+        hub_token_secret: Secret Manager version holding a Hub write token
             (projects/P/secrets/S/versions/latest); "" = HF_TOKEN in the task's environment.
     """
     from clip_index.config import PublishConfig
-    from clip_index.publish.hub import secret_token
+    from clip_index.hub import secret_token
     from clip_index.publish.step import run_publish
 
-    config = PublishConfig(repo_id=repo_id, private=private, revision=revision, source=source)
-    token = secret_token(token_secret) if token_secret else None
+    config = PublishConfig(hub_repo_id=hub_repo_id, hub_private=hub_private,
+                           hub_revision=hub_revision, source=source)
+    token = secret_token(hub_token_secret) if hub_token_secret else None
     result = run_publish(output_dir, config, token=token)
     published.metadata.update(result.as_dict())

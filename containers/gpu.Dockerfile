@@ -4,7 +4,7 @@
 #   docker build -f containers/gpu.Dockerfile --target test .     # runs the unit tests inside
 #
 # What it needs from the machine (README "GPUs and drivers"): an NVIDIA driver >= 525.60.13 and a
-# GPU of compute capability 5.0-9.0, i.e. every type clip_index/embed/gpus.py accepts (T4, L4,
+# GPU of compute capability 5.0-9.0, i.e. every type clip_index/gpus.py accepts (T4, L4,
 # V100, P100, P4, A100, H100, H100 MEGA, H200). Why CUDA 12.6 and not 13: PyTorch's CUDA 13
 # builds have no kernels for P4/P100/V100 (pytorch/pytorch#157517) and need an R580+ driver;
 # torch 2.14 still ships a CUDA 12.6 build (pytorch/pytorch#190355), which runs on all of them.

@@ -30,7 +30,7 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
     c = make_components(settings.cpu_image, settings.gpu_image)
 
     def _retry_and_cache(task: Any) -> None:
-        task.set_retry(num_retries=settings.retries, backoff_duration=f"{settings.backoff_s}s",
+        task.set_retry(num_retries=settings.task_retries, backoff_duration=f"{settings.backoff_s}s",
                        backoff_factor=settings.backoff_factor,
                        backoff_max_duration=f"{settings.max_backoff_s}s")
         # a re-submitted run reuses every finished unit (same inputs → cache hit), and a retried
@@ -87,7 +87,7 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
         load = c.load_dataset(
             dataset=dataset, id_column=id_column, url_column=url_column,
             caption_column=caption_column, limit=limit, shard_size=shard_size,
-            fingerprint=dataset_fingerprint,  # the cache key follows the content
+            dataset_fingerprint=dataset_fingerprint,  # the cache key follows the content
             extra_columns=extra_columns,
         ).set_display_name("Load dataset")
         load.set_caching_options(True)
@@ -106,9 +106,10 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
                 download = c.download_images(
                     urls=urls, group=group, part=part, groups=settings.embed_parallelism,
                     parts=settings.parts, image_size=image_size, resize_mode=resize_mode,
-                    timeout_s=timeout_s, retries=download_retries, concurrency=concurrency,
-                    per_host_concurrency=per_host_concurrency, min_image_size=min_image_size,
-                    max_aspect_ratio=max_aspect_ratio, max_image_bytes=max_image_bytes,
+                    timeout_s=timeout_s, download_retries=download_retries,
+                    concurrency=concurrency, per_host_concurrency=per_host_concurrency,
+                    min_image_size=min_image_size, max_aspect_ratio=max_aspect_ratio,
+                    max_image_bytes=max_image_bytes,
                     allow_private_networks=allow_private_networks,
                     respect_opt_out=respect_opt_out, max_failure_rate=max_failure_rate,
                     thumbnail_px=thumbnail_px,
@@ -151,9 +152,9 @@ def make_index_pipeline(settings: PipelineSettings | None = None,
             task.set_caching_options(False)
         with dsl.If(hub_repo_id != "", name="publish-to-hub"):
             publish = c.publish_to_hub(
-                output_dir=output_dir, report=report.outputs["report"], repo_id=hub_repo_id,
-                private=hub_private, revision=hub_revision, source=dataset,
-                token_secret=hub_token_secret,
+                output_dir=output_dir, report=report.outputs["report"], hub_repo_id=hub_repo_id,
+                hub_private=hub_private, hub_revision=hub_revision, source=dataset,
+                hub_token_secret=hub_token_secret,
             ).set_display_name("Publish to the Hugging Face Hub")
             publish.set_caching_options(False)
 

@@ -59,13 +59,13 @@ def make_retrieve_pipeline(settings: Any = None) -> Any:
             download = c.download_images(
                 urls=retrieve.outputs["urls"], group=0, part=part, groups=1, parts=width,
                 image_size=image_size, resize_mode=resize_mode, timeout_s=timeout_s,
-                retries=download_retries, concurrency=concurrency,
+                download_retries=download_retries, concurrency=concurrency,
                 allow_private_networks=allow_private_networks,
                 max_failure_rate=max_failure_rate,
             ).set_display_name("Download matched images")
             download.set_cpu_limit(settings.download_cpu).set_memory_limit(
                 settings.download_memory)
-            download.set_retry(num_retries=settings.retries,
+            download.set_retry(num_retries=settings.task_retries,
                                backoff_duration=f"{settings.backoff_s}s",
                                backoff_factor=settings.backoff_factor,
                                backoff_max_duration=f"{settings.max_backoff_s}s")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clip_index.embed.gpus import check_gpu
+from clip_index.gpus import check_gpu
 from clip_index.limits import MAX_LOOP_WIDTH
 
 DEFAULT_IMAGE_REPO = "us-docker.pkg.dev/PROJECT/clip-index"
@@ -40,7 +40,7 @@ class PipelineSettings:
     100 artifacts in one task's input (`clip_index.launch.spec_check` checks the compiled
     spec).
     *_cpu / *_memory: per-task limits (Kubernetes quantities: "8", "500m"; "32G", "16Gi").
-    retries: extra attempts of a failed download or embed task, the first after `backoff_s`
+    task_retries: extra attempts of a failed download or embed task, the first after `backoff_s`
         seconds, each next one `backoff_factor` times later, at most `max_backoff_s`.
     """
 
@@ -61,7 +61,7 @@ class PipelineSettings:
     write_memory: str = "10G"
     index_cpu: str = "14"  # n2-standard-16
     index_memory: str = "48G"
-    retries: int = 2
+    task_retries: int = 2
     backoff_s: int = 60
     backoff_factor: float = 2.0
     max_backoff_s: int = 3600
@@ -115,8 +115,8 @@ class PipelineSettings:
             if not _MEMORY.match(memory) or float(re.sub("[A-Za-z]", "", memory)) <= 0:
                 raise ValueError(f"{step}_memory={memory!r}: expected a size like '32G' or "
                                  "'16Gi'")
-        if self.retries < 0:
-            raise ValueError(f"retries={self.retries}: expected an integer >= 0")
+        if self.task_retries < 0:
+            raise ValueError(f"task_retries={self.task_retries}: expected an integer >= 0")
         if self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
             raise ValueError(f"backoff_s={self.backoff_s}, max_backoff_s={self.max_backoff_s}: "
                              "expected 0 <= backoff_s <= max_backoff_s")

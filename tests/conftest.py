@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.gpu import GPU_ONLY_HELP, gpu_only_session
+
 # no network here: a pretrained tag must fail at once instead of retrying the hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-GPU_ONLY_HELP = "run with -m gpu (make gpu-check) on a machine whose torch sees a GPU"
-
-
-def gpu_only_session(markexpr: str) -> bool:
-    """Whether `-m markexpr` selects tests marked `gpu` and no unmarked test (`-m gpu`)."""
-    if not markexpr:
-        return False
-    from _pytest.mark.expression import Expression
-
-    expression = Expression.compile(markexpr)
-    return (expression.evaluate(lambda name, **_: name == "gpu")
-            and not expression.evaluate(lambda name, **_: False))
-
 
 def pytest_configure(config: pytest.Config) -> None:
     """Tests run on the CPU unless the session is `-m gpu`: CUDA is hidden (CUDA_VISIBLE_DEVICES
@@ -51,16 +38,6 @@ def http_server() -> Iterator[TestServer]:
         yield server
     finally:
         server.stop()
-
-
-def jpeg_bytes(width: int = 64, height: int = 48, colour: tuple[int, int, int] = (200, 30, 30),
-               fmt: str = "JPEG", mode: str = "RGB") -> bytes:
-    from PIL import Image
-
-    img = Image.new(mode, (width, height), colour if mode == "RGB" else None)
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

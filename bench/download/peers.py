@@ -170,7 +170,7 @@ def clip_index_command(python: str, urls: Path, out_dir: Path, image_size: int,
                        resize_mode: str) -> list[str]:
     """The clip-index download command line measured by the benchmark."""
     return [python, "-m", "clip_index.cli", "download", "--input", str(urls),
-            "--output", str(out_dir), "--image-size", str(image_size),
+            "--output-dir", str(out_dir), "--image-size", str(image_size),
             "--resize-mode", resize_mode, "--allow-private-networks"]
 
 

@@ -238,7 +238,7 @@ def run_clip_index(shards: Path, out: Path, count: int, timeout_s: float,
 
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "clip_index.cli", "download", "--urls", str(shards),
-           "--shards", f"0-{count - 1}", "--output", str(out), "--image-size", "224",
+           "--shards", f"0-{count - 1}", "--output-dir", str(out), "--image-size", "224",
            "--resize-mode", "keep_ratio", "--allow-private-networks", *extra]
     m = run_measured(cmd, timeout_s=timeout_s, log_path=out.parent / f"{out.name}.log",
                      env=peers._clean_env(), cwd=REPO, others={"server": server.pids})

@@ -5,9 +5,10 @@
 The same index is built twice, from float32 vectors and from the same vectors stored as float16
 (widened back to float32, as the index step reads them); both are scored against the exact
 float32 top-10 of held-out queries (recall@10). Data: a CLIP-like synthetic set (many clusters
-in a low-dimensional subspace, a shared offset, L2-normalised: see REFERENCES §5 on why not
-isotropic noise) and, when given, real embeddings from an embed shard. Also the parquet size
-of the embedding column, zstd-compressed, per dtype. Prints a Markdown fragment.
+in a low-dimensional subspace, a shared offset, L2-normalised: real CLIP embeddings are far
+from isotropic noise, whose recall says little about theirs) and, when given, real embeddings
+from an embed shard. Also the parquet size of the embedding column, zstd-compressed, per dtype.
+Prints a Markdown fragment.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def end_to_end(unit: Path, shards: int, ckpt: Path, model: str, device: str, dec
     out_dir = WORK / f"out-{device}-{decode}"
     shutil.rmtree(out_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "clip_index.cli", "embed", "--images", str(unit), "--shards",
-           f"0-{shards - 1}" if shards > 1 else "0", "--output", str(out_dir), "--model", model,
+           f"0-{shards - 1}" if shards > 1 else "0", "--output-dir", str(out_dir), "--model", model,
            "--pretrained", str(ckpt), "--device", device, "--decode", decode, *extra]
     with GpuSampler() as sampler:
         m = measured(cmd, WORK / f"embed-{device}-{decode}.log",
@@ -236,7 +236,7 @@ def steady_state(out_dir: Path, per_shard: list[dict[str, Any]], processes: int
                  ) -> dict[str, Any]:
     """Rows per second from the end of each process's first shard to the end of its last (the
     stats files' modification times: each is written when its shard's last row is), summed
-    over the processes (the step deals shards round-robin, jobs[rank::processes]); the window
+    over the processes (the step deals shards round-robin, shard_paths[rank::processes]); the window
     is the one all processes were streaming in."""
     order = [int(s["shard"]) for s in per_shard]
     rows = {int(s["shard"]): int(s.get("rows", 0)) for s in per_shard}

@@ -123,7 +123,7 @@ def run_clip_index(images: Path, ckpt: Path, model: str, flags: list[str]) -> di
     out_dir = WORK / "out-clip-index"
     shutil.rmtree(out_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "clip_index.cli", "embed", "--images", str(images), "--shard",
-           "0", "--output", str(out_dir), "--model", model, "--pretrained", str(ckpt),
+           "0", "--output-dir", str(out_dir), "--model", model, "--pretrained", str(ckpt),
            "--device", "cpu", *flags]
     m = measured(cmd, WORK / "clip-index.log", env=dict(os.environ, HF_HUB_OFFLINE="1"))
     stats = json.loads(m.pop("stdout"))

@@ -84,7 +84,7 @@ def exact_truth(folder: str, queries: int) -> dict[str, Any]:
     """The exact top-k of each query among the rows each filter keeps (masks from the index's
     own column store, vectors from data/), and each filter's share of rows."""
     from clip_index import io, schema
-    from clip_index.index.build import embeddings_array
+    from clip_index.index.staging import embeddings_array
     from clip_index.search.searcher import ClipIndex
 
     ix = ClipIndex(folder)

@@ -5,7 +5,7 @@ figures behind the query path's choices, on a folder built by `bench.index.twost
 
 Prints (all single-threaded, p50 over 300 held-out queries, after one warm-up pass):
 - inside full queries: first stage alone, both stages (faiss `IndexRefine`, what queries run),
-  the Python re-rank of the same candidates (legacy ``.npy`` stores), result rows, and
+  the Python re-rank of the same candidates (what `IndexRefine` replaced), result rows, and
   `search_embedding` whole;
 - each part back to back (the same call repeated, so its data stay in the CPU caches);
 - float16 widening of a 48 × 512 block: numpy's cast against faiss's fp16 decoder, and the
@@ -49,10 +49,10 @@ def rss_anon_mb() -> float:
 
 
 def main() -> None:
-    from clip_index.embed.models import normalise
     from clip_index.index.layout import IdMapping, read_mapping
     from clip_index.index.rerank import rerank, widen_float16
     from clip_index.search.searcher import ClipIndex
+    from clip_index.vectors import normalise
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="a built two-stage bench.index.twostage folder")

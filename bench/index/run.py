@@ -183,7 +183,7 @@ def synthetic(n: int, dim: int, queries: int, kind: str) -> tuple[str, str]:
 def real(output_dir: str) -> str:
     """A published folder's data/ embeddings, staged as .npy parts."""
     from clip_index import io, schema
-    from clip_index.index.build import embeddings_array
+    from clip_index.index.staging import embeddings_array
 
     folder = WORK / "real"
     folder.mkdir(parents=True, exist_ok=True)

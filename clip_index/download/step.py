@@ -2,14 +2,14 @@
 re-encode the image, and write one row per input row with its status and error.
 
 One asyncio event loop, one aiohttp session (connection reuse, DNS cache, the address guard: see
-fetch.py and guard.py) and one decode pool (decoder.py: a process per core, decoding while the
-loop fetches) serve the whole unit. Shards run one after another but overlap: as soon as every
-row of a shard has started, the next shard's rows start too, so the slow tail of one shard (hung
-requests waiting for their retry, slow bodies) never idles the machine; what an open tail costs
-is bounded unit-wide, not by counting tails (see `_Unit`). Each shard keeps its own checkpoint
-(checkpoint.py: finished rows saved in small chunks, so a run killed mid-shard resumes where it
-stopped, every row exactly once), its parquet file and its stats file, written when its last row
-is done.
+clip_index/fetch.py and clip_index/guard.py, which query-time image URLs share too) and one decode
+pool (decoder.py: a process per core, decoding while the loop fetches) serve the whole unit. Shards
+run one after another but overlap: as soon as every row of a shard has started, the next shard's
+rows start too, so the slow tail of one shard (hung requests waiting for their retry, slow bodies)
+never idles the machine; what an open tail costs is bounded unit-wide, not by counting tails (see
+`_Unit`). Each shard keeps its own checkpoint (checkpoint.py: finished rows saved in small chunks,
+so a run killed mid-shard resumes where it stopped, every row exactly once), its parquet file and
+its stats file, written when its last row is done.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from clip_index.config import DownloadConfig
 from clip_index.download import vips
 from clip_index.download.checkpoint import ROW, ShardCheckpoint
 from clip_index.download.decoder import DecodePool, DecoderUnavailable
-from clip_index.download.fetch import Fetcher
-from clip_index.download.guard import GuardedResolver
 from clip_index.download.memory import reuse_freed_memory, trim_if_above
 from clip_index.download.resize import ProcessedImage, image_changed
+from clip_index.fetch import Fetcher
+from clip_index.guard import GuardedResolver
 from clip_index.schema import RowError, Status
 from clip_index.stats import Progress, ShardStats, UnitResult, check_failure_rate
 from clip_index.units import UnitRecord

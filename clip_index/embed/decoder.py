@@ -6,7 +6,7 @@ Why: the download step stores JPEGs (256 px shorter side by default), and decodi
 bicubic resize costs ~1.5 ms of CPU per image, which caps an 8-vCPU task at ~2,500 img/s. Here
 the CPU only hands over bytes. The resize is torchvision's tensor resize with antialias (built
 to follow PIL's filter) at the size PIL's path computes, then the same center crop: results
-match open_clip's own preprocessing within a few uint8 levels (tests/unit/test_embed_decode.py
+match open_clip's own preprocessing within a few uint8 levels (tests/unit/test_embed_pipeline.py
 bounds it, and the embeddings' cosine to open_clip's). Images that are not JPEG, or that the
 batch decoder refuses, come back as None for the caller to decode on the CPU.
 """

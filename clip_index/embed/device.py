@@ -9,7 +9,7 @@ import math
 import os
 from pathlib import Path
 
-from clip_index.embed.gpus import CUDA_BUILD, MIN_DRIVER, has_kernels, native_bf16
+from clip_index.gpus import CUDA_BUILD, MIN_DRIVER, has_kernels, native_bf16
 
 log = logging.getLogger(__name__)
 

@@ -43,15 +43,15 @@ SHARD = "_shard"
 
 
 class UnitRows(torch.utils.data.IterableDataset):
-    """Successful rows of the image shards `jobs` [(shard, path), ...] as dicts with the meta
-    columns, `_shard`, and either `pixels` (uint8 or float tensor from `transform`), `jpeg`
+    """Successful rows of the image shards `shard_paths` [(shard, path), ...] as dicts with the
+    meta columns, `_shard`, and either `pixels` (uint8 or float tensor from `transform`), `jpeg`
     (1-D uint8 tensor of the file's bytes, when `jpeg_bytes`) or an error. Row groups of all
     shards, in shard order, are dealt round-robin to the workers, so that the workers finish
     the shards in order."""
 
-    def __init__(self, jobs: Sequence[tuple[int, str]], transform: Any,
+    def __init__(self, shard_paths: Sequence[tuple[int, str]], transform: Any,
                  jpeg_bytes: bool = False) -> None:
-        self.jobs = list(jobs)
+        self.shard_paths = list(shard_paths)
         self.transform = transform  # PIL image -> tensor (3, H, W)
         self.jpeg_bytes = jpeg_bytes
 
@@ -59,7 +59,7 @@ class UnitRows(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         index = -1
-        for shard, path in self.jobs:
+        for shard, path in self.shard_paths:
             fs, fs_path = io.filesystem(path)
             with fs.open(fs_path, "rb") as f:
                 parquet = pq.ParquetFile(f)
@@ -180,12 +180,12 @@ def shm_plan(workers: int, batch_bytes: int, prefetch: int = 4, path: str = SHM,
     return ShmPlan(0, None, total, free, batch_bytes)
 
 
-def stored_image_bytes(jobs: Sequence[tuple[int, str]]) -> int:
-    """Mean bytes of a stored image in the first shard of `jobs`, from its parquet footer (what
-    a row of JPEG bytes weighs in shared memory); 0 when unknown."""
-    if not jobs:
+def stored_image_bytes(shard_paths: Sequence[tuple[int, str]]) -> int:
+    """Mean bytes of a stored image in the first of `shard_paths`, from its parquet footer
+    (what a row of JPEG bytes weighs in shared memory); 0 when unknown."""
+    if not shard_paths:
         return 0
-    fs, fs_path = io.filesystem(jobs[0][1])
+    fs, fs_path = io.filesystem(shard_paths[0][1])
     with fs.open(fs_path, "rb") as f:
         meta = pq.ParquetFile(f).metadata
     names = [meta.schema.column(i).path for i in range(meta.num_columns)]

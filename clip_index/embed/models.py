@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from clip_index.embed.pixels import SplitPreprocess, split_preprocess
+from clip_index.vectors import normalise
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,6 @@ def _dtype(device: str, precision: str) -> Any:
     if precision == "auto":
         precision = "bf16" if device.startswith("cuda") else "fp32"
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def autocast(device: str, precision: str) -> Any:

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 def default_batch_size(device: str) -> int:
     """Images per forward pass: 256 on a GPU (bf16 ViT-B-32 uses ~2 GB at 256), 64 on CPU
-    (throughput is flat from 32 up, REFERENCES §5)."""
+    (measured: CPU throughput is flat from 32 up)."""
     return 256 if device.startswith("cuda") else 64
 
 
@@ -99,11 +99,11 @@ def run_embed(image_dirs: Sequence[str], shards: Sequence[int] | None, output_di
             f"embed: image shards {missing[:10]}{' ...' if len(missing) > 10 else ''} are not "
             f"complete in any of the {len(image_dirs)} download folders ({list(image_dirs)[:3]}"
             f"{' ...' if len(image_dirs) > 3 else ''}): the download step did not finish them")
-    jobs = [(s, io.join(located[s], io.shard_name(s))) for s in todo]
+    shard_paths = [(s, io.join(located[s], io.shard_name(s))) for s in todo]
     if clip is not None:
-        fresh = embed_shards(jobs, output_dir, clip, config)
-    elif jobs:
-        fresh = _embed_in_processes(jobs, output_dir, config, device, processes)
+        fresh = embed_shards(shard_paths, output_dir, clip, config)
+    elif shard_paths:
+        fresh = _embed_in_processes(shard_paths, output_dir, config, device, processes)
     else:
         fresh = {}
     done: list[ShardStats] = []
@@ -142,10 +142,10 @@ def embed_shard(input_path: str, output_path: str, clip: ClipModel, config: Embe
                         names={shard: posixpath.basename(output_path)})[shard]
 
 
-def embed_shards(jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipModel,
+def embed_shards(shard_paths: Sequence[tuple[int, str]], output_dir: str, clip: ClipModel,
                  config: EmbedConfig, processes: int = 1,
                  names: dict[int, str] | None = None) -> dict[int, ShardStats]:
-    """Embed the image shards `jobs` [(shard, path)] through one loader and one model; each
+    """Embed the image shards `shard_paths` [(shard, path)] through one loader and one model; each
     shard's parquet is closed and its stats file written as soon as its last row is written."""
     batch_size = config.batch_size or default_batch_size(clip.device)
     workers = default_num_workers(clip.device, processes) if config.num_workers < 0 \
@@ -161,17 +161,18 @@ def embed_shards(jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipMod
         raise ValueError(f"decode='device': {clip.name}'s preprocess is not a bicubic resize + "
                          "center crop, which the device decoder reproduces: use decode='cpu'")
     log.info("embed: %d shards on %s, %s, batch %d, %d decode workers, decode on %s",
-             len(jobs), clip.device, precision, batch_size, workers, decode)
+             len(shard_paths), clip.device, precision, batch_size, workers, decode)
     transform = split.pil_stage if split else clip.preprocess
-    sinks = _ShardSinks(jobs, output_dir, clip, config, names or {})
+    sinks = _ShardSinks(shard_paths, output_dir, clip, config, names or {})
     # a row in shared memory: its uint8 pixels at the crop size (decoded in a worker), or its
     # JPEG bytes (decoded on the device)
     size = resize.crop if resize else getattr(getattr(clip.model, "visual", None),
                                               "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else size
-    row_bytes = stored_image_bytes(jobs) if decode == "device" else 3 * height * width
-    loader = make_loader(UnitRows(jobs, transform, jpeg_bytes=decode == "device"), batch_size,
-                         workers, clip.device.startswith("cuda"), row_bytes or 3 * height * width,
+    row_bytes = stored_image_bytes(shard_paths) if decode == "device" else 3 * height * width
+    loader = make_loader(UnitRows(shard_paths, transform, jpeg_bytes=decode == "device"),
+                         batch_size, workers, clip.device.startswith("cuda"),
+                         row_bytes or 3 * height * width,
                          sharers=processes)  # one loader per GPU process, one /dev/shm
     prepare = DevicePrepare(clip.device, resize, transform)
     encoder = BatchEncoder(clip, precision)
@@ -219,7 +220,7 @@ class BatchEncoder:
 
 class _Pending:
     """A batch whose embeddings are being copied to pinned host memory (non-blocking, with an
-    event on CUDA); `rows_writer` hands the writer thread a job that waits for the copy."""
+    event on CUDA); `rows_writer` hands the writer thread a write that waits for the copy."""
 
     def __init__(self, batch: dict[str, Any], vectors: Any) -> None:
         self.batch, self.event, self.host = batch, None, vectors
@@ -266,15 +267,15 @@ class _ShardSinks:
     """One atomic parquet writer per shard, opened at the shard's first row and closed at its
     last (the successful rows are counted up front); then the stats file, the "done" marker."""
 
-    def __init__(self, jobs: Sequence[tuple[int, str]], output_dir: str, clip: ClipModel,
+    def __init__(self, shard_paths: Sequence[tuple[int, str]], output_dir: str, clip: ClipModel,
                  config: EmbedConfig, names: dict[int, str]) -> None:
         self.output_dir, self.config, self.names = output_dir, config, names
         self.model = {**clip.describe(), "dtype": config.dtype, "normalised": True}
-        self.paths = dict(jobs)
+        self.paths = dict(shard_paths)
         # the download shards' other columns (sizes, hash, thumbnail, the source's metadata)
         # are carried through: read per shard when it opens, joined to its rows by uid
         extra: dict[str, pa.Field] = {}
-        for _, path in jobs:
+        for _, path in shard_paths:
             for f in schema.passthrough_fields(io.read_parquet_schema(path)):
                 extra.setdefault(f.name, f)
         self.extra = list(extra.values())
@@ -284,7 +285,7 @@ class _ShardSinks:
         self.carried: dict[int, pa.Table] = {}
         self.left: dict[int, int] = {}
         total = 0
-        for shard, path in jobs:
+        for shard, path in shard_paths:
             status = io.read_parquet(path, columns=[schema.STATUS]).column(schema.STATUS)
             self.left[shard] = pc.sum(pc.equal(status, Status.SUCCESS.value)).as_py() or 0
             total += len(status)
@@ -293,7 +294,7 @@ class _ShardSinks:
         # a shard's seconds run from the previous shard's end (or the loader's start) to its
         # own: shards stream one after another, so the sum is the unit's streaming time
         self.last_end = time.monotonic()
-        self.progress = Progress(f"embed {len(jobs)} shards", total)
+        self.progress = Progress(f"embed {len(shard_paths)} shards", total)
 
     def open_empty(self, writer: _BackgroundWriter) -> None:
         """Shards without a successful row are written at once (the loader never sees them)."""
@@ -394,8 +395,8 @@ def _with_columns(table: pa.Table, target: pa.Schema) -> pa.Table:
 
 
 class _BackgroundWriter:
-    """Runs write jobs in order on one thread, so writing overlaps the next forward pass; at
-    most `depth` jobs wait. Leaving the block waits for every job and re-raises the first
+    """Runs writes in order on one thread, so writing overlaps the next forward pass; at
+    most `depth` writes wait. Leaving the block waits for every write and re-raises the first
     error."""
 
     def __init__(self, depth: int = 2) -> None:
@@ -403,10 +404,10 @@ class _BackgroundWriter:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed-writer")
         self.pending: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
 
-    def put(self, job: Callable[[], Any]) -> None:
+    def put(self, write: Callable[[], Any]) -> None:
         while len(self.pending) >= self.depth:
             self.pending.popleft().result()
-        self.pending.append(self.pool.submit(job))
+        self.pending.append(self.pool.submit(write))
 
     def __enter__(self) -> _BackgroundWriter:
         return self
@@ -423,8 +424,8 @@ class _BackgroundWriter:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _embed_in_processes(jobs: Sequence[tuple[int, str]], output_dir: str, config: EmbedConfig,
-                        device: str, processes: int) -> dict[int, ShardStats]:
+def _embed_in_processes(shard_paths: Sequence[tuple[int, str]], output_dir: str,
+                        config: EmbedConfig, device: str, processes: int) -> dict[int, ShardStats]:
     """One process per GPU (rank r uses GPU r, with the same precision as any other), each with
     its own loader and a round-robin share of the shards. Replaces DataParallel, which copied
     the weights on every forward and dropped the autocast dtype in its threads (pytorch#125186).
@@ -433,7 +434,7 @@ def _embed_in_processes(jobs: Sequence[tuple[int, str]], output_dir: str, config
     results = context.Queue()
     children = []
     for rank in range(processes):
-        share = list(jobs[rank::processes])
+        share = list(shard_paths[rank::processes])
         child = context.Process(target=_child, name=f"embed-{device}-{rank}",
                                 args=(rank, share, output_dir, asdict(config), device,
                                       processes, results))
@@ -462,7 +463,7 @@ def _embed_in_processes(jobs: Sequence[tuple[int, str]], output_dir: str, config
     return stats
 
 
-def _child(rank: int, jobs: list[tuple[int, str]], output_dir: str, config: dict[str, Any],
+def _child(rank: int, shard_paths: list[tuple[int, str]], output_dir: str, config: dict[str, Any],
            device: str, processes: int, results: Any) -> None:
     """One embedding process (spawned): its GPU, its model, its shards."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{rank}] %(name)s: %(message)s")
@@ -473,7 +474,7 @@ def _child(rank: int, jobs: list[tuple[int, str]], output_dir: str, config: dict
         else:  # processes on the CPU share its cores
             torch.set_num_threads(max(1, usable_cpus() // processes))
         clip = load_model(settings.model, settings.pretrained, device, settings.seed)
-        done = embed_shards(jobs, output_dir, clip, settings, processes=processes)
+        done = embed_shards(shard_paths, output_dir, clip, settings, processes=processes)
         results.put((rank, {s: st.as_dict() for s, st in done.items()}, None))
     except BaseException as exc:
         results.put((rank, {}, f"{exc!r}\n{traceback.format_exc(limit=5)}"))

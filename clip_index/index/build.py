@@ -1,10 +1,12 @@
-"""Index step: an autofaiss index over ``output_dir/data/`` (inner product on L2-normalised
-vectors = cosine), the id mapping aligned with the faiss ids, its search parameter tuned to a
-target recall and its quality measured (index_infos.json, KFP Metrics).
+"""Index step: a faiss index over ``output_dir/data/`` (inner product on L2-normalised vectors
+= cosine), the id mapping aligned with the faiss ids, its search parameter tuned to a target
+recall and its quality measured (index_infos.json, KFP Metrics). Below `two_stage_min_vectors`
+vectors (or with an `index_key`) autofaiss builds it, within its memory budgets; from there on the
+index has two stages (`clip_index.index.twostage`), which autofaiss and its budgets play no part in.
 
 Alignment is by construction: one pass over the data shards, in shard order, writes both the
-vectors autofaiss reads (``NNNNNNNNN.npy``, which it reads in name order) and the id mapping
-rows; faiss id i is row i of that pass. `verify_alignment` re-checks it after the build.
+vectors the build reads (for autofaiss ``NNNNNNNNN.npy``, which it reads in name order) and the id
+mapping rows; faiss id i is row i of that pass. `verify_alignment` re-checks it after the build.
 """
 
 from __future__ import annotations
@@ -13,17 +15,15 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from clip_index import io, schema
 from clip_index.config import IndexConfig
-from clip_index.embed.models import normalise
 from clip_index.index.columns import remove_column_store, write_column_store
+from clip_index.index.staging import npy_folder_sink, publish_query_files, stage_vectors
 from clip_index.index.tune import VectorParts, tune_and_measure
 
 log = logging.getLogger(__name__)
@@ -50,73 +50,6 @@ class IndexResult:
         return (f"first stage {first['index_key']} ({first['index_param'] or '-'}, "
                 f"{first['file']}) proposes {rerank['depth']} candidates; exact re-rank from "
                 f"{rerank['file']} ({rerank['dtype']}, memory-mapped)")
-
-
-STAGED_NAME = "{:09d}.npy"  # fixed width: autofaiss reads the files in name order
-
-
-def stage_vectors(output_dir: str, sink: Callable[[np.ndarray], None],
-                  mapping_file: str) -> tuple[int, int]:
-    """One pass over the data shards: hand each shard's normalised float32 vectors to `sink`,
-    write ``output_dir/id_mapping/`` and the same rows to the local Arrow file `mapping_file`
-    (one record batch per shard; see `clip_index.index.layout.map_mapping_file`); return
-    (vectors, dim).
-
-    Alignment by construction: the sink sees the shards in the order of this pass and mapping
-    row i is written in the same step as vector i.
-    """
-    for stale in io.list_shards(io.join(output_dir, schema.ID_MAPPING_DIR)):
-        fs, path = io.filesystem(stale)
-        fs.rm(path)
-    with pa.ipc.new_file(mapping_file, schema.ID_MAPPING_SCHEMA) as arrow_mapping:
-        return _stage(output_dir, sink, arrow_mapping)
-
-
-def _stage(output_dir: str, sink: Callable[[np.ndarray], None],
-           arrow_mapping: pa.ipc.RecordBatchFileWriter) -> tuple[int, int]:
-    offset, dim = 0, 0
-    for path in io.list_shards(io.join(output_dir, schema.DATA_DIR)):
-        shard = io.shard_index(path)
-        table = io.read_parquet(path)
-        if table.num_rows == 0:
-            continue
-        vectors = embeddings_array(table)
-        if dim and vectors.shape[1] != dim:
-            raise RuntimeError(f"{path}: embeddings of dim {vectors.shape[1]}, earlier shards "
-                               f"have dim {dim}: one index needs one model")
-        dim = vectors.shape[1]
-        sink(normalise(vectors))
-        mapping = pa.table({
-            schema.FAISS_ID: pa.array(np.arange(offset, offset + table.num_rows), pa.int64()),
-            schema.UID: table.column(schema.UID),
-            schema.URL: table.column(schema.URL),
-            schema.CAPTION: table.column(schema.CAPTION),
-        }, schema=schema.ID_MAPPING_SCHEMA)
-        io.write_parquet_atomic(io.join(output_dir, schema.ID_MAPPING_DIR, io.shard_name(shard)),
-                                mapping)
-        arrow_mapping.write_table(mapping)
-        offset += table.num_rows
-    return offset, dim
-
-
-def npy_folder_sink(staging: str) -> Callable[[np.ndarray], None]:
-    """A `stage_vectors` sink writing ``staging/NNNNNNNNN.npy`` numbered in the order of the
-    pass (not by shard number: ``part-100000`` sorts before ``part-99999`` by name), the order
-    autofaiss reads and adds them in."""
-    seq = iter(range(10**9))
-
-    def sink(vectors: np.ndarray) -> None:
-        np.save(os.path.join(staging, STAGED_NAME.format(next(seq))), vectors)
-
-    return sink
-
-
-def embeddings_array(table: pa.Table) -> np.ndarray:
-    """The `embedding` column as a float32 (rows, dim) array (float16 storage is widened)."""
-    column = table.column(schema.EMBEDDING).combine_chunks()
-    dim = column.type.list_size
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(flat.reshape(-1, dim), dtype=np.float32)
 
 
 class _Collect(logging.Handler):
@@ -173,7 +106,7 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
     config.validate()
     manifest = io.read_json(io.join(output_dir, schema.MANIFEST))
     data_dir = io.join(output_dir, schema.DATA_DIR)
-    io.require_shards([io.shard_index(p) for p in io.list_shards(data_dir)], manifest["shards"],
+    io.require_shards([io.shard_number(p) for p in io.list_shards(data_dir)], manifest["shards"],
                       f"index: {data_dir}")
     start = time.monotonic()
     n_rows = count_rows(output_dir)
@@ -236,15 +169,6 @@ def run_index(output_dir: str, config: IndexConfig) -> IndexResult:
     return IndexResult(output_dir, result)
 
 
-def publish_query_files(output_dir: str, local_dir: str, names: list[str]) -> None:
-    """Copy `names` (files of `local_dir`) into ``output_dir/faiss/``, ``knn.index`` last: its
-    presence marks the set complete (a killed copy leaves no index beside stale companions)."""
-    io.makedirs(io.join(output_dir, schema.FAISS_DIR))
-    for name in sorted(names, key=lambda name: name == schema.INDEX_FILE):
-        fs, remote = io.filesystem(io.join(output_dir, schema.FAISS_DIR, name))
-        fs.put_file(os.path.join(local_dir, name), remote)
-
-
 def use_two_stage(n: int, config: IndexConfig) -> bool:
     """Two stages from `two_stage_min_vectors` vectors on, unless an index_key is forced."""
     return (not config.index_key and config.two_stage_min_vectors > 0
@@ -262,9 +186,9 @@ def _remove_stale(output_dir: str) -> None:
     """Companion files of an earlier build must not outlive it: a re-rank file beside a new
     single-stage index (readers would take the folder for a two-stage index), an Arrow id
     mapping beside new id_mapping/ shards (readers would take its rows)."""
-    from clip_index.index.rerank import LEGACY_RERANK_FILE, RERANK_FILE
+    from clip_index.index.rerank import RERANK_FILE
 
-    for name in (RERANK_FILE, LEGACY_RERANK_FILE, schema.MAPPING_FILE):
+    for name in (RERANK_FILE, schema.MAPPING_FILE):
         path = io.join(output_dir, schema.FAISS_DIR, name)
         if io.exists(path):
             fs, fs_path = io.filesystem(path)

@@ -6,7 +6,7 @@ clip-index: ``manifest.json`` (model, pretrained, dim, normalised), ``index_info
 as ``faiss/id_mapping.arrow`` (memory-mapped by readers; folders written before it existed are
 read from the parquet); a two-stage index (``"two_stage": true`` in index_infos.json) adds
 ``faiss/rerank_vectors.index``, the stored vectors its candidates are re-ranked against (a faiss
-file, memory-mapped; ``rerank_vectors.npy`` in folders built before it).
+file, memory-mapped).
 
 reference: a file named ``faiss`` at the root (autofaiss, inner product), ``id_mapping/`` parquet
 with ``i`` (the faiss id; positional when absent) and ``url`` (``image_path`` in older copies),
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clip_index import io, schema
-from clip_index.index.rerank import LEGACY_RERANK_FILE, RERANK_FILE
+from clip_index.index.rerank import RERANK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,7 @@ def detect_layout(folder: str) -> Layout:
         rerank = ""
         if infos.get("two_stage"):
             rerank = io.join(folder, schema.FAISS_DIR, RERANK_FILE)
-            legacy = io.join(folder, schema.FAISS_DIR, LEGACY_RERANK_FILE)
-            if not io.exists(rerank) and io.exists(legacy):
-                rerank = legacy  # built before the re-rank file became a faiss index
-            elif not io.exists(rerank):
+            if not io.exists(rerank):
                 raise FileNotFoundError(
                     f"{folder}: index_infos.json describes a two-stage index but "
                     f"{schema.FAISS_DIR}/{RERANK_FILE} (its re-rank vectors) is missing; copy "

@@ -15,9 +15,6 @@ of float16 at DataComp-small's 12.8M × 512), while the build streams the rows s
 So the writer asks faiss for the header of an empty index announcing the final row count and
 appends the rows after it (faiss stores the codes last, as one length-prefixed vector); the file
 is then read back through faiss itself, which checks the header and the length.
-
-Folders built before this format keep their ``rerank_vectors.npy``; it is still read (mapped by
-numpy, re-ranked in Python).
 """
 
 from __future__ import annotations
@@ -43,7 +40,6 @@ from clip_index.index.filtered import (
 log = logging.getLogger(__name__)
 
 RERANK_FILE = "rerank_vectors.index"  # in output_dir/faiss/, beside knn.index
-LEGACY_RERANK_FILE = "rerank_vectors.npy"  # the format of earlier builds, still read
 RERANK_DTYPES = ("float16", "float32")
 CHUNK_ROWS = 16_384  # rows per chunk when streaming the store (16 MB of float16 at dim 512)
 SCORE_BLOCK = 48  # rows per block of a Python re-rank: 96 KB of float32 at dim 512
@@ -103,8 +99,8 @@ class RerankWriter:
 
 
 class RerankStore:
-    """The stored vectors, memory-mapped: `index` is the faiss index over them (None for a
-    legacy ``.npy``), `take` / `scores` read only the rows asked for."""
+    """The stored vectors, memory-mapped: `index` is the faiss index over them, `take` /
+    `scores` read only the rows asked for."""
 
     def __init__(self, path: str, rows: int | None = None, dim: int | None = None) -> None:
         """Open `path`; with `rows` / `dim` (the first stage's ntotal and d), refuse a file that
@@ -114,12 +110,9 @@ class RerankStore:
                                     "stage needs them (written by `clip-index index` beside "
                                     "faiss/knn.index); copy or publish the whole faiss/ folder")
         self.path = path
-        self.index: Any = None
-        if path.endswith(".npy"):
-            rows_view, self._offset = _load_npy(path)
-        else:
-            self.index, rows_view = _load_faiss(path)
-            self._offset = os.path.getsize(path) - rows_view.nbytes  # the codes come last
+        self.index: Any
+        self.index, rows_view = _load_faiss(path)
+        self._offset = os.path.getsize(path) - rows_view.nbytes  # the codes come last
         self._dtype = rows_view.dtype
         shape = rows_view.shape
         # rows are read as bytes: faiss's header leaves them at an odd offset, and numpy copies
@@ -172,7 +165,7 @@ class RerankStore:
         """Exact inner products of rows `ids` (sorted: ascending reads) with the float32 query
         `q`, SCORE_BLOCK rows at a time, widened into one reused buffer that stays below
         glibc's mmap threshold (128 KiB), so it comes from the heap rather than a fresh mapping
-        (the tuner's ground truth and legacy stores; queries go through `TwoStageIndex`)."""
+        (the tuner's ground truth; queries go through `TwoStageIndex`)."""
         out = np.empty(len(ids), dtype=np.float32)
         buffer = np.empty((SCORE_BLOCK, self.dim), dtype=np.float32)
         for start in range(0, len(ids), SCORE_BLOCK):
@@ -224,21 +217,6 @@ def _load_faiss(path: str) -> tuple[Any, np.ndarray]:
                          "expected inner product")
     codes = faiss.rev_swig_ptr(index.codes.data(), index.codes.size())
     return index, codes.view(dtype).reshape(int(index.ntotal), int(index.d))
-
-
-def _load_npy(path: str) -> tuple[np.ndarray, int]:
-    """A legacy ``.npy`` store, memory-mapped, as a plain ndarray (np.memmap runs Python code
-    on every indexing), and the file offset of its rows."""
-    try:
-        vectors = np.load(path, mmap_mode="r")
-    except ValueError as exc:  # a truncated file: numpy cannot map the announced shape
-        raise ValueError(f"re-rank vectors {path!r} cannot be read ({exc}): expected a "
-                         f"(vectors, dim) .npy of {' or '.join(RERANK_DTYPES)}") from exc
-    if vectors.ndim != 2 or vectors.dtype.name not in RERANK_DTYPES:
-        raise ValueError(f"re-rank vectors {path!r} are {vectors.dtype.name} of shape "
-                         f"{vectors.shape}: expected a (vectors, dim) array of "
-                         f"{' or '.join(RERANK_DTYPES)}")
-    return np.asarray(vectors), int(vectors.offset)
 
 
 def widen_float16(half: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -295,7 +273,8 @@ def dot_rows(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
 def rerank(store: RerankStore, queries: np.ndarray, candidates: np.ndarray,
            k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner products of each query with its candidate ids (-1 = none), best k first,
-    in Python (a legacy ``.npy`` store, which faiss cannot read).
+    in Python: what faiss's ``IndexRefine`` computes, as the reference the tests and
+    `bench.index.query_parts` hold it against.
 
     queries: (n, dim) float32, normalised; candidates: (n, depth) int64 from the first stage.
     Returns (scores, ids) of shape (n, k), padded with -inf / -1 like faiss.
@@ -326,9 +305,7 @@ class TwoStageIndex:
         except RuntimeError:
             self.ivf = None
         # IndexRefine holds plain pointers to both indexes: self keeps them alive
-        self.refine: Any = None
-        if store.index is not None:
-            self.refine = faiss.IndexRefine(first_stage, store.index)
+        self.refine: Any = faiss.IndexRefine(first_stage, store.index)
         self._params: dict[tuple[int, int], Any] = {}
 
     @staticmethod
@@ -379,18 +356,14 @@ class TwoStageIndex:
                 selection: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """`fetch` candidates per query (with `nprobe` lists when given), re-ranked to k."""
         base = first_stage_params(self.first_stage, self.ivf, nprobe, selection)
-        if self.refine is None:  # a legacy .npy store: candidates from faiss, re-rank here
-            _, candidates = self.first_stage.search(queries, fetch, params=base)
-            scores, ids = rerank(self.store, queries, candidates, k)
+        if base is None:  # the usual call: its parameters made once (~10 µs a query saved)
+            params = self._params.get((k, fetch))
+            if params is None:
+                params = self._params[k, fetch] = self._refine_params(k, fetch, None)
         else:
-            if base is None:  # the usual call: its parameters made once (~10 µs a query saved)
-                params = self._params.get((k, fetch))
-                if params is None:
-                    params = self._params[k, fetch] = self._refine_params(k, fetch, None)
-            else:
-                params = self._refine_params(k, fetch, base)
-            scores, ids = self.refine.search(queries, k, params=params)
-            scores[ids < 0] = -np.inf  # faiss pads with -FLT_MAX
+            params = self._refine_params(k, fetch, base)
+        scores, ids = self.refine.search(queries, k, params=params)
+        scores[ids < 0] = -np.inf  # faiss pads with -FLT_MAX
         if selection is not None:  # the re-rank's own check: never return a filtered-out row
             scores, ids = keep_selected(scores, ids, selection)
         return scores, ids

@@ -80,7 +80,7 @@ class ThumbnailWriter:
 
 
 def posixpath_name(path: str) -> str:
-    return io.shard_name(io.shard_index(path))
+    return io.shard_name(io.shard_number(path))
 
 
 def thumbnails_by_uid(output_dir: str, uids: set[str]) -> dict[str, bytes]:

@@ -302,6 +302,34 @@ def tune_two_stage(first_stage: Any, store: Any, n_queries: int, target_recall: 
     (tune_q, tune_e, tune_x), (eval_q, eval_e, eval_x) = halves(queries, exact, exclude)
     depths = sorted({min(d, len(store)) for d in depths if d >= k} or {min(10 * k, len(store))})
     space = faiss.ParameterSpace()
+    reached, best = _sweep_nprobe(first_stage, store, space, (tune_q, tune_e, tune_x), k,
+                                  depths, target_recall, max_query_time_ms)
+    options = [(param, d, r) for d, (param, r) in reached.items()]
+    if not options:
+        log.warning("tune: no (nprobe, re-rank depth) reached recall@%d %.3f; using %s with %d "
+                    "candidates (recall %.4f)", k, target_recall, best[1], best[2], best[0])
+        options = [(best[1], best[2], best[0])]
+    param, depth, tuned_recall = _fastest(first_stage, store, space, options, tune_q, k)
+    if param:
+        space.set_index_parameters(first_stage, param)
+    two_stage = TwoStageIndex(first_stage, store, depth)
+    first_only = recall_at(search_ids(first_stage, eval_q, k, eval_x), eval_e, k)
+    return {"index_param": param, "rerank_depth": int(depth),
+            f"first_stage_recall_at_{k}": round(first_only, 4),
+            **measure(two_stage, eval_q, eval_e, eval_x, k, target_recall, tuned_recall,
+                      exclude is None)}
+
+
+def _sweep_nprobe(first_stage: Any, store: Any, space: Any,
+                  tune: tuple[np.ndarray, np.ndarray, np.ndarray | None], k: int,
+                  depths: list[int], target_recall: float, max_query_time_ms: float | None
+                  ) -> tuple[dict[int, tuple[str, float]], tuple[float, str, int]]:
+    """Raise nprobe until every depth reaches `target_recall` or queries get too slow. Returns
+    {depth: (the smallest param that reached the target there, its recall)} and the best
+    (recall, param, depth) seen, for when no depth reached it."""
+    from clip_index.index.rerank import TwoStageIndex
+
+    tune_q, tune_e, tune_x = tune
     reached: dict[int, tuple[str, float]] = {}
     best = (-1.0, "", depths[-1])
     # p50 of the cheapest pair reached so far: a larger nprobe whose smallest unsettled depth
@@ -341,27 +369,23 @@ def tune_two_stage(first_stage: Any, store: Any, n_queries: int, target_recall: 
                          if reached_ms <= limit else
                          f"max_index_query_time_ms={max_query_time_ms}")
                 break
-    options = [(param, d, r) for d, (param, r) in reached.items()]
-    if not options:
-        log.warning("tune: no (nprobe, re-rank depth) reached recall@%d %.3f; using %s with %d "
-                    "candidates (recall %.4f)", k, target_recall, best[1], best[2], best[0])
-        options = [(best[1], best[2], best[0])]
-    # time the options interleaved, a few rounds: on a shared machine, load that comes and
-    # goes then slows every option alike instead of whichever was timed at the wrong moment
+    return reached, best
+
+
+def _fastest(first_stage: Any, store: Any, space: Any, options: list[tuple[str, int, float]],
+             queries: np.ndarray, k: int) -> tuple[str, int, float]:
+    """The (param, depth, recall) option with the lowest median single-query p50. The options
+    are timed interleaved, a few rounds: on a shared machine, load that comes and goes then
+    slows every option alike instead of whichever was timed at the wrong moment."""
+    from clip_index.index.rerank import TwoStageIndex
+
     samples: list[list[float]] = [[] for _ in options]
     for _ in range(TIMING_ROUNDS if len(options) > 1 else 1):
         for j, (param, d, _r) in enumerate(options):
             if param:
                 space.set_index_parameters(first_stage, param)
-            samples[j].append(latency_ms(TwoStageIndex(first_stage, store, d), tune_q, k,
+            samples[j].append(latency_ms(TwoStageIndex(first_stage, store, d), queries, k,
                                          n=40)[0])
     timed = [(float(np.median(t)), d, param, r) for t, (param, d, r) in zip(samples, options)]
-    _, depth, param, tuned_recall = min(timed)
-    if param:
-        space.set_index_parameters(first_stage, param)
-    two_stage = TwoStageIndex(first_stage, store, depth)
-    first_only = recall_at(search_ids(first_stage, eval_q, k, eval_x), eval_e, k)
-    return {"index_param": param, "rerank_depth": int(depth),
-            f"first_stage_recall_at_{k}": round(first_only, 4),
-            **measure(two_stage, eval_q, eval_e, eval_x, k, target_recall, tuned_recall,
-                      exclude is None)}
+    _, depth, param, recall = min(timed)
+    return param, depth, recall

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from clip_index import io, schema
 from clip_index.config import IndexConfig
 from clip_index.index.rerank import RERANK_FILE, RerankStore, RerankWriter
+from clip_index.index.staging import publish_query_files, stage_vectors
 from clip_index.index.tune import tune_two_stage
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ def stream_and_sample(output_dir: str, store_path: str, dtype: str, train_size: 
     `output_dir`, Arrow in the local `mapping_file`), the re-rank store (normalised rows, in
     shard order: row i is faiss id i) and a uniform random training sample (float32, in id
     order). Returns (sample, vectors, dim)."""
-    from clip_index.index.build import stage_vectors
-
     picks = np.sort(np.random.default_rng(seed).choice(n, min(train_size, n), replace=False))
     state: dict[str, Any] = {"offset": 0, "taken": 0}
 
@@ -115,8 +114,6 @@ def build_two_stage(output_dir: str, config: IndexConfig) -> dict[str, Any]:
     ``faiss/rerank_vectors.index`` in `output_dir` plus the id mapping; tune (nprobe, re-rank
     depth) and measure. Returns the index_infos fields of both stages."""
     import faiss
-
-    from clip_index.index.build import publish_query_files
 
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="clip-index-") as tmp:

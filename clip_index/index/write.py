@@ -48,15 +48,15 @@ def find_embedding_shards(embedding_dirs: list[str]) -> list[tuple[int, str, dic
     found = []
     for directory in embedding_dirs:
         for path in io.list_shards(directory):
-            index = io.shard_index(path)
-            stats_path = io.join(directory, io.stats_name(index))
+            shard = io.shard_number(path)
+            stats_path = io.join(directory, io.stats_name(shard))
             if not io.exists(stats_path):
                 raise RuntimeError(f"embedding shard {path} has no stats file: it is incomplete")
-            found.append((index, path, io.read_json(stats_path)))
+            found.append((shard, path, io.read_json(stats_path)))
     found.sort(key=lambda item: item[0])
-    indices = [i for i, _, _ in found]
-    if len(set(indices)) != len(indices):
-        raise RuntimeError(f"embedding shards appear twice: {sorted(indices)}")
+    shards = [s for s, _, _ in found]
+    if len(set(shards)) != len(shards):
+        raise RuntimeError(f"embedding shards appear twice: {sorted(shards)}")
     return found
 
 

@@ -27,17 +27,16 @@ THUMBNAIL_MS = 1.69
 THUMBNAIL_BYTES = 3000  # estimate: 924 B measured on the synthetic corpus; photos carry more
 
 # ── Rates (rows, images or vectors per second) and where each figure comes from ───────────────
-# REFERENCES = the team's shared/REFERENCES.md (measured baselines and the reference run).
 RATES: dict[str, tuple[float, str]] = {
     # img2dataset's own real-web claim (~100 img/s per core) is the planning rate: real hosts add
     # DNS, slow servers and timeouts. Measured CPU-bound ceiling on loopback: clip-index ~180
     # img/s per core (BENCHMARKS.md, `python -m bench.download.run`).
     "download_rows_per_s_per_vcpu": (100.0, "estimate: img2dataset's real-web claim; our "
                                      "measured CPU-bound ceiling is ~180/core (BENCHMARKS.md)"),
-    # decode + open_clip preprocess of a 512x512 JPEG on one core (REFERENCES §5, measured);
+    # decode + open_clip preprocess of a 512x512 JPEG, measured on one core;
     # downloaded images are 256 px, so this is a floor.
-    "decode_img_per_s_per_vcpu": (316.0, "measured: decode+preprocess, 512 px JPEG, one core "
-                                  "(REF §5)"),
+    "decode_img_per_s_per_vcpu": (316.0, "measured: decode+preprocess, 512 px JPEG, one "
+                                  "core"),
     # the index step's two-stage default (from 250k vectors): 1M x 512 in 139 s on 2 cores,
     # staging, k-means, add and tuning included (BENCHMARKS.md, `bench.index.twostage`);
     # `bench.index.extrapolate` scales it to 12.8M on the 14 vCPU task (k-means by sample x
@@ -56,7 +55,7 @@ RATES: dict[str, tuple[float, str]] = {
                                f"step's WebP from the decoded image, {THUMBNAIL_MS} ms on one "
                                "core"),
 }
-REFERENCE_SUCCESS_RATE = 0.72  # 9,251,172 of 12.8M downloaded (Fondant blog, REFERENCES §1)
+REFERENCE_SUCCESS_RATE = 0.72  # 9,251,172 of 12.8M downloaded (Fondant's blog, 2024-03)
 VIT_B_32_GFLOP = 8.8  # one 224 px image through ViT-B-32's image tower: 4.4 GMACs (open_clip)
 GPU_UTILISATION = 0.25  # assumed share of the datasheet tensor rate that inference reaches
 
@@ -71,7 +70,7 @@ GPU_TFLOPS: dict[str, float] = {
     "NVIDIA_A100_80GB": 312.0, "NVIDIA_H100_80GB": 989.0, "NVIDIA_H100_MEGA_80GB": 989.0,
     "NVIDIA_H200_141GB": 989.0,
 }
-REFERENCE_T4_IMG_PER_S = 78.0  # 4x T4, 8 h 15 min, 9.25M images (REFERENCES §1)
+REFERENCE_T4_IMG_PER_S = 78.0  # 4x T4, 8 h 15 min, 9.25M images (Fondant's blog)
 
 # ── On-demand list prices, USD per hour, Vertex AI custom training (which pipeline tasks are
 # billed at), us-central1, as we recorded them in 2025 from cloud.google.com/vertex-ai/pricing;
@@ -90,7 +89,7 @@ RUN_FEE_USD = 0.03          # Vertex AI Pipelines, per run
 TASK_START_S = 120.0        # estimate: scheduling + VM + image pull per Vertex task
 SMALL_TASK = (4.0, 16.0)    # vCPU, GiB of the load/plan/write/report tasks (Vertex's default)
 
-# The reference run's published figures (Fondant blog, 2024-03; REFERENCES §1), shown beside.
+# The reference run's published figures (Fondant's blog, 2024-03), shown beside.
 REFERENCE_RUN = {
     "rows": 12_800_000, "images": 9_251_172, "success_rate": 0.72,
     "download": "32-core VM off Vertex (time not published)",
@@ -272,7 +271,7 @@ def render(plan: dict[str, Any]) -> str:
                  f"**{t['wall_h']:.2f}** | **{t['gpu_h']:.1f}** | | **{t['cost_usd']:.2f}** | |")
     lines += ["", plan["against_reference"], "", "Assumptions:"]
     lines += [f"- {a}" for a in plan["assumptions"]]
-    lines += ["", "Reference run (Fondant, DataComp-small, REFERENCES §1):"]
+    lines += ["", "Reference run (Fondant, DataComp-small, from its blog, 2024-03):"]
     lines += [f"- {k}: {v}" for k, v in plan["reference_run"].items()]
     return "\n".join(lines)
 

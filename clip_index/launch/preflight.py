@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -142,33 +141,3 @@ def preflight(args: argparse.Namespace, spec: dict[str, Any], credentials: Any =
     echo("preflight:\n" + render(results))
     raise_on_failure(results)
     return results
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clip_index.launch import submit
-
-    submit.add_arguments(parser)
-
-
-def command(args: argparse.Namespace) -> int:
-    """`clip-index doctor`: the submit's checks and summary, without submitting."""
-    from clip_index.launch import submit
-    from clip_index.launch.preflight_template import summary
-
-    with tempfile.TemporaryDirectory() as tmp:
-        template = args.template or submit.compile_template(args, tmp)
-        spec = submit.read_template(template, args.project)
-        params = submit.load_parameters(args.config, args.param)
-        typed = (submit.check_parameters(template, params, args.project, spec=spec)
-                 if params else {})
-    try:
-        preflight(args, spec, params=typed)
-    except PreflightFailed as e:
-        failed: PreflightFailed | None = e
-    else:
-        failed = None
-    print("\nthe run:\n" + summary(spec, typed, args.pipeline_root))
-    if failed:
-        print(f"\n{failed}")
-        return 1
-    return 0

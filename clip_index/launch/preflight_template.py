@@ -20,7 +20,7 @@ from typing import Any
 # the steps with compile flags (--download-cpu, ...), recognised by a word of the executor
 # label, in this order ("exec-write-embeddings" is the write step, not embed)
 STEPS = ("write", "index", "download", "embed")
-# Rows of datasets the summary knows without listing them (REFERENCES §1: DataComp-small).
+# Rows of datasets the summary knows without listing them (DataComp-small: 12.8M).
 KNOWN_ROWS = {"mlfoundations/datacomp_small": 12_800_000}
 
 
@@ -182,7 +182,7 @@ def compiled_settings(spec: dict[str, Any]) -> dict[str, Any]:
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The compile flags (`add_settings_flags`) given on the command line with a value other
     than their default: what the user expects the template to have been compiled with."""
-    from clip_index.flags import add_settings_flags
+    from clip_index.launch.settings_flags import add_settings_flags
 
     defaults = argparse.ArgumentParser(add_help=False)
     add_settings_flags(defaults)

@@ -20,18 +20,12 @@ from clip_index.config import DownloadConfig, EmbedConfig, IndexConfig, LoadConf
 
 log = logging.getLogger(__name__)
 
-# pipeline parameter → config field, where the names differ
-_RENAMES: dict[type, dict[str, str]] = {DownloadConfig: {"download_retries": "retries"}}
-
-
 def configs_from_params(params: dict[str, Any]) -> dict[str, Any]:
     """The step configs a set of pipeline parameters makes (validated)."""
     configs = {}
     for cls in (LoadConfig, DownloadConfig, EmbedConfig, IndexConfig):
-        renames = _RENAMES.get(cls, {})
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {renames.get(k, k): v for k, v in params.items()
-                  if renames.get(k, k) in names and v is not None}
+        kwargs = {k: v for k, v in params.items() if k in names and v is not None}
         config = cls(**kwargs)
         config.validate()
         configs[cls.__name__] = config
@@ -54,8 +48,8 @@ def preflight(params: dict[str, Any]) -> None:
     if params.get("hub_repo_id"):  # the final publish step: a bad id fails now, not at the end
         from clip_index.config import PublishConfig
 
-        PublishConfig(repo_id=params["hub_repo_id"],
-                      revision=params.get("hub_revision") or "").validate()
+        PublishConfig(hub_repo_id=params["hub_repo_id"],
+                      hub_revision=params.get("hub_revision") or "").validate()
 
 
 def run_local(params: dict[str, Any], pipeline_root: str | None = None,

@@ -4,9 +4,9 @@ here, before a template is written or submitted.
 A local run (`kfp.local`) hands Python objects from task to task and checks none of this; Vertex
 AI Pipelines and a Kubeflow Pipelines backend resolve every input from the compiled spec, check
 its type, and copy artifacts into pods. Each rule names where it comes from: the backend's
-source (kubeflow/pipelines, `backend/src/v2`), a platform issue, or this project's design
-(DESIGN.md: GPU on the embed step only; retries on the long loop tasks; no cache on the tasks
-that write the published folder). `check_spec` returns every violation; `require_valid` raises
+source (kubeflow/pipelines, `backend/src/v2`), a platform issue, or this project's own rules
+(GPU on the embed step only; retries on the long loop tasks; no cache on the tasks that write
+the published folder). `check_spec` returns every violation; `require_valid` raises
 with all of them, each naming the task, the input and the rule's source.
 """
 
@@ -47,15 +47,15 @@ RULES: dict[str, str] = {
     "unbounded-collect": "kubeflow/kubeflow#7513: a collected input's size must be fixed at "
                          "compile time (a loop over a task's output has a data-dependent "
                          "width) to be held under the platform's limit",
-    "gpu-only-embed": "DESIGN.md: GPU requests on the embedding step only (a GPU on another "
-                      "task is billed idle)",
-    "retry": "DESIGN.md: the download and embed tasks retry (preemptible nodes, flaky hosts); "
-             "on Vertex AI a retried task skips the shards it finished (its output folder is "
-             "mounted storage); on Kubeflow a retry starts from an empty folder (outputs are "
-             "uploaded only when the task ends), and resuming comes from re-submitting with "
-             "the cache",
-    "no-cache-publish": "DESIGN.md: a task that writes the published output_dir is not cached "
-                        "(a cache hit would skip writing the folder it names)",
+    "gpu-only-embed": "clip-index rule: GPU requests on the embedding step only (a GPU on "
+                      "another task is billed idle)",
+    "retry": "clip-index rule: the download and embed tasks retry (preemptible nodes, flaky "
+             "hosts); on Vertex AI a retried task skips the shards it finished (its output "
+             "folder is mounted storage); on Kubeflow a retry starts from an empty folder "
+             "(outputs are uploaded only when the task ends), and resuming comes from "
+             "re-submitting with the cache",
+    "no-cache-publish": "clip-index rule: a task that writes the published output_dir is not "
+                        "cached (a cache hit would skip writing the folder it names)",
 }
 
 # the component names (compiled as comp-<name>) of the project's steps the design rules name

@@ -43,7 +43,7 @@ HTTPS_TEMPLATE = re.compile(r"^https://([./\w-]+)/.*(json|yaml|yml)$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from clip_index.flags import add_settings_flags
+    from clip_index.launch.settings_flags import add_settings_flags
 
     parser.add_argument("--project", required=True, help="GCP project id")
     parser.add_argument("--region", required=True, help="Vertex AI region, e.g. us-central1")
@@ -289,8 +289,8 @@ def wait(job: Any, poll_s: float, echo: Any = print) -> str:
 
 def compile_template(args: argparse.Namespace, directory: str) -> str:
     """Compile the Vertex AI pipeline with the compile flags of `args`; return the YAML path."""
-    from clip_index.flags import settings_from_args
     from clip_index.launch.compiler import compile_pipeline
+    from clip_index.launch.settings_flags import settings_from_args
 
     if not args.image_repo:
         raise ValueError("submit: give --image-repo (where the clip-index-cpu/-gpu images were "

@@ -103,7 +103,7 @@ def sample_queries_of(output_dir: str, n: int, k: int) -> list[tuple[Thumb, list
     when its own embedding is the query."""
     import numpy as np
 
-    from clip_index.index.build import embeddings_array
+    from clip_index.index.staging import embeddings_array
     from clip_index.search.searcher import ClipIndex
 
     index = ClipIndex(output_dir)

@@ -18,9 +18,9 @@ from typing import Any
 
 from clip_index import io, schema
 from clip_index.config import PublishConfig
+from clip_index.hub import REPO_TYPE
 from clip_index.index.layout import CLIP_INDEX, detect_layout
 from clip_index.publish.card import dataset_card
-from clip_index.publish.hub import REPO_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class PublishResult:
 
 def run_publish(output_dir: str, config: PublishConfig, token: str | None = None,
                 endpoint: str | None = None) -> PublishResult:
-    """Write the card into `output_dir` and upload the folder to `config.repo_id`.
+    """Write the card into `output_dir` and upload the folder to `config.hub_repo_id`.
 
     token: None = huggingface_hub's default (HF_TOKEN or `hf auth login`'s saved token).
     endpoint: None = huggingface_hub's default (HF_ENDPOINT or https://huggingface.co).
@@ -65,9 +65,9 @@ def run_publish(output_dir: str, config: PublishConfig, token: str | None = None
         raise PermissionError("publishing to the Hugging Face Hub needs a token with write "
                               "access: set HF_TOKEN or run `hf auth login`")
     api = HfApi(endpoint=endpoint, token=token)
-    revision = config.revision or "main"
+    revision = config.hub_revision or "main"
     with _local_copy(output_dir) as folder:
-        card = dataset_card(output_dir, config.repo_id, config.source)
+        card = dataset_card(output_dir, config.hub_repo_id, config.source)
         io.write_bytes_atomic(os.path.join(folder, CARD), card.encode())
         files = sum(1 for root, _, names in os.walk(folder) for name in names
                     if not any(part.startswith(".") for part in
@@ -77,23 +77,23 @@ def run_publish(output_dir: str, config: PublishConfig, token: str | None = None
             f"clip-index: {manifest.get('totals', {}).get('successes', '?')} images embedded "
             f"with {manifest['model']} ({manifest['pretrained']})")
         try:
-            repo = api.create_repo(config.repo_id, repo_type=REPO_TYPE, private=config.private,
-                                   exist_ok=True)
+            repo = api.create_repo(config.hub_repo_id, repo_type=REPO_TYPE,
+                                   private=config.hub_private, exist_ok=True)
             if revision != "main":
-                api.create_branch(config.repo_id, branch=revision, repo_type=REPO_TYPE,
+                api.create_branch(config.hub_repo_id, branch=revision, repo_type=REPO_TYPE,
                                   exist_ok=True)
-            info = api.upload_folder(repo_id=config.repo_id, repo_type=REPO_TYPE,
+            info = api.upload_folder(repo_id=config.hub_repo_id, repo_type=REPO_TYPE,
                                      folder_path=folder, revision=revision,
                                      commit_message=message, ignore_patterns=list(IGNORE))
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
             if status in (401, 403):
                 raise PermissionError(
-                    f"the Hub refused to let this token write to dataset {config.repo_id!r} "
+                    f"the Hub refused to let this token write to dataset {config.hub_repo_id!r} "
                     f"(HTTP {status}): expected a token with write access to its organisation"
                 ) from exc
-            raise RuntimeError(f"publishing to {config.repo_id!r} failed: {exc}") from exc
-    result = PublishResult(config.repo_id, str(repo), revision, str(info.oid), files)
+            raise RuntimeError(f"publishing to {config.hub_repo_id!r} failed: {exc}") from exc
+    result = PublishResult(config.hub_repo_id, str(repo), revision, str(info.oid), files)
     log.info("published %s (%d files) to %s at %s@%s", output_dir, files, result.url, revision,
              result.commit[:12])
     return result
@@ -123,12 +123,14 @@ class _local_copy:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`clip-index publish OUTPUT_DIR --repo-id ORG/NAME [--private] [--revision BRANCH]`."""
+    """`clip-index publish --output-dir DIR --hub-repo-id ORG/NAME [--hub-private]
+    [--hub-revision BRANCH]`."""
     from clip_index.flags import add_config_flags
 
-    parser.add_argument("output_dir", help="the clip-index output folder to publish")
+    parser.add_argument("--output-dir", required=True,
+                        help="the clip-index output folder to publish")
     add_config_flags(parser, PublishConfig)
-    parser.description = ("Upload OUTPUT_DIR to the Hugging Face Hub as a dataset with a "
+    parser.description = ("Upload the output folder to the Hugging Face Hub as a dataset with a "
                           "generated card. The token comes from HF_TOKEN or `hf auth login`; "
                           "HF_ENDPOINT picks another Hub.")
 

@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clip_index import io, schema
-from clip_index.embed.models import normalise
 from clip_index.search.export_config import ExportConfig
 from clip_index.search.scan import Matches, open_vectors, scan
+from clip_index.vectors import normalise
 
 log = logging.getLogger(__name__)
 

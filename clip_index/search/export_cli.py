@@ -1,4 +1,4 @@
-"""`clip-index export INDEX_DIR --output DIR --threshold T (--text ... | --image ... | --prompts
+"""`clip-index export INDEX_DIR --output-dir DIR --threshold T (--text ... | --image ... | --prompts
 FILE)`: every match above a threshold, for many prompts in one exact pass (the same library
 call as the export pipeline's component, without kfp)."""
 
@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from clip_index.search.export_config import ExportConfig
 
     parser.add_argument("index_dir", help="a published clip-index folder (local, gs://, hf://)")
-    parser.add_argument("--output", required=True,
+    parser.add_argument("--output-dir", required=True,
                         help="folder for matches.parquet, uids.npy (DataComp subset) and "
                              "summary.json")
     parser.add_argument("--text", action="append", default=[],
@@ -40,6 +40,6 @@ def command(args: argparse.Namespace) -> int:
                       embeddings=from_file.embeddings,
                       embedding_labels=from_file.embedding_labels)
     check_prompts(prompts)
-    result = run_export(args.index_dir, args.output, config, prompts)
-    print(json.dumps({**result.as_metadata(), "output": args.output}, indent=2))
+    result = run_export(args.index_dir, args.output_dir, config, prompts)
+    print(json.dumps({**result.as_metadata(), "output_dir": args.output_dir}, indent=2))
     return 0

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from clip_index import io
-from clip_index.embed.models import normalise
+from clip_index.vectors import normalise
 
 log = logging.getLogger(__name__)
 

@@ -102,7 +102,7 @@ def run_retrieve(queries_dir: str, index_dir: str, matches_dir: str, urls_dir: s
     """Search every query of ``queries_dir/queries.parquet`` in the index at `index_dir`; write
     ``matches_dir/matches.parquet`` and the distinct matched images as URL shards + manifest in
     `urls_dir` (the load step's layout, so the download step reads them as they are)."""
-    from clip_index.index.build import embeddings_array
+    from clip_index.index.staging import embeddings_array
     from clip_index.search.filters import Filters
     from clip_index.search.searcher import ClipIndex
 
@@ -145,7 +145,7 @@ def save_match_images(matches_dir: str, index_dir: str, images_dir: str,
     live one is not fetched again; else, when `fetch` (a DownloadConfig) is given, the image
     at its URL, fetched as the download step fetches. Returns counts: stored, fetched, failed
     (the reasons are logged)."""
-    from clip_index.download.fetch import fetch_url
+    from clip_index.fetch import fetch_url
     from clip_index.index.thumbnails import thumbnails_by_uid
     from clip_index.schema import RowError
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clip_index import io, schema
-from clip_index.embed.models import normalise
 from clip_index.index.rerank import RerankStore
+from clip_index.vectors import normalise
 
 if TYPE_CHECKING:
     from clip_index.search.searcher import ClipIndex

@@ -19,13 +19,14 @@ import numpy as np
 
 from clip_index import io, schema
 from clip_index.config import DownloadConfig
-from clip_index.embed.models import ClipModel, load_model, normalise
+from clip_index.embed.models import ClipModel, load_model
+from clip_index.hub import download_index, is_hub_uri, parse_hub_uri
 from clip_index.index.columns import ColumnStore
 from clip_index.index.filtered import search_single
 from clip_index.index.layout import IdMapping, detect_layout, read_mapping
 from clip_index.index.rerank import RerankStore, TwoStageIndex
-from clip_index.publish.hub import download_index, is_hub_uri, parse_hub_uri
 from clip_index.search.filters import FilterEngine, Filters, Selection
+from clip_index.vectors import normalise
 
 FilterSpec = Filters | dict[str, Any] | str | None
 
@@ -217,7 +218,7 @@ class ClipIndex:
                          filters: FilterSpec = None) -> list[SearchResult]:
         """Top-k matches for the image at `url`, fetched like the download step fetches (the
         address guard, redirects checked hop by hop, the size cap; see DownloadConfig)."""
-        from clip_index.download.fetch import fetch_url
+        from clip_index.fetch import fetch_url
 
         self.selection(filters)
         return self.search_image(fetch_url(url, fetch or DownloadConfig()), k, deduplicate,

@@ -15,6 +15,7 @@ closed unless origins are named.
 import argparse
 import base64
 import binascii
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -49,38 +50,18 @@ class ServeSettings:
     max_request_bytes: int = 16 * 1024 * 1024
     max_image_bytes: int = 8 * 1024 * 1024
     fetch: DownloadConfig = field(default_factory=lambda: DownloadConfig(
-        timeout_s=10.0, retries=0, max_image_bytes=8 * 1024 * 1024))
+        timeout_s=10.0, download_retries=0, max_image_bytes=8 * 1024 * 1024))
     cors_origins: tuple[str, ...] = ()
     max_drain_bytes: int = 64 * 1024 * 1024
     strict_options: bool = False
     heads: dict[str, Any] = field(default_factory=dict)
 
 
-def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -> Any:
-    """The FastAPI application serving `indices` (name → ClipIndex)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-    from clip_index.download.fetch import fetch_url_async
-    from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
-    from clip_index.schema import RowError, Status
-    from clip_index.search.filters import Filters
-    from clip_index.search.heads import IGNORED_HEADER, apply_heads, requested_options
-    from clip_index.search.page import PAGE_HTML
-
-    if not indices:
-        raise ValueError("serve: expected at least one index")
-    settings = settings or ServeSettings()
-    limit = settings.max_num_images
-    thumbnails = {name: Thumbnails(ix.output_dir, len(ix)) for name, ix in indices.items()}
-    app = FastAPI(title="clip-index", description=__doc__.split("\n")[0], docs_url="/docs")
-    if settings.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
+def _limit_body(app: Any, settings: ServeSettings) -> None:
+    """Answer 413 to a body over `max_request_bytes` (drained first, up to `max_drain_bytes`,
+    so that the client reads the answer) and 411 to a POST without a Content-Length."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
 
     @app.middleware("http")
     async def bound_body(request: Request, call_next: Any) -> Any:
@@ -101,6 +82,115 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
             return JSONResponse({"detail": "a POST needs a Content-Length header"},
                                 status_code=411)
         return await call_next(request)
+
+
+def _log_unexpected(app: Any) -> None:
+    """A 500 that names the error, logged with its traceback."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Any:
+        log.exception("serve: %s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"[:500]},
+                            status_code=500)
+
+
+async def _parse(request: Any, model: Any) -> Any:
+    """The body as JSON whatever its Content-Type (clip-retrieval's ClipClient sends none,
+    and its Flask back end parsed with force=True), validated by `model`."""
+    from fastapi import HTTPException
+    from pydantic import ValidationError
+
+    raw = await request.body()
+    try:
+        return model.model_validate(json.loads(raw or b"null"))
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"request body is not JSON ({exc}): expected a JSON "
+                            "object") from exc
+    except ValidationError as exc:
+        raise HTTPException(422, json.loads(exc.json(include_url=False,
+                                                     include_input=False))) from exc
+
+
+def _decode_image(data: str, max_image_bytes: int) -> bytes:
+    """Base64 image bytes (or a data: URL's), at most `max_image_bytes` of them."""
+    from fastapi import HTTPException
+
+    if len(data) > max_image_bytes * 4 // 3 + 4:
+        raise HTTPException(413, f"image: expected at most {max_image_bytes} bytes")
+    if data.startswith("data:") and "," in data:  # a data URL from a browser
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(400, f"image: expected base64-encoded image bytes ({exc})") \
+            from exc
+
+
+def _check_dim(values: list[float], index: Any) -> None:
+    from fastapi import HTTPException
+
+    if len(values) != index.dim:
+        raise HTTPException(400, f"embedding_input has {len(values)} values: expected "
+                            f"{index.dim}")
+
+
+async def _image_body(q: Any, settings: ServeSettings) -> bytes:
+    """The request's image: its base64 `image`, else the body fetched from `image_url`."""
+    from clip_index.fetch import fetch_url_async
+
+    if q.image:
+        return _decode_image(q.image, settings.max_image_bytes)
+    return await fetch_url_async(str(q.image_url), settings.fetch)
+
+
+async def _query_embedding(q: Any, index: Any, settings: ServeSettings) -> Any:
+    """The request's query as one normalised embedding (text, image or embedding_input)."""
+    import numpy as np
+    from fastapi.concurrency import run_in_threadpool
+
+    if q.text:
+        return await run_in_threadpool(index.model.encode_text, [q.text])
+    if q.embedding_input:
+        _check_dim(q.embedding_input, index)
+        return np.asarray([q.embedding_input], dtype=np.float32)
+    from clip_index.search.searcher import encode_image_bytes
+
+    return await run_in_threadpool(encode_image_bytes, index, await _image_body(q, settings))
+
+
+def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -> Any:
+    """The FastAPI application serving `indices` (name → ClipIndex)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from clip_index.index.thumbnails import MEDIA_TYPE, Thumbnails
+    from clip_index.schema import RowError, Status
+    from clip_index.search.filters import Filters
+    from clip_index.search.heads import IGNORED_HEADER, apply_heads, requested_options
+    from clip_index.search.page import PAGE_HTML
+
+    if not indices:
+        raise ValueError("serve: expected at least one index")
+    settings = settings or ServeSettings()
+    limit = settings.max_num_images
+    thumbnails = {name: Thumbnails(ix.output_dir, len(ix)) for name, ix in indices.items()}
+    app = FastAPI(title="clip-index", description=__doc__.split("\n")[0], docs_url="/docs")
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
+    _limit_body(app, settings)
+    _log_unexpected(app)
+    parse = _parse
+
+    check_dim = _check_dim
+    image_body = functools.partial(_image_body, settings=settings)
+    query_embedding = functools.partial(_query_embedding, settings=settings)
 
     class KnnQuery(BaseModel):
         """clip-retrieval's /knn-service body, plus `filters` (clip_index.search.filters; a
@@ -130,42 +220,12 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
         ids: list[int] = Field(..., max_length=limit)
         indice_name: str | None = None
 
-    async def parse(request: Request, model: Any) -> Any:
-        """The body as JSON whatever its Content-Type (clip-retrieval's ClipClient sends none,
-        and its Flask back end parsed with force=True), validated by `model`."""
-        raw = await request.body()
-        try:
-            return model.model_validate(json.loads(raw or b"null"))
-        except json.JSONDecodeError as exc:
-            raise HTTPException(422, f"request body is not JSON ({exc}): expected a JSON "
-                                "object") from exc
-        except ValidationError as exc:
-            raise HTTPException(422, json.loads(exc.json(include_url=False,
-                                                         include_input=False))) from exc
-
     def pick(name: str | None) -> tuple[str, Any]:
         if name is None or name == "":
             name = next(iter(indices))
         if name not in indices:
             raise HTTPException(404, f"indice_name={name!r}: expected one of {sorted(indices)}")
         return name, indices[name]
-
-    def decode_image(data: str) -> bytes:
-        if len(data) > settings.max_image_bytes * 4 // 3 + 4:
-            raise HTTPException(413, f"image: expected at most {settings.max_image_bytes} bytes")
-        if data.startswith("data:") and "," in data:  # a data URL from a browser
-            data = data.split(",", 1)[1]
-        try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise HTTPException(400, f"image: expected base64-encoded image bytes ({exc})") \
-                from exc
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Any:
-        log.exception("serve: %s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"[:500]},
-                            status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -259,29 +319,6 @@ def create_app(indices: dict[str, Any], settings: ServeSettings | None = None) -
             out.append(row)
         return out
 
-    def check_dim(values: list[float], index: Any) -> None:
-        if len(values) != index.dim:
-            raise HTTPException(400, f"embedding_input has {len(values)} values: expected "
-                                f"{index.dim}")
-
-    async def image_body(q: Any) -> bytes:
-        if q.image:
-            return decode_image(q.image)
-        return await fetch_url_async(str(q.image_url), settings.fetch)
-
-    async def query_embedding(q: Any, index: Any) -> Any:
-        """The request's query as one normalised embedding (text, image or embedding_input)."""
-        import numpy as np
-
-        if q.text:
-            return await run_in_threadpool(index.model.encode_text, [q.text])
-        if q.embedding_input:
-            check_dim(q.embedding_input, index)
-            return np.asarray([q.embedding_input], dtype=np.float32)
-        from clip_index.search.searcher import encode_image_bytes
-
-        return await run_in_threadpool(encode_image_bytes, index, await image_body(q))
-
     @app.post("/metadata")
     async def metadata(request: Request) -> list[dict[str, Any]]:
         q = await parse(request, MetadataQuery)
@@ -345,7 +382,7 @@ def command(args: argparse.Namespace) -> int:
         _ = indices[name].model  # load the query model now: fail at start, not per request
     if args.max_num_images < 1:
         raise ValueError(f"--max-num-images={args.max_num_images}: expected an integer >= 1")
-    fetch = DownloadConfig(timeout_s=10.0, retries=0,
+    fetch = DownloadConfig(timeout_s=10.0, download_retries=0,
                            max_image_bytes=ServeSettings.max_image_bytes,
                            allow_private_networks=args.allow_private_networks)
     from clip_index.search.heads import load_heads

@@ -1,5 +1,6 @@
 """Component declarations: every parameter documented (the Vertex UI shows the docstring), and
-every step parameter the same name and default as its config field (DESIGN convention 2)."""
+every step parameter the same name and default as its config field (one name per setting,
+everywhere)."""
 
 import dataclasses
 import inspect

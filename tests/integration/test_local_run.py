@@ -85,7 +85,7 @@ def test_run_accounts_for_every_row_and_finds_images(tmp_path, sample_dir, http_
 
 
 def test_compiled_yaml_runs_locally(tmp_path, sample_dir, http_server) -> None:
-    """DESIGN §11: the YAML that Vertex receives, loaded back and run by kfp.local."""
+    """The YAML that Vertex receives, loaded back and run by kfp.local."""
     from kfp import components, local
 
     from clip_index.launch.compiler import compile_all

@@ -15,8 +15,8 @@ import pytest
 from clip_index import io
 from clip_index.launch.runner import run_local
 from clip_index.pipelines import PipelineSettings
-from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
+from tests.support.images import image_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def _tasks(pipeline_root: Path, component: str) -> list[Path]:
 
 def test_130_shards_run_in_a_bounded_number_of_tasks(tmp_path: Path,
                                                      http_server: TestServer) -> None:
-    images = [jpeg_bytes(48 + 8 * i, 40, (40 * i, 200 - 30 * i, 90)) for i in range(6)]
+    images = [image_bytes(48 + 8 * i, 40, (40 * i, 200 - 30 * i, 90)) for i in range(6)]
     for i, body in enumerate(images):
         http_server.add_bytes(f"/img-{i}.jpg", body)
     rows = [{"uid": f"row-{n}",

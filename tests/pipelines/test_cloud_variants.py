@@ -15,7 +15,7 @@ from clip_index.pipelines import PipelineSettings
 SETTINGS = PipelineSettings(
     cpu_image="r/clip-index-cpu:abc", gpu_image="r/clip-index-gpu:abc", gpu_type="NVIDIA_TESLA_T4",
     gpu_count=2, embed_parallelism=3, embed_cpu="12", embed_memory="48G", download_memory="20Gi",
-    retries=4, backoff_s=30)
+    task_retries=4, backoff_s=30)
 
 
 def all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -90,7 +90,7 @@ def test_kubeflow_variant_is_a_separate_two_document_yaml(tmp_path: Path) -> Non
     ({"embed_cpu": "eight"}, "embed_cpu='eight'"),
     ({"embed_cpu": "0"}, "embed_cpu='0'"),
     ({"index_memory": "64 gigs"}, "index_memory='64 gigs'"),
-    ({"retries": -1}, "retries=-1"),
+    ({"task_retries": -1}, "task_retries=-1"),
     ({"backoff_factor": 0.5}, "backoff_factor=0.5"),
     ({"gpu_image": "r/clip-index-gpu:latest"}, "latest"),
 ])

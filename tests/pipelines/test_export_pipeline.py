@@ -13,7 +13,7 @@ from kfp import compiler
 
 from clip_index.pipelines import PipelineSettings
 from clip_index.pipelines.export import make_export_pipeline
-from tests.support.tiny_index import build_tiny_index
+from tests.support.outputs import build_tiny_index
 
 SETTINGS = PipelineSettings(cpu_image="reg.example/clip-index-cpu:abc123",
                             gpu_image="reg.example/clip-index-gpu:abc123")

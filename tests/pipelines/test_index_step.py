@@ -11,7 +11,7 @@ import yaml
 
 from clip_index.launch.compiler import compile_pipeline
 from clip_index.pipelines import PipelineSettings
-from tests.support.index_builder import random_unit, write_output_dir
+from tests.support.outputs import random_unit, write_output_dir
 
 INDEX_PARAMS = {"max_index_memory_usage": "4G", "current_memory_available": "16G",
                 "max_index_query_time_ms": 10.0, "index_key": "", "target_recall": 0.95,

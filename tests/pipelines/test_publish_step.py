@@ -38,7 +38,7 @@ def test_publish_task_is_conditional_on_hub_repo_id(tmp_path: Path) -> None:
 def test_secret_token_reads_a_secret_manager_version(http_server: TestServer) -> None:
     from google.auth.credentials import AnonymousCredentials
 
-    from clip_index.publish.hub import secret_token
+    from clip_index.hub import secret_token
 
     async def access(request: web.Request) -> web.Response:
         data = base64.b64encode(b"hf_secret_token\n").decode()

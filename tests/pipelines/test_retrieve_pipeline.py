@@ -11,9 +11,9 @@ import yaml
 
 from clip_index.launch.compiler import compile_pipeline
 from clip_index.pipelines import PIPELINES, PipelineSettings
-from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
-from tests.support.tiny_index import build_tiny_index
+from tests.support.images import image_bytes
+from tests.support.outputs import build_tiny_index
 
 SETTINGS = PipelineSettings(cpu_image="reg.example/clip-index-cpu:abc123",
                             gpu_image="reg.example/clip-index-gpu:abc123",
@@ -50,7 +50,7 @@ def test_retrieve_pipeline_runs_locally_and_downloads_the_matches(
     from kfp import components, local
 
     n = 40
-    urls = [http_server.add_bytes(f"/img-{i}.jpg", jpeg_bytes(64, 48, (i * 6, 40, 200)))
+    urls = [http_server.add_bytes(f"/img-{i}.jpg", image_bytes(64, 48, (i * 6, 40, 200)))
             for i in range(n)]
     vectors = build_tiny_index(tmp_path / "index", n=n, urls=urls)
     np.save(tmp_path / "queries.npy", vectors[[1, 2, 30]])

@@ -2,8 +2,10 @@
 
 The images' `test` stage runs tests/unit against the installed package with only tests/ copied
 beside it (see containers/*.Dockerfile): a test that reads the Dockerfiles, cloudbuild.yaml,
-the notebook or the source tree skips there, saying so, and runs on the checkout (make test and
-Cloud Build's `test` step). tests/unit/test_docker_view.py checks that nothing else is missing.
+the notebook or the source tree skips there, saying so. In a checkout (the Makefile is there; the
+images never copy it) nothing skips: a file the test reads that is missing fails it, so renaming
+cloudbuild.yaml breaks its tests instead of silencing them. tests/unit/test_docker_view.py checks
+that nothing else is missing in the image.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+CHECKOUT_MARKER = "Makefile"  # in every checkout, never in an image (.dockerignore)
 
 
-def needs_checkout(*paths: str) -> pytest.MarkDecorator:
-    """Skip unless every path (relative to the repository root) exists."""
-    missing = [p for p in paths if not (ROOT / p).exists()]
-    return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)}: not in this tree "
-                              "(a container image's test stage); tested on the checkout")
+def needs_checkout(*paths: str, root: Path = ROOT) -> pytest.MarkDecorator:
+    """Skip in a container image's test stage; in a checkout, raise FileNotFoundError (the
+    test module fails to collect) when a path (relative to the repository root) is missing."""
+    in_image = not (root / CHECKOUT_MARKER).exists()
+    missing = [p for p in paths if not (root / p).exists()]
+    if missing and not in_image:
+        raise FileNotFoundError(f"{', '.join(missing)}: missing from the checkout at {root}, "
+                                "and the tests that read them cannot run without them")
+    return pytest.mark.skipif(in_image, reason=f"{', '.join(paths)}: not in a container "
+                              "image's test stage; tested on the checkout")

@@ -1,10 +1,19 @@
-"""Index folders for tests: a clip-index output folder made by the real write and index steps
-from synthetic embedding shards, and a folder in the reference's published layout
-(fondant-ai/datacomp-small-clip) with a real faiss index over unnormalised vectors."""
+"""Every output folder the tests build, without downloading or embedding (the whole pipeline over
+HTTP is tests/support/sample_output.py):
+
+- `write_output_dir`: data/ shards of given embeddings + manifest.json, as the write step makes
+  them (then run the index step, or call `build_tiny_index`, which does);
+- `build_tiny_index`: that, indexed, named as the bundled tiny-clip, so queries run the model;
+- `make_output_dir`: synthetic embed-step shards through the real write and index steps;
+- `make_reference_dir`: the reference's published layout (fondant-ai/datacomp-small-clip) with a
+  real faiss index over unnormalised vectors;
+
+and the vectors they hold: `random_unit` (isotropic) and `clustered_vectors` (CLIP-like)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -105,4 +114,62 @@ def make_reference_dir(folder: Path, n: int = 300, dim: int = 32, seed: int = 0,
     (folder / "data").mkdir()
     pq.write_table(pa.table({"url": urls, "embedding": pa.array(
         vectors.tolist(), pa.list_(pa.float32()))}), folder / "data" / "part.0.parquet")
+    return vectors
+
+
+def write_output_dir(output_dir: Path, embeddings: np.ndarray, uids: list[str],
+                     shards: list[list[int]] | None = None, model: str = "tiny-clip",
+                     pretrained: str = "none", urls: list[str] | None = None,
+                     captions: list[str] | None = None, shard_numbers: list[int] | None = None,
+                     extra: dict[str, pa.Array] | None = None) -> None:
+    """data/part-NNNNN.parquet (rows `shards[j]` in shard `shard_numbers[j]`) + manifest.json;
+    `extra`: metadata columns (one value per row of `embeddings`) after the data schema's, as
+    the write step carries them from the download step (width, original_width, ...)."""
+    n, dim = embeddings.shape
+    shards = shards or [list(range(n))]
+    shard_numbers = shard_numbers or list(range(len(shards)))
+    urls = urls or [f"http://127.0.0.1:9/img/{u}.jpg" for u in uids]
+    captions = captions or [f"caption of {u}" for u in uids]
+    data_schema = schema.data_schema(dim)
+    for number, rows in zip(shard_numbers, shards):
+        table = pa.table({
+            schema.UID: [uids[i] for i in rows], schema.URL: [urls[i] for i in rows],
+            schema.CAPTION: [captions[i] for i in rows],
+            schema.EMBEDDING: pa.FixedSizeListArray.from_arrays(
+                pa.array(embeddings[rows].reshape(-1), pa.float32()), dim),
+        }, schema=data_schema)
+        for name, values in (extra or {}).items():
+            table = table.append_column(name, values.take(pa.array(rows, pa.int64())))
+        io.write_parquet_atomic(str(output_dir / schema.DATA_DIR / io.shard_name(number)), table)
+    manifest: dict[str, Any] = {
+        "model": model, "pretrained": pretrained, "dim": dim, "dtype": "float32",
+        "normalised": True, "seed": 0, "shards": shard_numbers,
+        "totals": {"rows": n, "successes": n, "failures": 0, "success_rate": 1.0,
+                   "statuses": {"success": n}, "errors": {}},
+    }
+    io.write_json(str(output_dir / schema.MANIFEST), manifest)
+
+
+def random_unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+TINY_DIM = 64  # tiny-clip's embed_dim
+
+
+def build_tiny_index(out: Path, n: int = 120, vectors: np.ndarray | None = None,
+                     urls: list[str] | None = None, index_key: str = "Flat") -> np.ndarray:
+    """`write_output_dir` + the real index step, the manifest naming `tiny-clip` with random
+    weights (seed 0), so text and image queries run the real open_clip model; returns the
+    vectors (random unless given)."""
+    from clip_index.config import IndexConfig
+    from clip_index.index.build import run_index
+
+    vectors = random_unit(n, TINY_DIM, seed=11) if vectors is None else vectors
+    n = len(vectors)
+    write_output_dir(out, vectors, [f"img-{i:03d}" for i in range(n)],
+                     [list(range(0, n // 2)), list(range(n // 2, n))], urls=urls,
+                     captions=[f"picture number {i}" for i in range(n)])
+    run_index(str(out), IndexConfig(index_key=index_key, recall_queries=20))
     return vectors

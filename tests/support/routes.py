@@ -1,90 +1,16 @@
-"""Route helpers for the download tests: the failure kinds of the open web as aiohttp handlers,
-and images in the awkward formats real datasets hold (made with PIL, no files on disk)."""
+"""Route helpers for the download tests: the failure kinds of the open web as aiohttp handlers
+(the images they serve come from tests/support/images.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
 import struct
-import zlib
 from collections.abc import Callable
 
 from aiohttp import web
-from PIL import Image
 
 from tests.support.http_server import Handler
-
-# ---------------------------------------------------------------- images
-
-
-def image_bytes(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str = "RGB",
-                colour: object = (200, 30, 30), **save: object) -> bytes:
-    img = Image.new(mode, (width, height), colour)  # type: ignore[arg-type]
-    buf = io.BytesIO()
-    img.save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-def noisy_jpeg(width: int, height: int, quality: int = 90, seed: int = 0) -> bytes:
-    """A JPEG with real content (so its encoded size and decode cost look like a photo's)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def cmyk_jpeg() -> bytes:
-    return image_bytes(80, 60, "JPEG", "CMYK", (0, 255, 255, 0))
-
-
-def palette_png(transparent: bool = False) -> bytes:
-    img = Image.new("P", (40, 30), 1)
-    img.putpalette([255, 255, 255, 0, 0, 255] + [0] * (256 * 3 - 6))
-    buf = io.BytesIO()
-    img.save(buf, "PNG", **({"transparency": 1} if transparent else {}))
-    return buf.getvalue()
-
-
-def png_16bit() -> bytes:
-    """A 16-bit greyscale PNG at mid grey (32768): a naive 8-bit clip turns it white."""
-    return image_bytes(32, 32, "PNG", "I;16", 32768)
-
-
-def animated_gif() -> bytes:
-    """Two frames: red first, then blue."""
-    frames = [Image.new("RGB", (30, 30), c) for c in ((255, 0, 0), (0, 0, 255))]
-    buf = io.BytesIO()
-    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    return buf.getvalue()
-
-
-def exif_rotated_jpeg(width: int = 80, height: int = 40, orientation: int = 6) -> bytes:
-    """A landscape JPEG whose EXIF says 'rotate 90°': displayed, it is portrait."""
-    img = Image.new("RGB", (width, height), (10, 200, 10))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif.tobytes())
-    return buf.getvalue()
-
-
-def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
-    """A few-hundred-byte PNG whose header claims width × height pixels."""
-    raw = b"\x00\x00"  # one scanline: filter byte + one pixel; the rest is missing
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
-            + chunk(b"IEND", b""))
-
 
 # ---------------------------------------------------------------- handlers
 

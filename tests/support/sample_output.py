@@ -4,34 +4,17 @@ weights; a few URLs fail on purpose (404, 403, opted out) so failures have reaso
 
 from __future__ import annotations
 
-import io as _io
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
 
 from tests.support.http_server import TestServer
+from tests.support.images import shape_jpeg
 
 COLOURS = {"red": (215, 25, 30), "green": (25, 150, 45), "blue": (30, 70, 215),
            "yellow": (245, 205, 10)}
 SHAPES = ("circle", "square", "triangle")
-
-
-def shape_jpeg(shape: str, colour: tuple[int, int, int], size: int = 96) -> bytes:
-    img = Image.new("RGB", (size, size), (245, 245, 245))
-    draw = ImageDraw.Draw(img)
-    box = (size // 5, size // 5, size * 4 // 5, size * 4 // 5)
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    else:
-        draw.polygon([(size // 2, size // 5), (size * 4 // 5, size * 4 // 5),
-                      (size // 5, size * 4 // 5)], fill=colour)
-    buf = _io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def build_sample_output(work: Path, server: TestServer, thumbnails: bool = True) -> Path:
@@ -64,7 +47,7 @@ def build_sample_output(work: Path, server: TestServer, thumbnails: bool = True)
     urls, images, embeddings = (str(work / name) for name in ("urls", "images", "embeddings"))
     output = str(work / "output")
     run_load(LoadConfig(dataset=str(dataset), shard_size=14), urls)
-    download = DownloadConfig(allow_private_networks=True, image_size=64, retries=0,
+    download = DownloadConfig(allow_private_networks=True, image_size=64, download_retries=0,
                               timeout_s=10, thumbnail_px=128 if thumbnails else 0)
     embed = EmbedConfig(model="tiny-clip", pretrained="none", device="cpu", num_workers=0)
     shards = plan_shards(urls)

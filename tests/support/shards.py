@@ -7,5 +7,5 @@ from clip_index.stats import ShardStats
 def mark_complete(shard_path: str) -> None:
     """Write the stats file beside ``.../part-NNNNN.parquet``, as a finished step does (last)."""
     folder, name = shard_path.rsplit("/", 1)
-    index = io.shard_index(name)
-    io.write_json(io.join(folder, io.stats_name(index)), ShardStats(shard=index).as_dict())
+    shard = io.shard_number(name)
+    io.write_json(io.join(folder, io.stats_name(shard)), ShardStats(shard=shard).as_dict())

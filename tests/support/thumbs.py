@@ -43,6 +43,6 @@ def add_thumbnails(output_dir: Path, bodies: dict[str, bytes]) -> None:
     for path in io.list_shards(str(output_dir / schema.DATA_DIR)):
         uids = pq.read_table(path, columns=[schema.UID]).column(schema.UID).to_pylist()
         column = [webp_of(bodies[u]) if u in bodies else None for u in uids]
-        with ThumbnailWriter(str(output_dir), io.shard_index(path)) as writer:
+        with ThumbnailWriter(str(output_dir), io.shard_number(path)) as writer:
             writer.write(pa.table({schema.UID: uids,
                                    schema.THUMBNAIL: pa.array(column, pa.binary())}))

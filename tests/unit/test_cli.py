@@ -101,24 +101,24 @@ def test_query_needs_exactly_one_input(output_dir, capsys) -> None:
 def test_download_input_takes_datacomps_columns(tmp_path, http_server, capsys) -> None:
     """`download --input` on DataComp's columns (uid, url, text): the caption comes from
     `text`; a missing column is named with the columns there are, before any download."""
-    from tests.conftest import jpeg_bytes
+    from tests.support.images import image_bytes
 
-    url = http_server.add_bytes("/a.jpg", jpeg_bytes())
+    url = http_server.add_bytes("/a.jpg", image_bytes())
     path = tmp_path / "datacomp.parquet"
     pq.write_table(pa.table({"uid": ["u1"], "url": [url], "text": ["a red thing"],
                              "original_width": [64]}), path)
     out = tmp_path / "out"
-    assert main(["download", "--input", str(path), "--output", str(out),
-                 "--allow-private-networks", "--retries", "0"]) == 0
+    assert main(["download", "--input", str(path), "--output-dir", str(out),
+                 "--allow-private-networks", "--download-retries", "0"]) == 0
     rows = pq.read_table(out / "part-00000.parquet").to_pylist()
     assert [(r["uid"], r["url"], r["caption"], r["status"]) for r in rows] == [
         ("u1", url, "a red thing", "success")]
     capsys.readouterr()
-    assert main(["download", "--input", str(path), "--output", str(out),
+    assert main(["download", "--input", str(path), "--output-dir", str(out),
                  "--url-column", "image_url"]) == 2
     err = capsys.readouterr().err
-    assert "--url-column='image_url' is not a column of" in err
-    assert "['uid', 'url', 'text', 'original_width']" in err
+    assert "url_column='image_url' is not a column of" in err  # as the load step says it
+    assert "['original_width', 'text', 'uid', 'url']" in err
 
 
 

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from clip_index.cli import main
-from tests.conftest import jpeg_bytes
-from tests.support.tiny_index import build_tiny_index
+from tests.support.images import image_bytes
+from tests.support.outputs import build_tiny_index
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_query_batches_images_embeddings_json(tiny: tuple[Path, np.ndarray], tmp
     assert main(["query", str(out), "--text", "a red circle", "--text", "a cat", "-k", "3"]) == 0
     text = capsys.readouterr().out
     assert "top 3 for 'a red circle'" in text and "top 3 for 'a cat'" in text
-    (tmp_path / "q.png").write_bytes(jpeg_bytes(40, 40, fmt="PNG"))
+    (tmp_path / "q.png").write_bytes(image_bytes(40, 40, fmt="PNG"))
     assert main(["query", str(out), "--image", str(tmp_path / "q.png"), "--json", "-k", "4"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 4
     assert main(["query", str(out), "--text", "a", "--image", "x.png"]) == 2
@@ -51,7 +51,7 @@ def test_retrieve_command(tiny: tuple[Path, np.ndarray], tmp_path: Path,
                           capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = tiny
     (tmp_path / "p.jsonl").write_text('{"text": "a red circle"}\n{"text": "a blue square"}\n')
-    assert main(["retrieve", str(tmp_path / "p.jsonl"), str(out), "--output",
+    assert main(["retrieve", str(tmp_path / "p.jsonl"), str(out), "--output-dir",
                  str(tmp_path / "r"), "--num-images", "5", "--deduplicate"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["queries"] == 2 and summary["matches"] == 10
@@ -101,14 +101,14 @@ def test_retrieve_download_takes_the_stored_thumbnail_and_fetches_the_rest(
     folder; images 15-29 have none and are fetched from their (live) URL."""
     from tests.support.thumbs import add_thumbnails
 
-    bodies = [jpeg_bytes(64, 48, (i * 8, 40, 90)) for i in range(30)]
+    bodies = [image_bytes(64, 48, (i * 8, 40, 90)) for i in range(30)]
     urls = [http_server.url(f"/gone-{i}.jpg") if i < 15 else
             http_server.add_bytes(f"/img-{i}.jpg", bodies[i]) for i in range(30)]
     out = tmp_path / "ix"
     vectors = build_tiny_index(out, n=30, urls=urls)
     add_thumbnails(out, {f"img-{i:03d}": bodies[i] for i in range(15)})
     np.save(tmp_path / "q.npy", vectors[[3, 20]])
-    assert main(["retrieve", str(tmp_path / "q.npy"), str(out), "--output", str(tmp_path / "r"),
+    assert main(["retrieve", str(tmp_path / "q.npy"), str(out), "--output-dir", str(tmp_path / "r"),
                  "--num-images", "4", "--download", "--allow-private-networks"]) == 0
     summary = json.loads(capsys.readouterr().out)
     files = {p.name for p in (tmp_path / "r" / "images").iterdir()}

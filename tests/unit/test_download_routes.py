@@ -17,12 +17,12 @@ from PIL import Image
 from clip_index import schema
 from clip_index.config import DownloadConfig
 from clip_index.download.step import download_shard
-from tests.support import routes
+from tests.support import images, routes
 from tests.support.http_server import TestServer
 
-JPEG = routes.image_bytes(64, 48)
-BIG_JPEG = routes.noisy_jpeg(1200, 900)
-HUGE_JPEG = routes.noisy_jpeg(2400, 1800)
+JPEG = images.image_bytes(64, 48)
+BIG_JPEG = images.noisy_jpeg(1200, 900)
+HUGE_JPEG = images.noisy_jpeg(2400, 1800)
 
 MAX_BYTES = (len(BIG_JPEG) + len(HUGE_JPEG)) // 2
 Check = Callable[[dict[str, Any]], None]
@@ -38,8 +38,8 @@ def _write_urls(path: Path, urls: list[tuple[str, str | None]]) -> Path:
 
 def _run(tmp_path: Path, urls: list[tuple[str, str | None]], **overrides: Any
          ) -> tuple[dict[str, dict[str, Any]], Any]:
-    config = DownloadConfig(**{"allow_private_networks": True, "timeout_s": 2.0, "retries": 1,
-                               "image_size": 32, **overrides})
+    config = DownloadConfig(**{"allow_private_networks": True, "timeout_s": 2.0,
+                               "download_retries": 1, "image_size": 32, **overrides})
     src = _write_urls(tmp_path / "urls.parquet", urls)
     out = tmp_path / "out" / "part-00000.parquet"
     stats = download_shard(str(src), str(out), config)
@@ -68,7 +68,7 @@ Case = tuple[str, Callable[[TestServer], str | None], str, str | None, Check | N
 
 
 def _lying_type(s: TestServer) -> str:
-    return s.add_bytes("/lying.png", routes.image_bytes(40, 40, "PNG"), "text/plain")
+    return s.add_bytes("/lying.png", images.image_bytes(40, 40, fmt="PNG"), "text/plain")
 
 
 def _chain(s: TestServer) -> str:
@@ -140,34 +140,34 @@ CASES: list[Case] = [
      "failed_to_decode", "decode_error", None),
     ("truncated", lambda s: s.add_bytes("/trunc.jpg", BIG_JPEG[: len(BIG_JPEG) // 2]),
      "failed_to_decode", "decode_error", None),
-    ("bomb", lambda s: s.add_bytes("/bomb.png", routes.png_bomb(), "image/png"),
+    ("bomb", lambda s: s.add_bytes("/bomb.png", images.png_bomb(), "image/png"),
      "failed_to_decode", "decompression_bomb", None),
-    ("cmyk", lambda s: s.add_bytes("/cmyk.jpg", routes.cmyk_jpeg()), "success", None,
+    ("cmyk", lambda s: s.add_bytes("/cmyk.jpg", images.cmyk_jpeg()), "success", None,
      _colour((255, 0, 0))),  # C=0 M=Y=100% is red
-    ("palette", lambda s: s.add_bytes("/p.png", routes.palette_png(), "image/png"),
+    ("palette", lambda s: s.add_bytes("/p.png", images.palette_png(), "image/png"),
      "success", None, _colour((0, 0, 255))),
-    ("palette-alpha", lambda s: s.add_bytes("/pa.png", routes.palette_png(True), "image/png"),
+    ("palette-alpha", lambda s: s.add_bytes("/pa.png", images.palette_png(True), "image/png"),
      "success", None, _colour((255, 255, 255))),
-    ("rgba", lambda s: s.add_bytes("/rgba.png", routes.image_bytes(
-        40, 40, "PNG", "RGBA", (255, 0, 0, 0)), "image/png"), "success", None,
+    ("rgba", lambda s: s.add_bytes("/rgba.png", images.image_bytes(
+        40, 40, (255, 0, 0, 0), "PNG", "RGBA"), "image/png"), "success", None,
      _colour((255, 255, 255))),
-    ("la", lambda s: s.add_bytes("/la.png", routes.image_bytes(
-        40, 40, "PNG", "LA", (0, 255)), "image/png"), "success", None, _colour((0, 0, 0))),
-    ("16bit", lambda s: s.add_bytes("/16.png", routes.png_16bit(), "image/png"), "success",
+    ("la", lambda s: s.add_bytes("/la.png", images.image_bytes(
+        40, 40, (0, 255), "PNG", "LA"), "image/png"), "success", None, _colour((0, 0, 0))),
+    ("16bit", lambda s: s.add_bytes("/16.png", images.png_16bit(), "image/png"), "success",
      None, _colour((128, 128, 128))),
-    ("gif", lambda s: s.add_bytes("/anim.gif", routes.animated_gif(), "image/gif"), "success",
+    ("gif", lambda s: s.add_bytes("/anim.gif", images.animated_gif(), "image/gif"), "success",
      None, _colour((255, 0, 0))),
-    ("webp", lambda s: s.add_bytes("/x.webp", routes.image_bytes(
-        64, 64, "WEBP", colour=(0, 0, 255)), "image/webp"), "success", None,
+    ("webp", lambda s: s.add_bytes("/x.webp", images.image_bytes(
+        64, 64, (0, 0, 255), "WEBP"), "image/webp"), "success", None,
      _colour((0, 0, 255))),
-    ("exif", lambda s: s.add_bytes("/exif.jpg", routes.exif_rotated_jpeg()), "success", None,
+    ("exif", lambda s: s.add_bytes("/exif.jpg", images.exif_rotated_jpeg()), "success", None,
      _exif),
-    ("tiny", lambda s: s.add_bytes("/tiny.jpg", routes.image_bytes(4, 4)), "filtered",
+    ("tiny", lambda s: s.add_bytes("/tiny.jpg", images.image_bytes(4, 4)), "filtered",
      "too_small", None),
-    ("1px-wide", lambda s: s.add_bytes("/wide.png", routes.image_bytes(
-        2000, 1, "PNG"), "image/png"), "filtered", "too_small", None),
-    ("elongated", lambda s: s.add_bytes("/strip.png", routes.image_bytes(
-        3000, 20, "PNG"), "image/png"), "filtered", "aspect_ratio", None),
+    ("1px-wide", lambda s: s.add_bytes("/wide.png", images.image_bytes(
+        2000, 1, fmt="PNG"), "image/png"), "filtered", "too_small", None),
+    ("elongated", lambda s: s.add_bytes("/strip.png", images.image_bytes(
+        3000, 20, fmt="PNG"), "image/png"), "filtered", "aspect_ratio", None),
     ("unicode", lambda s: (s.add_bytes("/img/café ☕.jpg", JPEG),
                            s.url("/img/café ☕.jpg"))[1], "success", None, None),
     ("percent", lambda s: (s.add_bytes("/img/thé à.jpg", JPEG),
@@ -231,7 +231,7 @@ def test_retry_after_is_honoured(tmp_path: Path, http_server: TestServer) -> Non
 
 def test_429_then_gives_up_after_retries(tmp_path: Path, http_server: TestServer) -> None:
     url = http_server.add("/limit", routes.status(429, {"Retry-After": "0"}))
-    rows, stats = _run(tmp_path, [("a", url)], retries=2)
+    rows, stats = _run(tmp_path, [("a", url)], download_retries=2)
     assert rows["a"]["status"] == "failed_to_download"
     assert rows["a"]["error"].startswith("http_429")
     assert http_server.hits["/limit"] == 3
@@ -305,5 +305,5 @@ def test_waiting_for_a_busy_host_is_not_a_timeout(tmp_path: Path,
     # longer than timeout_s, yet none of them timed out on the server
     url = http_server.add("/slow.jpg", routes.slow_image(JPEG, 0.4))
     rows, stats = _run(tmp_path, [(str(i), f"{url}?i={i}") for i in range(12)],
-                       per_host_concurrency=2, timeout_s=1.0, retries=0)
+                       per_host_concurrency=2, timeout_s=1.0, download_retries=0)
     assert stats.successes == 12, stats.errors

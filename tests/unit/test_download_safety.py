@@ -17,17 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clip_index import schema
+from clip_index import guard, schema
 from clip_index.config import DownloadConfig
-from clip_index.download import guard
 from clip_index.download import step as download
 from clip_index.download.decoder import MAX_DEATHS_BEFORE_ANY_IMAGE, DecodePool, DecoderUnavailable
 from clip_index.download.step import download_shard, run_download
-from tests.support import routes
+from tests.support import images, routes
 from tests.support.crashing import crash_on_marker
 from tests.support.http_server import TestServer
 
-JPEG = routes.image_bytes(64, 48)
+JPEG = images.image_bytes(64, 48)
 
 
 def _shard(tmp_path: Path, urls: list[str], **overrides: Any) -> dict[str, dict[str, Any]]:
@@ -36,7 +35,7 @@ def _shard(tmp_path: Path, urls: list[str], **overrides: Any) -> dict[str, dict[
         [{"uid": str(i), "url": u, "caption": None} for i, u in enumerate(urls)],
         schema=schema.URLS_SCHEMA), src)
     out = tmp_path / "out" / "part-00000.parquet"
-    download_shard(str(src), str(out), DownloadConfig(**{"timeout_s": 3.0, "retries": 0,
+    download_shard(str(src), str(out), DownloadConfig(**{"timeout_s": 3.0, "download_retries": 0,
                                                          **overrides}))
     return {r["url"]: r for r in pq.read_table(out).to_pylist()}
 

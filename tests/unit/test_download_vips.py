@@ -16,7 +16,7 @@ from PIL import Image
 
 from clip_index.config import DownloadConfig
 from clip_index.download import resize, vips
-from tests.support import routes
+from tests.support import images
 
 pytest.importorskip("pyvips")
 
@@ -56,14 +56,14 @@ PNGS = {
     "rgba": _png(_photo(640, 480, "RGBA")),
     "la": _png(_photo(500, 700, "LA")),
     "grey": _png(_photo(800, 300, "L")),
-    "palette": routes.palette_png(),
-    "palette-transparent": routes.palette_png(transparent=True),
-    "16-bit": routes.png_16bit(),
+    "palette": images.palette_png(),
+    "palette-transparent": images.palette_png(transparent=True),
+    "16-bit": images.png_16bit(),
     "animated": _apng(),
     "tiny": _png(_photo(20, 12)),
     "truncated": _png(_photo(900, 600))[:20_000],
     "garbage-after-header": _png(_photo(900, 600))[:100] + b"\x00garbage" * 500,
-    "bomb": routes.png_bomb(),
+    "bomb": images.png_bomb(),
 }
 CONFIGS = [DownloadConfig(image_size=224),
            DownloadConfig(image_size=128, resize_mode="center_crop"),
@@ -104,7 +104,7 @@ def test_vips_really_decodes_pngs_and_keeps_the_promises() -> None:
     config = DownloadConfig(image_size=224, image_decoder="vips")
     decoded = resize._decode_vips(PNGS["rgb"], config)
     assert decoded is not None and decoded.image.size == (336, 224)  # straight to the target
-    assert resize._decode_vips(routes.noisy_jpeg(300, 200), config) is None  # JPEG: Pillow
+    assert resize._decode_vips(images.noisy_jpeg(300, 200), config) is None  # JPEG: Pillow
     # "auto": only large PNGs (the IHDR size decides, before any library call)
     auto = DownloadConfig(image_size=224)
     assert resize._decode_vips(PNGS["rgb"], auto) is None  # 0.54 MP: Pillow

@@ -18,10 +18,10 @@ from aiohttp import web
 from clip_index import io, schema
 from clip_index.config import DownloadConfig
 from clip_index.download.step import download_shard, run_download
-from tests.support import routes
+from tests.support import images, routes
 from tests.support.http_server import TestServer
 
-JPEG = routes.noisy_jpeg(200, 150)
+JPEG = images.noisy_jpeg(200, 150)
 
 
 def _config(**overrides: Any) -> DownloadConfig:
@@ -69,7 +69,7 @@ def test_a_retry_waits_without_holding_its_host(tmp_path: Path, http_server: Tes
                                                                   for i, u in enumerate(fast)])
     start = time.monotonic()
     stats = download_shard(str(src), str(tmp_path / "out.parquet"),
-                           _config(per_host_concurrency=1, retries=1))
+                           _config(per_host_concurrency=1, download_retries=1))
     assert stats.successes == 7 and http_server.hits["/flaky"] == 2
     # every fast row was served during the flaky row's backoff, before its retry
     assert max(times[f"/fast{i}"] for i in range(6)) < retried_at["t"], times
@@ -89,7 +89,7 @@ def test_short_first_deadline_then_the_full_one(tmp_path: Path, http_server: Tes
     src = _shard(tmp_path / "urls.parquet", [("a", url)])
     start = time.monotonic()
     stats = download_shard(str(src), str(tmp_path / "out.parquet"),
-                           _config(first_timeout_s=0.5, timeout_s=5.0, retries=1))
+                           _config(first_timeout_s=0.5, timeout_s=5.0, download_retries=1))
     assert stats.successes == 1 and calls["n"] == 2
     assert time.monotonic() - start < 4.5  # 0.5 s dead first try, not 5 s
 
@@ -112,7 +112,7 @@ def test_a_live_slow_body_is_kept_and_a_dead_one_is_not(tmp_path: Path,
     src = _shard(tmp_path / "urls.parquet", [("live", live), ("dead", dead), ("crawl", crawl)])
     start = time.monotonic()
     download_shard(str(src), str(tmp_path / "out.parquet"),
-                   _config(first_timeout_s=1.0, timeout_s=1.0, retries=0,
+                   _config(first_timeout_s=1.0, timeout_s=1.0, download_retries=0,
                            drip_bytes_per_s=2048, max_drip_s=30))
     rows = _rows(tmp_path / "out.parquet")
     assert len(JPEG) / 2.5 > 2048  # the drip really is above the configured rate
@@ -164,7 +164,7 @@ def test_tails_of_many_shards_do_not_keep_the_next_shards_from_opening(
         _shard(urls_dir / io.shard_name(k), [(f"s{k}-{i}", u) for i, u in enumerate(fast)]
                + [(f"s{k}-hung", hung)])
     result = run_download(str(urls_dir), list(shards), str(out),
-                          _config(first_timeout_s=3.0, timeout_s=3.0, retries=0,
+                          _config(first_timeout_s=3.0, timeout_s=3.0, download_retries=0,
                                   per_host_concurrency=64))
     arrived = sorted(times[f"/hung{k}"] for k in shards)
     assert arrived[-1] - arrived[0] < 2.0, f"later shards waited for tails: {arrived}"

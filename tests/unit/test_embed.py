@@ -12,7 +12,7 @@ from clip_index import io, schema
 from clip_index.config import EmbedConfig
 from clip_index.embed.models import load_model
 from clip_index.embed.step import run_embed
-from tests.conftest import jpeg_bytes
+from tests.support.images import image_bytes
 from tests.support.shards import mark_complete
 
 CONFIG = EmbedConfig(model="tiny-clip", pretrained="none", batch_size=4, num_workers=0)
@@ -20,7 +20,7 @@ CONFIG = EmbedConfig(model="tiny-clip", pretrained="none", batch_size=4, num_wor
 
 def _image_shard(path: str) -> list[bytes]:
     colours = [(200, 20, 20), (20, 200, 20), (20, 20, 200), (200, 200, 20), (90, 20, 160)]
-    images = [jpeg_bytes(80 + 10 * i, 60, c) for i, c in enumerate(colours)]
+    images = [image_bytes(80 + 10 * i, 60, c) for i, c in enumerate(colours)]
     rows = [{"uid": f"u{i}", "url": f"http://x/{i}.jpg", "caption": f"c{i}", "status": "success",
              "error": None, "image": img, "width": 1, "height": 1, "original_width": 1,
              "original_height": 1, "sha256": "x"} for i, img in enumerate(images)]
@@ -169,7 +169,7 @@ def test_cli_names_the_closest_models_and_how_to_pass_a_checkpoint(tmp_path, cap
     from clip_index.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    base = ["embed", "--images", str(tmp_path / "none"), "--shards", "0", "--output",
+    base = ["embed", "--images", str(tmp_path / "none"), "--shards", "0", "--output-dir",
             str(tmp_path / "out"), "--device", "cpu"]
     assert main([*base, "--model", "ViT-B-31", "--pretrained", "none"]) == 2
     err = capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clip_index.embed import device as dev
-from clip_index.embed.gpus import BUILD_ARCHES, GPUS, check_gpu, has_kernels
+from clip_index.gpus import BUILD_ARCHES, GPUS, check_gpu, has_kernels
 
 
 def test_vertex_gpu_pairs_are_exactly_the_accepted_ones() -> None:
@@ -158,7 +158,7 @@ def test_tests_run_on_the_cpu_and_their_subprocesses_too() -> None:
     ("gpu", True), ("", False), ("not integration", False), ("not integration and not gpu", False),
     ("gpu and not integration", True), ("gpu or integration", True)])
 def test_only_a_gpu_session_sees_the_gpu(markexpr: str, gpu_only: bool) -> None:
-    from tests.conftest import gpu_only_session
+    from tests.support.gpu import gpu_only_session
 
     assert gpu_only_session(markexpr) is gpu_only
 

@@ -15,8 +15,9 @@ from PIL import Image
 from clip_index import io, schema
 from clip_index.config import DownloadConfig, EmbedConfig
 from clip_index.download.step import download_shard
-from clip_index.embed.models import ClipModel, load_model, normalise
+from clip_index.embed.models import ClipModel, load_model
 from clip_index.embed.step import run_embed
+from clip_index.vectors import normalise
 from tests.support.images import encoded, photo_like
 from tests.support.shards import mark_complete
 

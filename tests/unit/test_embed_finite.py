@@ -17,14 +17,13 @@ from clip_index import io, schema
 from clip_index.config import EmbedConfig
 from clip_index.embed.models import load_model
 from clip_index.embed.step import NON_FINITE, embed_shards, fail_non_finite
-from tests.conftest import jpeg_bytes
-from tests.support.images import encoded, photo_like
+from tests.support.images import encoded, image_bytes, photo_like
 from tests.support.shards import mark_complete
 
 
 def _shard(path: str) -> None:
-    images = [jpeg_bytes(80, 60, (123, 117, 104)), encoded(photo_like(80, 60, seed=1)),
-              jpeg_bytes(70, 64, (250, 250, 250)), jpeg_bytes(90, 60, (123, 117, 104))]
+    images = [image_bytes(80, 60, (123, 117, 104)), encoded(photo_like(80, 60, seed=1)),
+              image_bytes(70, 64, (250, 250, 250)), image_bytes(90, 60, (123, 117, 104))]
     rows = [{"uid": f"u{i}", "url": f"http://x/{i}", "caption": None, "status": "success",
              "error": None, "image": data, "width": 1, "height": 1, "original_width": 1,
              "original_height": 1, "sha256": "x"} for i, data in enumerate(images)]

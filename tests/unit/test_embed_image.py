@@ -1,6 +1,7 @@
 """The GPU image, checked from containers/gpu.Dockerfile alone (no Docker engine here): its
 Python is the one the pinned wheels exist for, torch comes from the CUDA build whose kernels and
-driver floor embed/gpus.py states, and the default weights are baked in where the loader looks."""
+driver floor clip_index/gpus.py states, and the default weights are baked in where the loader
+looks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 from pathlib import Path
 
 from clip_index.config import EmbedConfig
-from clip_index.embed.gpus import CUDA_BUILD, GPUS, has_kernels
+from clip_index.gpus import CUDA_BUILD, GPUS, has_kernels
 from tests.support.checkout import needs_checkout
 from tests.unit.test_containers import args_of, instructions, pins
 

@@ -18,9 +18,10 @@ from clip_index import io, schema
 from clip_index.config import EmbedConfig
 from clip_index.embed.decoder import DeviceResize, decode_jpegs
 from clip_index.embed.loader import Prefetcher
-from clip_index.embed.models import load_model, normalise
+from clip_index.embed.models import load_model
 from clip_index.embed.pixels import split_preprocess
 from clip_index.embed.step import run_embed
+from clip_index.vectors import normalise
 from tests.support.images import encoded, photo_like
 from tests.support.shards import mark_complete
 

@@ -16,7 +16,6 @@ import pytest
 from clip_index import schema
 from clip_index.cli import main
 from clip_index.config import ConfigError, IndexConfig
-from clip_index.embed.models import normalise
 from clip_index.index.build import run_index
 from clip_index.index.rerank import RERANK_FILE, RerankStore
 from clip_index.search.export import (
@@ -32,9 +31,9 @@ from clip_index.search.export import (
 )
 from clip_index.search.export_config import ExportConfig
 from clip_index.search.searcher import ClipIndex
-from tests.conftest import jpeg_bytes
-from tests.support.index_builder import write_output_dir
-from tests.support.tiny_index import TINY_DIM, build_tiny_index
+from clip_index.vectors import normalise
+from tests.support.images import image_bytes
+from tests.support.outputs import TINY_DIM, build_tiny_index, write_output_dir
 
 N = 3000
 
@@ -227,11 +226,11 @@ def test_text_and_image_prompts_use_the_index_model(tmp_path: Path) -> None:
     out = tmp_path / "index"
     build_tiny_index(out, n=200)  # Flat: its search is exact, so it must agree
     image = tmp_path / "q.jpg"
-    image.write_bytes(jpeg_bytes(80, 60))
+    image.write_bytes(image_bytes(80, 60))
     index = ClipIndex(out)
     top = index.search_text("a red circle", k=10) + index.search_image(image, k=10)
     threshold = float(sorted(r.score for r in top)[len(top) // 2])
-    assert main(["export", str(out), "--output", str(tmp_path / "out"), "--threshold",
+    assert main(["export", str(out), "--output-dir", str(tmp_path / "out"), "--threshold",
                  str(threshold), "--text", "a red circle", "--image", str(image)]) == 0
     rows = pq.read_table(tmp_path / "out" / MATCHES_FILE).to_pylist()
     for prompt, results in (("a red circle", top[:10]), (str(image), top[10:])):
@@ -278,7 +277,7 @@ def test_bad_inputs_fail_before_any_work(fp16: tuple[Path, np.ndarray], tmp_path
     with pytest.raises(ConfigError, match="max_per_prompt=-1"):
         ExportConfig(0.5, max_per_prompt=-1).validate()
     assert not target.exists()
-    assert main(["export", str(out), "--output", str(target), "--threshold", "2"]) == 2
+    assert main(["export", str(out), "--output-dir", str(target), "--threshold", "2"]) == 2
 
 
 def test_prompt_files(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from clip_index.config import IndexConfig
 from clip_index.index.build import run_index
 from clip_index.search.filters import Filters, read_uids
 from clip_index.search.searcher import ClipIndex
-from tests.support.index_builder import write_output_dir
+from tests.support.outputs import write_output_dir
 
 DIM = 32
 N = 4000

@@ -135,5 +135,5 @@ def test_compiled_load_task_takes_the_fingerprint(tmp_path: Path) -> None:
     assert root["inputDefinitions"]["parameters"]["dataset_fingerprint"]["defaultValue"] == ""
     load = root["dag"]["tasks"]["load-dataset"]
     assert load["cachingOptions"]["enableCache"] is True
-    assert load["inputs"]["parameters"]["fingerprint"] == {
+    assert load["inputs"]["parameters"]["dataset_fingerprint"] == {
         "componentInputParameter": "dataset_fingerprint"}

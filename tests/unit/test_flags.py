@@ -34,8 +34,8 @@ def test_run_help_is_the_component_docstring_with_the_default() -> None:
     download = component_docs()["download_images"]
     assert helps["timeout_s"] == download["timeout_s"] + " (default: 20.0)"
     assert "seconds" in helps["timeout_s"]  # the unit is part of the one text
-    assert helps["download_retries"] == download["retries"] + " (default: 2)"
-    assert helps["hub_repo_id"].startswith(component_docs()["publish_to_hub"]["repo_id"])
+    assert helps["download_retries"] == download["download_retries"] + " (default: 2)"
+    assert helps["hub_repo_id"].startswith(component_docs()["publish_to_hub"]["hub_repo_id"])
     assert helps["dataset"].endswith("(required)")
 
 

@@ -15,7 +15,7 @@ from clip_index.config import ConfigError, IndexConfig
 from clip_index.index.build import run_index
 from clip_index.index.tune import VectorParts, exact_top_k, search_ids, tune_and_measure
 from clip_index.search.searcher import ClipIndex
-from tests.support.index_builder import random_unit, write_output_dir
+from tests.support.outputs import random_unit, write_output_dir
 
 DIM = 32
 

@@ -16,13 +16,13 @@ import pytest
 
 from clip_index import schema
 from clip_index.config import ConfigError, IndexConfig
+from clip_index.hub import QUERY_FILES
 from clip_index.index.build import run_index
-from clip_index.index.rerank import LEGACY_RERANK_FILE, RERANK_FILE, RerankStore, RerankWriter
+from clip_index.index.rerank import RERANK_FILE, RerankStore, RerankWriter
 from clip_index.index.twostage import first_stage_key, stream_and_sample
 from clip_index.publish.card import dataset_card
-from clip_index.publish.hub import QUERY_FILES
 from clip_index.search.searcher import ClipIndex
-from tests.support.index_builder import write_output_dir
+from tests.support.outputs import write_output_dir
 
 DIM = 32
 N = 4000
@@ -100,20 +100,6 @@ def _stored(out: Path) -> np.ndarray:
     return index.reconstruct_n(0, index.ntotal)
 
 
-def test_a_folder_with_the_earlier_npy_rerank_file_gives_the_same_results(
-        built: tuple[Path, np.ndarray, list[str]], tmp_path: Path) -> None:
-    out, vectors, _ = built
-    legacy = _copy(out, tmp_path / "legacy")
-    np.save(legacy / "faiss" / LEGACY_RERANK_FILE, _stored(out).astype(np.float16))
-    (legacy / "faiss" / RERANK_FILE).unlink()
-    old, new = ClipIndex(legacy), ClipIndex(out)
-    assert old.store is not None and old.store.index is None  # re-ranked in Python
-    for a, b in zip(old.search_embedding(vectors[:100], k=10),
-                    new.search_embedding(vectors[:100], k=10)):
-        assert [r.id for r in a] == [r.id for r in b]
-        assert [r.score for r in a] == pytest.approx([r.score for r in b], abs=1e-5)
-
-
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_faiss_reads_the_streamed_store_and_refines_like_the_python_rerank(
         tmp_path: Path, dtype: str) -> None:
@@ -159,14 +145,12 @@ def test_below_the_threshold_the_index_keeps_one_stage(tmp_path: Path) -> None:
     vectors = _clustered(600)
     write_output_dir(tmp_path, vectors, [f"u{i}" for i in range(600)])
     (tmp_path / "faiss").mkdir()
-    for name in (RERANK_FILE, LEGACY_RERANK_FILE):  # from earlier builds
-        (tmp_path / "faiss" / name).write_bytes(b"stale")
+    (tmp_path / "faiss" / RERANK_FILE).write_bytes(b"stale")  # from an earlier build
     run_index(str(tmp_path), IndexConfig(index_key="HNSW32", recall_queries=50,
                                          two_stage_min_vectors=600))  # index_key wins
     infos = json.loads((tmp_path / schema.INDEX_INFOS).read_text())
     assert infos["two_stage"] is False and infos["index_key"] == "HNSW32"
     assert not (tmp_path / "faiss" / RERANK_FILE).exists()
-    assert not (tmp_path / "faiss" / LEGACY_RERANK_FILE).exists()
     assert ClipIndex(tmp_path).store is None
 
 
@@ -286,7 +270,7 @@ def test_cli_query_and_retrieve_read_a_two_stage_folder(
     assert [r[0]["uid"] for r in rows] == [uids[4], uids[9]] and len(rows[0]) == 3
     (tmp_path / "q.jsonl").write_text("".join(json.dumps({"embedding": v.tolist()}) + "\n"
                                               for v in vectors[:3]))
-    assert main(["retrieve", str(tmp_path / "q.jsonl"), str(out), "--output",
+    assert main(["retrieve", str(tmp_path / "q.jsonl"), str(out), "--output-dir",
                  str(tmp_path / "r"), "--num-images", "4"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["queries"] == 3 and summary["matches"] == 12
@@ -307,7 +291,7 @@ def test_a_published_two_stage_index_opens_from_the_hub(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     hub = HubStandIn().start()
     try:
-        run_publish(str(out), PublishConfig(repo_id="org/two"), token=hub.token,
+        run_publish(str(out), PublishConfig(hub_repo_id="org/two"), token=hub.token,
                     endpoint=hub.endpoint)
         index = ClipIndex.from_hub("org/two", endpoint=hub.endpoint, token=hub.token,
                                    cache_dir=str(tmp_path / "cache"))

@@ -8,16 +8,16 @@ from clip_index import io
 
 def test_shard_names_round_trip() -> None:
     assert io.shard_name(42) == "part-00042.parquet"
-    assert io.shard_index("/a/b/part-00042.parquet") == 42
+    assert io.shard_number("/a/b/part-00042.parquet") == 42
     with pytest.raises(ValueError, match="part-NNNNN"):
-        io.shard_index("data.parquet")
+        io.shard_number("data.parquet")
 
 
 def test_list_shards_in_numeric_order(tmp_path) -> None:
     for i in (10, 2, 0):
         io.write_parquet_atomic(str(tmp_path / io.shard_name(i)), pa.table({"x": [i]}))
     (tmp_path / "part-00001_stats.json").write_text("{}")
-    assert [io.shard_index(p) for p in io.list_shards(str(tmp_path))] == [0, 2, 10]
+    assert [io.shard_number(p) for p in io.list_shards(str(tmp_path))] == [0, 2, 10]
 
 
 def test_atomic_writer_leaves_nothing_on_error(tmp_path) -> None:

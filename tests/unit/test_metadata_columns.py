@@ -15,10 +15,10 @@ from clip_index import io, schema
 from clip_index.config import ConfigError, DownloadConfig, LoadConfig
 from clip_index.download.step import download_shard
 from clip_index.load.step import run_load
-from tests.support import routes
+from tests.support import images
 from tests.support.http_server import TestServer
 
-JPEG = routes.image_bytes(64, 48)
+JPEG = images.image_bytes(64, 48)
 
 
 def _datacomp(n: int, urls: list[str] | None = None, sha: list[str | None] | None = None
@@ -91,7 +91,7 @@ def test_download_passes_extras_through_and_flags_changed_images(
     run_load(LoadConfig(dataset=str(src)), str(tmp_path / "urls"))
     out = tmp_path / "images" / "part-00000.parquet"
     download_shard(io.list_shards(str(tmp_path / "urls"))[0], str(out),
-                   DownloadConfig(allow_private_networks=True, retries=0, timeout_s=2.0))
+                   DownloadConfig(allow_private_networks=True, download_retries=0, timeout_s=2.0))
     rows = {r["uid"]: r for r in pq.read_table(out).to_pylist()}
     first, second, failed, no_hash = (rows[f"{i:032x}"] for i in range(4))
     assert first["sha256"] == real and first["image_changed"] is False

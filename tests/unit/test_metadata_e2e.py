@@ -18,9 +18,9 @@ from clip_index.index.build import run_index
 from clip_index.index.write import run_write
 from clip_index.load.step import plan_shards, run_load
 from clip_index.search.searcher import ClipIndex
-from tests.support import routes
+from tests.support import images
 from tests.support.http_server import TestServer
-from tests.support.index_builder import random_unit
+from tests.support.outputs import random_unit
 
 # (width, height, b32, l14, faces, source hash matches)
 ROWS = [(640, 480, 0.31, 0.28, 0, True), (300, 900, 0.35, 0.33, 2, True),
@@ -31,7 +31,7 @@ ROWS = [(640, 480, 0.31, 0.28, 0, True), (300, 900, 0.35, 0.33, 2, True),
 
 def test_datacomp_rows_filtered_on_every_new_column(tmp_path: Path,
                                                     http_server: TestServer) -> None:
-    bodies = [routes.noisy_jpeg(w, h, seed=i) for i, (w, h, *_) in enumerate(ROWS)]
+    bodies = [images.noisy_jpeg(w, h, seed=i) for i, (w, h, *_) in enumerate(ROWS)]
     urls = [http_server.add_bytes(f"/{i}.jpg", b) for i, b in enumerate(bodies)]
     urls.append(http_server.url("/gone.jpg"))  # a dead link: a failed row, not in data/
     n = len(urls)
@@ -51,7 +51,7 @@ def test_datacomp_rows_filtered_on_every_new_column(tmp_path: Path,
              str(tmp_path / "urls"))
     run_download(str(tmp_path / "urls"), plan_shards(str(tmp_path / "urls")),
                  str(tmp_path / "images"),
-                 DownloadConfig(allow_private_networks=True, retries=0, timeout_s=2.0,
+                 DownloadConfig(allow_private_networks=True, download_retries=0, timeout_s=2.0,
                                 max_failure_rate=0.5))
     run_embed([str(tmp_path / "images")], None, str(tmp_path / "emb"),
               EmbedConfig(model="tiny-clip", pretrained="none", device="cpu", num_workers=0))

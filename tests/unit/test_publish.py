@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from clip_index.config import PublishConfig
-from clip_index.publish.hub import parse_hub_uri
+from clip_index.hub import parse_hub_uri
 from clip_index.publish.step import run_publish
 from clip_index.search.searcher import ClipIndex
 from tests.support.hub_server import HubStandIn
@@ -49,8 +49,8 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubStandIn]:
         server.stop()
 
 
-def publish(hub: HubStandIn, output_dir: Path, repo_id: str = "org/idx", **kwargs: object):
-    config = PublishConfig(repo_id=repo_id, **kwargs)  # type: ignore[arg-type]
+def publish(hub: HubStandIn, output_dir: Path, hub_repo_id: str = "org/idx", **kwargs: object):
+    config = PublishConfig(hub_repo_id=hub_repo_id, **kwargs)  # type: ignore[arg-type]
     return run_publish(str(output_dir), config, token=hub.token, endpoint=hub.endpoint)
 
 
@@ -89,7 +89,7 @@ def test_publish_uploads_the_folder_and_a_card_then_nothing_new(hub: HubStandIn,
 
 
 def test_publish_to_a_branch_of_a_private_repo(hub: HubStandIn, output_dir: Path) -> None:
-    publish(hub, output_dir, repo_id="org/private", private=True, revision="v1")
+    publish(hub, output_dir, hub_repo_id="org/private", hub_private=True, hub_revision="v1")
     assert hub.repos["org/private"].private
     assert "faiss/knn.index" in hub.files("org/private", "v1")
     assert set(hub.files("org/private", "main")) == {".gitattributes"}
@@ -100,16 +100,16 @@ def test_publish_refuses_bad_input_before_any_request(hub: HubStandIn, output_di
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as constants
 
-    with pytest.raises(ValueError, match="repo_id='no-slash': expected a Hugging Face dataset"):
-        publish(hub, output_dir, repo_id="no-slash")
+    with pytest.raises(ValueError, match="hub_repo_id='no-slash': expected a Hugging Face dataset"):
+        publish(hub, output_dir, hub_repo_id="no-slash")
     with pytest.raises(FileNotFoundError, match="not an index folder"):
         publish(hub, tmp_path)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     with pytest.raises(PermissionError, match="needs a token with write access"):
-        run_publish(str(output_dir), PublishConfig(repo_id="org/x"), endpoint=hub.endpoint)
+        run_publish(str(output_dir), PublishConfig(hub_repo_id="org/x"), endpoint=hub.endpoint)
     with pytest.raises(PermissionError, match="refused to let this token write"):
-        run_publish(str(output_dir), PublishConfig(repo_id="org/x"), token="hf_wrong",
+        run_publish(str(output_dir), PublishConfig(hub_repo_id="org/x"), token="hf_wrong",
                     endpoint=hub.endpoint)
     assert hub.uploads == [] and hub.commits == []
 
@@ -140,7 +140,7 @@ def test_from_hub_fetches_the_parquet_mapping_for_folders_without_the_arrow_file
     older = tmp_path / "older"
     shutil.copytree(output_dir, older)
     (older / "faiss" / "id_mapping.arrow").unlink()  # as built before the file existed
-    publish(hub, older, repo_id="org/older")
+    publish(hub, older, hub_repo_id="org/older")
     index = ClipIndex.from_hub("org/older", endpoint=hub.endpoint, token=hub.token,
                                cache_dir=str(tmp_path / "cache"))
     assert not index.layout.mapping_file and (Path(index.output_dir) / "id_mapping").is_dir()
@@ -151,7 +151,7 @@ def test_from_hub_fetches_the_parquet_mapping_for_folders_without_the_arrow_file
 
 def test_from_hub_errors_say_what_was_expected(hub: HubStandIn, output_dir: Path,
                                                tmp_path: Path) -> None:
-    publish(hub, output_dir, repo_id="org/secret", private=True)
+    publish(hub, output_dir, hub_repo_id="org/secret", hub_private=True)
     cache = str(tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match="'org/missing' was not found.*does not exist"):
         ClipIndex.from_hub("org/missing", endpoint=hub.endpoint, token=hub.token,
@@ -182,7 +182,8 @@ def test_cli_publish_and_query_hf_uri_through_hf_endpoint(hub: HubStandIn, outpu
         return subprocess.run([sys.executable, "-m", "clip_index.cli", *args], env={
             **env, **extra}, capture_output=True, text=True, timeout=120, check=False)
 
-    done = cli("publish", str(output_dir), "--repo-id", "org/cli", "--private")
+    done = cli("publish", "--output-dir", str(output_dir), "--hub-repo-id", "org/cli",
+               "--hub-private")
     assert done.returncode == 0, done.stderr
     assert f"{hub.endpoint}/datasets/org/cli" in done.stdout
     assert hub.repos["org/cli"].private and "README.md" in hub.files("org/cli")

@@ -14,9 +14,9 @@ from clip_index.config import DownloadConfig, RetrieveConfig
 from clip_index.schema import RowError, Status
 from clip_index.search.retrieve import run_load_queries, run_retrieve
 from clip_index.search.searcher import ClipIndex
-from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
-from tests.support.tiny_index import TINY_DIM, build_tiny_index
+from tests.support.images import image_bytes
+from tests.support.outputs import TINY_DIM, build_tiny_index
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_results_carry_uid_url_caption_score_for_every_query_kind(
     text = index.search_text("a red circle", k=4)
     batch = index.search_text(["a red circle", "a blue square"], k=4)
     assert len(text) == 4 and [r.uid for r in batch[0]] == [r.uid for r in text]
-    image = jpeg_bytes(80, 60)
+    image = image_bytes(80, 60)
     path = tmp_path / "q.jpg"
     path.write_bytes(image)
     from_bytes = index.search_image(image, k=4)
@@ -56,14 +56,14 @@ def test_search_by_url_goes_through_the_download_guard(tiny: tuple[Path, np.ndar
                                                        http_server: TestServer) -> None:
     out, _ = tiny
     index = ClipIndex(out)
-    url = http_server.add_bytes("/q.jpg", jpeg_bytes(80, 60))
+    url = http_server.add_bytes("/q.jpg", image_bytes(80, 60))
     with pytest.raises(RowError, match="blocked_address") as blocked:
         index.search_image_url(url, k=3)  # 127.0.0.1 is not public: refused by default
     assert blocked.value.status is Status.BLOCKED
     allowed = DownloadConfig(allow_private_networks=True)
     assert [r.uid for r in index.search_image_url(url, 3, fetch=allowed)] == [
-        r.uid for r in index.search_image(jpeg_bytes(80, 60), 3)]
-    big = http_server.add_bytes("/big.jpg", jpeg_bytes(400, 400))
+        r.uid for r in index.search_image(image_bytes(80, 60), 3)]
+    big = http_server.add_bytes("/big.jpg", image_bytes(400, 400))
     with pytest.raises(RowError, match="too_large"):
         index.search_image_url(big, 3, fetch=DownloadConfig(allow_private_networks=True,
                                                             max_image_bytes=500))

@@ -16,10 +16,10 @@ import pytest
 from clip_index.config import DownloadConfig
 from clip_index.search.searcher import ClipIndex
 from clip_index.search.server import ServeSettings, create_app
-from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
+from tests.support.images import image_bytes
 from tests.support.live_server import LiveServer
-from tests.support.tiny_index import TINY_DIM, build_tiny_index
+from tests.support.outputs import TINY_DIM, build_tiny_index
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT_VENV = REPO / "bench" / ".venvs" / "clip-retrieval" / "bin" / "python"
@@ -36,12 +36,12 @@ def images() -> Iterator[TestServer]:
 def served(tmp_path_factory: pytest.TempPathFactory,
            images: TestServer) -> Iterator[tuple[LiveServer, np.ndarray]]:
     out = tmp_path_factory.mktemp("served")
-    urls = [images.add_bytes(f"/img-{i}.jpg", jpeg_bytes(64, 48, (i * 4, 90, 160)))
+    urls = [images.add_bytes(f"/img-{i}.jpg", image_bytes(64, 48, (i * 4, 90, 160)))
             for i in range(60)]
     vectors = build_tiny_index(out, n=60, urls=urls)
     settings = ServeSettings(max_num_images=50, max_request_bytes=200_000,
                              max_image_bytes=100_000,
-                             fetch=DownloadConfig(allow_private_networks=True, retries=0,
+                             fetch=DownloadConfig(allow_private_networks=True, download_retries=0,
                                                   max_image_bytes=100_000))
     server = LiveServer(create_app({"tiny": ClipIndex(out, threads=1)}, settings)).start()
     yield server, vectors
@@ -78,7 +78,7 @@ def test_clip_retrieval_clip_client_works_unchanged(served: tuple[LiveServer, np
                                                     images: TestServer, tmp_path: Path) -> None:
     server, vectors = served
     query_image = tmp_path / "q.jpg"
-    query_image.write_bytes(jpeg_bytes(64, 48, (12, 90, 160)))
+    query_image.write_bytes(image_bytes(64, 48, (12, 90, 160)))
     by_text, by_vec, by_image, by_url = run_clip_client(f"{server.url}/knn-service", [
         {"text": "a red circle"}, {"embedding_input": vectors[7].tolist()},
         {"image": str(query_image)}, {"image": images.url("/img-3.jpg")}])
@@ -146,7 +146,7 @@ def test_payloads_and_ids_are_bounded(served: tuple[LiveServer, np.ndarray]) -> 
 def test_image_url_is_fetched_through_the_guard(tmp_path: Path, images: TestServer) -> None:
     out = tmp_path / "ix"
     build_tiny_index(out, n=10)
-    big = images.add_bytes("/big.jpg", jpeg_bytes(500, 500))
+    big = images.add_bytes("/big.jpg", image_bytes(500, 500))
     strict = LiveServer(create_app({"ix": ClipIndex(out)})).start()  # default settings
     try:
         for url, status, message in [
@@ -162,7 +162,7 @@ def test_image_url_is_fetched_through_the_guard(tmp_path: Path, images: TestServ
         assert "access-control-allow-origin" not in pre.headers
     finally:
         strict.stop()
-    small = ServeSettings(fetch=DownloadConfig(allow_private_networks=True, retries=0,
+    small = ServeSettings(fetch=DownloadConfig(allow_private_networks=True, download_retries=0,
                                                max_image_bytes=2000),
                           cors_origins=("https://ok.example",))
     opened = LiveServer(create_app({"ix": ClipIndex(out)}, small)).start()

@@ -16,13 +16,13 @@ import pytest
 
 from clip_index import schema
 from clip_index.config import IndexConfig
-from clip_index.embed.models import normalise
 from clip_index.index.build import run_index
 from clip_index.search.heads import IGNORED_HEADER, load_heads
 from clip_index.search.searcher import ClipIndex
 from clip_index.search.server import ServeSettings, create_app
-from tests.support.index_builder import random_unit, write_output_dir
+from clip_index.vectors import normalise
 from tests.support.live_server import LiveServer
+from tests.support.outputs import random_unit, write_output_dir
 
 DIM = 512  # OpenAI ViT-B/32, whose heads LAION published
 N = 300

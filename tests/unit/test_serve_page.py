@@ -13,17 +13,17 @@ import pytest
 
 from clip_index.search.searcher import ClipIndex
 from clip_index.search.server import ServeSettings, create_app
-from tests.conftest import jpeg_bytes
 from tests.support.http_server import TestServer
+from tests.support.images import image_bytes
 from tests.support.live_server import LiveServer
-from tests.support.tiny_index import build_tiny_index
+from tests.support.outputs import build_tiny_index
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture
 def page_server(tmp_path: Path, http_server: TestServer) -> Iterator[LiveServer]:
-    urls = [http_server.add_bytes(f"/img-{i}.jpg", jpeg_bytes(64, 48, (200, i * 10, 40)))
+    urls = [http_server.add_bytes(f"/img-{i}.jpg", image_bytes(64, 48, (200, i * 10, 40)))
             for i in range(24)]
     build_tiny_index(tmp_path / "ix", n=24, urls=urls)
     server = LiveServer(create_app({"ix": ClipIndex(tmp_path / "ix")})).start()
@@ -83,7 +83,7 @@ def test_search_page_shows_the_stored_thumbnails_when_the_image_host_is_gone(
     from tests.support.thumbs import add_thumbnails
 
     host = TestServer().start()
-    bodies = [jpeg_bytes(64, 48, (200, i * 10, 40)) for i in range(24)]
+    bodies = [image_bytes(64, 48, (200, i * 10, 40)) for i in range(24)]
     urls = [host.add_bytes(f"/img-{i}.jpg", body) for i, body in enumerate(bodies)]
     build_tiny_index(tmp_path / "ix", n=24, urls=urls)
     # the download step's thumbnails, published beside the index

@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from clip_index.config import DownloadConfig
-from clip_index.download.guard import (
+from clip_index.guard import (
     BlockedURL,
     GuardedResolver,
     blocked_reason,
@@ -78,7 +78,7 @@ class Fetcher:
         url = normalise_url(url)
         host = (urlsplit(url).hostname or "").lower()
         last: RowError = RowError(Status.FAILED_TO_DOWNLOAD, "no_attempt")
-        for attempt in range(self.config.retries + 1):
+        for attempt in range(self.config.download_retries + 1):
             if attempt:
                 self.retried += 1
                 await asyncio.sleep(_backoff_s(attempt, last))  # holding no slot

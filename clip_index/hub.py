@@ -29,10 +29,10 @@ def is_hub_uri(location: str) -> bool:
     return str(location).startswith(HUB_SCHEME)
 
 
-def check_repo_id(repo_id: str) -> None:
-    """ValueError naming the value unless it looks like ``ORG/NAME``."""
+def check_repo_id(repo_id: str, name: str = "repo_id") -> None:
+    """ValueError naming the value (as `name`) unless it looks like ``ORG/NAME``."""
     if not _REPO_ID.match(repo_id or "") or ".." in repo_id or repo_id.endswith((".git", ".")):
-        raise ValueError(f"repo_id={repo_id!r}: expected a Hugging Face dataset id ORG/NAME "
+        raise ValueError(f"{name}={repo_id!r}: expected a Hugging Face dataset id ORG/NAME "
                          "(letters, digits, '-', '_', '.'), e.g. my-org/my-clip-index")
 
 
