@@ -16,7 +16,8 @@ import torch
 from clip_index import io, schema
 from clip_index.config import EmbedConfig
 from clip_index.embed.models import load_model
-from clip_index.embed.step import NON_FINITE, embed_shards, fail_non_finite
+from clip_index.embed.sinks import NON_FINITE, fail_non_finite
+from clip_index.embed.step import embed_shards
 from tests.support.images import encoded, image_bytes, photo_like
 from tests.support.shards import mark_complete
 
