@@ -115,18 +115,20 @@ def test_every_module_is_seen() -> None:
     assert {layer(module) for module in known} == set(ALLOWED)
 
 
-def test_no_import_reaches_up_or_across() -> None:
+def against_layers(found: list[Import]) -> list[str]:
+    """Each import from a module to one of a higher layer or a sibling stage."""
     bad = []
-    for item in imports(modules()):
+    for item in found:
         source, target = layer(item.source), layer(item.target)
         if source != target and target not in ALLOWED[source]:
             bad.append(f"{item.where}: {item.source} ({source}) imports {item.target} ({target})")
-    assert not bad, "imports against the layers:\n" + "\n".join(sorted(bad))
+    return sorted(bad)
 
 
-def test_no_import_cycles() -> None:
+def cycles_of(found: list[Import]) -> list[str]:
+    """Each import cycle, once, from its smallest module, with the file:line of every hop."""
     edges: dict[str, dict[str, str]] = {}
-    for item in imports(modules()):
+    for item in found:
         edges.setdefault(item.source, {}).setdefault(item.target, item.where)
     cycles = []
     for start in sorted(edges):
@@ -139,13 +141,36 @@ def test_no_import_cycles() -> None:
             for target in sorted(edges.get(module, {})):
                 if target == start:
                     hops = [*path, start]
-                    cycles.append(
-                        " -> ".join(
-                            f"{a} ({edges[a][b]})" for a, b in zip(hops, hops[1:], strict=False)
-                        )
-                        + f" -> {start}"
-                    )
+                    cycles.append(" -> ".join(
+                        f"{a} ({edges[a][b]})" for a, b in zip(hops, hops[1:], strict=False))
+                        + f" -> {start}")
                 elif target > start and target not in seen:
                     seen.add(target)
                     stack.append((target, [*path, target]))
+    return cycles
+
+
+def test_no_import_reaches_up_or_across() -> None:
+    bad = against_layers(imports(modules()))
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
+
+
+def test_no_import_cycles() -> None:
+    cycles = cycles_of(imports(modules()))
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_checks_catch_an_upward_a_sideways_import_and_a_cycle() -> None:
+    """The two checks on imports made up for the purpose: each breaking one is named."""
+    up = Import("clip_index.config", "clip_index.publish.hub", "clip_index/config.py:9")
+    across = Import("clip_index.index.build", "clip_index.embed.models", "x.py:3")
+    down = Import("clip_index.search.searcher", "clip_index.index.layout", "y.py:1")
+    assert against_layers([up, across, down]) == [
+        "clip_index/config.py:9: clip_index.config (shared) imports clip_index.publish.hub "
+        "(publish)",
+        "x.py:3: clip_index.index.build (index) imports clip_index.embed.models (embed)"]
+    loop = [Import("clip_index.index.build", "clip_index.index.twostage", "b.py:5"),
+            Import("clip_index.index.twostage", "clip_index.index.build", "t.py:7")]
+    assert cycles_of(loop) == ["clip_index.index.build (b.py:5) -> clip_index.index.twostage "
+                               "(t.py:7) -> clip_index.index.build"]
+    assert cycles_of([down]) == []
