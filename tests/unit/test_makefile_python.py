@@ -22,7 +22,12 @@ def make_with_python(version: str, tmp_path: Path, *goals: str) -> subprocess.Co
     stub.chmod(0o755)
     env = {**os.environ, "PATH": f"{stub.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("PYTHON", None)
-    return subprocess.run(["make", "-n", *goals, f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+    # run under `make test` (CI), the outer make's variables would make this one a sub-make
+    # that prints "Entering directory" and inherits its flags
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        env.pop(name, None)
+    return subprocess.run(["make", "--no-print-directory", "-n", *goals,
+                           f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60)
 
 
