@@ -27,11 +27,12 @@ FAILURES = (("failed_to_download", "http_404: Not Found"),
             ("failed_to_decode", "decode: cannot identify image file"))
 
 
-def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 8) -> np.ndarray:
+def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 8,
+                      noise: float = 0.3) -> np.ndarray:
     """CLIP-like structure: points around a few centres, L2-normalised, float32."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + 0.3 * rng.normal(size=(n, dim))
+    x = centres[rng.integers(0, clusters, n)] + noise * rng.normal(size=(n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 

@@ -18,17 +18,14 @@ from clip_index.config import IndexConfig
 from clip_index.index.build import run_index
 from clip_index.search.filters import Filters, read_uids
 from clip_index.search.searcher import ClipIndex
-from tests.support.outputs import write_output_dir
+from tests.support.outputs import clustered_vectors, write_output_dir
 
 DIM = 32
 N = 4000
 
 
 def _clustered(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((40, DIM))
-    x = centres[rng.integers(0, 40, n)] + 0.4 * rng.standard_normal((n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return clustered_vectors(n, DIM, seed, clusters=40, noise=0.4)
 
 
 def _metadata(n: int) -> dict[str, np.ndarray]:
