@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from clip_index import io, schema
@@ -101,7 +101,6 @@ class UnitRecord:
 
     shards: list[int]
     dataset: list[int] | None
-    position: dict[str, int] = field(default_factory=dict)
 
     def write(self, output_dir: str) -> None:
         io.write_json(io.join(output_dir, UNIT_FILE), asdict(self))
@@ -116,13 +115,11 @@ class UnitRecord:
         data = io.read_json(path)
         dataset = data.get("dataset")
         return cls([int(s) for s in data["shards"]],
-                   None if dataset is None else [int(s) for s in dataset],
-                   {k: int(v) for k, v in data.get("position", {}).items()})
+                   None if dataset is None else [int(s) for s in dataset])
 
     @classmethod
-    def of_urls(cls, urls_dir: str, shards: Sequence[int], **position: int) -> UnitRecord:
-        return cls([int(s) for s in shards], [s for s, _ in dataset_shards(urls_dir)],
-                   dict(position))
+    def of_urls(cls, urls_dir: str, shards: Sequence[int]) -> UnitRecord:
+        return cls([int(s) for s in shards], [s for s, _ in dataset_shards(urls_dir)])
 
 
 def collected_shards(directories: Sequence[str]) -> tuple[list[int], list[int] | None]:

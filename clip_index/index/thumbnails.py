@@ -73,9 +73,10 @@ class ThumbnailWriter:
         self.pending, self.pending_rows = [rest], rest.num_rows
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None and (self.pending_rows or not self.counts["thumbnail_rows"]):
-            self._flush(self.pending_rows) if self.pending_rows else self.writer.write(
-                THUMBNAIL_SCHEMA.empty_table())
+        if exc_type is None and self.pending_rows:
+            self._flush(self.pending_rows)
+        elif exc_type is None and not self.counts["thumbnail_rows"]:  # a shard of no rows
+            self.writer.write(THUMBNAIL_SCHEMA.empty_table())
         self.writer.__exit__(exc_type, exc, tb)
 
 

@@ -72,8 +72,8 @@ def check_same_model(shards: list[tuple[int, str, dict[str, Any]]]) -> dict[str,
 def expected_shards_of(embedding_dirs: Sequence[str]) -> list[int]:
     """Every shard of the dataset, as the embed tasks' unit records name it: what a write of
     their folders must find, whole, before it publishes anything."""
-    if not all(io.exists(io.join(d, UNIT_FILE)) for d in embedding_dirs):
-        missing = [d for d in embedding_dirs if not io.exists(io.join(d, UNIT_FILE))]
+    missing = [d for d in embedding_dirs if not io.exists(io.join(d, UNIT_FILE))]
+    if missing:
         raise FileNotFoundError(
             f"write: {missing[:3]} {'have' if len(missing) > 1 else 'has'} no {UNIT_FILE}, so "
             "whether these folders hold the whole dataset cannot be told: give the load "
